@@ -1,0 +1,1 @@
+"""Aegis control plane: xDS, rollouts, process wiring."""

@@ -1,0 +1,150 @@
+"""The `aegis` command line: serve, sign, verify and import (more subcommands join later)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import secrets
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from aiohttp import web
+
+from controlplane.app import create_app
+from controlplane.observability import configure_logging
+from controlplane.settings import Settings, SettingsError, load_settings
+from registry.auth import TokenTable
+from registry.folders import FolderError, VersionFolder, sign_folder, verify_folder
+from registry.importer import ImportOutcome, import_tree
+from registry.signing import SigningConfigError, keyring_from_env
+
+log = logging.getLogger("aegis")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if not hasattr(args, "run"):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.run(args))
+    except (SettingsError, SigningConfigError, FolderError) as exc:
+        print(f"aegis: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="aegis", description="Model registry and canary rollouts")
+    commands = parser.add_subparsers(title="commands")
+
+    serve = commands.add_parser("serve", help="run the registry, control plane and /metrics")
+    serve.add_argument("--config", type=Path, help="YAML file of AEGIS_* settings (env wins)")
+    serve.set_defaults(run=_serve)
+
+    sign = commands.add_parser("sign", help="hash and sign a version folder, writing metadata.json")
+    sign.add_argument("folders", nargs="+", type=Path, help="model_registry/<model>/<version>/")
+    sign.set_defaults(run=_sign)
+
+    verify = commands.add_parser("verify", help="check a version folder against its metadata.json")
+    verify.add_argument("folders", nargs="+", type=Path)
+    verify.set_defaults(run=_verify)
+
+    registry = commands.add_parser("registry", help="registry tree commands")
+    registry_commands = registry.add_subparsers(title="registry commands")
+    importer = registry_commands.add_parser("import", help="register signed folders of a tree")
+    importer.add_argument("root", type=Path, help="the model_registry/ folder")
+    importer.add_argument("--watch", action="store_true", help="keep registering new folders")
+    importer.add_argument("--json", action="store_true", help="one JSON line per folder")
+    importer.set_defaults(run=_import)
+    return parser
+
+
+def _serve(args: argparse.Namespace) -> int:
+    configure_logging(os.environ.get("AEGIS_LOG_LEVEL", "INFO"))
+    settings = load_settings(config_file=args.config)
+    settings = _with_bootstrap_token(settings)
+    app = create_app(settings)
+    web.run_app(
+        app, host=settings.server.host, port=settings.server.port,
+        access_log=None, print=lambda message: log.info(message),
+    )
+    return 0
+
+
+def _with_bootstrap_token(settings: Settings) -> Settings:
+    """With no tokens configured, make an admin token in the data directory, never in the log."""
+    if settings.security.tokens.entries:
+        return settings
+    path = settings.server.data_dir / "admin.token"
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as handle:
+            handle.write(secrets.token_urlsafe(32))
+    log.warning(
+        "AEGIS_API_TOKENS is not set: an admin token is in %s (use it as AEGIS_TOKEN)", path
+    )
+    tokens = TokenTable.parse(f"admin:{path.read_text().strip()}")
+    security = type(settings.security)(
+        tokens, settings.security.keyring, settings.security.url_signing_key
+    )
+    return type(settings)(settings.server, settings.registry, security, settings.integrations)
+
+
+def _sign(args: argparse.Namespace) -> int:
+    keyring = keyring_from_env(os.environ)
+    for path in args.folders:
+        document = sign_folder(VersionFolder.open(path), keyring)
+        print(
+            f"signed {document['model_name']} {document['version']}: sha256 {document['checksum']}"
+            f" key {document['key_id']} -> {path / 'metadata.json'}"
+        )
+    return 0
+
+
+def _verify(args: argparse.Namespace) -> int:
+    keyring = keyring_from_env(os.environ)
+    has_keys = bool(keyring.key_ids)
+    if not has_keys:
+        print("aegis: no key configured: checking checksums only", file=sys.stderr)
+    failed = False
+    for path in args.folders:
+        folder = VersionFolder.open(path)
+        problems = verify_folder(folder, keyring if has_keys else None)
+        if problems:
+            failed = True
+            print(f"FAIL {path}: " + "; ".join(problems))
+        else:
+            print(f"ok   {path}")
+    return 1 if failed else 0
+
+
+def _import(args: argparse.Namespace) -> int:
+    base_url = os.environ.get("AEGIS_URL", "http://127.0.0.1:8080")
+    token = os.environ.get("AEGIS_TOKEN", "")
+    if not args.root.is_dir():
+        print(f"aegis: {args.root} is not a folder", file=sys.stderr)
+        return 2
+
+    def report(outcome: ImportOutcome) -> None:
+        if args.json:
+            print(json.dumps({"folder": str(outcome.folder), "status": outcome.status,
+                              "detail": outcome.detail}), flush=True)
+        else:
+            print(f"{outcome.status:<19} {outcome.folder}: {outcome.detail}", flush=True)
+
+    outcomes = asyncio.run(
+        import_tree(args.root, base_url=base_url, token=token, report=report, watch=args.watch)
+    )
+    return 1 if any(o.failed for o in outcomes) else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

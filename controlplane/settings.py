@@ -1,0 +1,187 @@
+"""Process settings, read once at start-up from an optional YAML file and the environment.
+
+The environment wins over the file. Secrets (keys, tokens) may be given directly or
+as `*_FILE` paths; they are never part of a repr, a log line or an error message.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from registry.auth import TokenTable
+from registry.signing import Keyring, keyring_from_env
+
+DEFAULT_MAX_ARTIFACT_BYTES = 10 * 1024**3  # 10 GiB: large models fit, a runaway upload does not fill the disk
+
+
+class SettingsError(ValueError):
+    """A setting cannot be used; the message names the setting and what to change."""
+
+
+@dataclass(frozen=True)
+class ServerSettings:
+    """Where the process listens and keeps its state."""
+
+    host: str = "127.0.0.1"
+    port: int = 8080
+    data_dir: Path = Path("aegis-data")
+    # SQLite in the data directory by default; PostgreSQL (postgresql+asyncpg://) for replicas.
+    database_url: str = ""
+
+    @property
+    def effective_database_url(self) -> str:
+        return self.database_url or f"sqlite+aiosqlite:///{self.data_dir / 'aegis.db'}"
+
+
+@dataclass(frozen=True)
+class RegistrySettings:
+    # Bytes; a larger upload is refused with 413 before it fills the disk.
+    max_artifact_bytes: int = DEFAULT_MAX_ARTIFACT_BYTES
+    # Seconds a signed download URL stays valid: long enough for a model server to start.
+    download_url_ttl_seconds: int = 900
+
+
+@dataclass(frozen=True)
+class SecuritySettings:
+    tokens: TokenTable = field(repr=False, default_factory=TokenTable)
+    keyring: Keyring = field(repr=False, default_factory=Keyring)
+    # Signs download URLs; generated and kept in the data directory when not given.
+    url_signing_key: bytes | None = field(repr=False, default=None)
+
+
+@dataclass(frozen=True)
+class IntegrationSettings:
+    prometheus_url: str = "http://127.0.0.1:9090"
+    policies_path: Path | None = None
+    envoy_listener: str = "127.0.0.1:10000"
+
+
+@dataclass(frozen=True)
+class Settings:
+    server: ServerSettings = field(default_factory=ServerSettings)
+    registry: RegistrySettings = field(default_factory=RegistrySettings)
+    security: SecuritySettings = field(default_factory=SecuritySettings)
+    integrations: IntegrationSettings = field(default_factory=IntegrationSettings)
+
+
+def load_settings(env: Mapping[str, str] | None = None, config_file: Path | None = None) -> Settings:
+    """Merge the YAML config file (if any) under the environment; validate everything once."""
+    environ = dict(os.environ if env is None else env)
+    config_path = config_file or _optional_path(environ.get("AEGIS_CONFIG"))
+    merged = {**_read_config_file(config_path), **environ} if config_path else environ
+    host, port = parse_listen(merged.get("AEGIS_LISTEN", "127.0.0.1:8080"), "AEGIS_LISTEN")
+    server = ServerSettings(
+        host=host,
+        port=port,
+        data_dir=Path(merged.get("AEGIS_DATA_DIR", "aegis-data")),
+        database_url=_database_url(merged.get("AEGIS_DATABASE_URL", "")),
+    )
+    registry = RegistrySettings(
+        max_artifact_bytes=_positive_int(merged, "AEGIS_MAX_ARTIFACT_BYTES", DEFAULT_MAX_ARTIFACT_BYTES),
+        download_url_ttl_seconds=_positive_int(merged, "AEGIS_DOWNLOAD_URL_TTL_SECONDS", 900),
+    )
+    try:
+        tokens = TokenTable.parse(_secret(merged, "AEGIS_API_TOKENS"))
+        keyring = keyring_from_env(
+            {**merged, "AEGIS_MODEL_SIGN_KEY": _secret(merged, "AEGIS_MODEL_SIGN_KEY"),
+             "AEGIS_MODEL_SIGN_KEYS": _secret(merged, "AEGIS_MODEL_SIGN_KEYS")}
+        )
+    except ValueError as exc:
+        raise SettingsError(str(exc)) from exc
+    url_key = _secret(merged, "AEGIS_URL_SIGNING_KEY")
+    security = SecuritySettings(tokens, keyring, url_key.encode() if url_key else None)
+    integrations = IntegrationSettings(
+        prometheus_url=merged.get("AEGIS_PROMETHEUS_URL", "http://127.0.0.1:9090"),
+        policies_path=_optional_path(merged.get("AEGIS_POLICIES")),
+        envoy_listener=merged.get("AEGIS_ENVOY_LISTENER", "127.0.0.1:10000"),
+    )
+    return Settings(server, registry, security, integrations)
+
+
+def parse_listen(value: str, name: str) -> tuple[str, int]:
+    host, sep, port_text = value.rpartition(":")
+    if not sep or not host or not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
+        raise SettingsError(f"{name}={value!r} is not host:port (e.g. 127.0.0.1:8080)")
+    return host.strip("[]"), int(port_text)
+
+
+def url_signing_key(settings: Settings) -> bytes:
+    """The configured URL key, or one kept in the data directory so URLs survive a restart."""
+    if settings.security.url_signing_key:
+        return settings.security.url_signing_key
+    path = settings.server.data_dir / "url-signing.key"
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as handle:
+            handle.write(secrets.token_hex(32))
+    return path.read_text().strip().encode()
+
+
+def _secret(values: Mapping[str, str], name: str) -> str:
+    """A secret from NAME, or from the file named by NAME_FILE."""
+    direct = values.get(name, "")
+    file_name = values.get(f"{name}_FILE", "")
+    if direct or not file_name:
+        return direct
+    try:
+        return Path(file_name).read_text().strip()
+    except OSError as exc:
+        raise SettingsError(f"{name}_FILE names a file that cannot be read: {exc.strerror}") from exc
+
+
+def _read_config_file(path: Path) -> dict[str, str]:
+    try:
+        document: Any = yaml.safe_load(path.read_text())
+    except OSError as exc:
+        raise SettingsError(f"config file {path} cannot be read: {exc.strerror}") from exc
+    except yaml.YAMLError as exc:
+        raise SettingsError(f"config file {path} is not valid YAML: {exc}") from exc
+    if document is None:
+        return {}
+    if not isinstance(document, dict):
+        raise SettingsError(f"config file {path} must be a mapping of AEGIS_* settings")
+    unknown = [key for key in document if not str(key).startswith("AEGIS_")]
+    if unknown:
+        raise SettingsError(f"config file {path}: unknown settings {unknown}; keys are AEGIS_* names")
+    return {str(key): str(value) for key, value in document.items()}
+
+
+def _database_url(url: str) -> str:
+    # Accept the URLs people paste, and pick the async driver for them.
+    for plain, async_form in (
+        ("postgresql://", "postgresql+asyncpg://"),
+        ("postgres://", "postgresql+asyncpg://"),
+        ("sqlite:///", "sqlite+aiosqlite:///"),
+    ):
+        if url.startswith(plain):
+            return async_form + url[len(plain):]
+    if url and not url.startswith(("postgresql+asyncpg://", "sqlite+aiosqlite://")):
+        raise SettingsError(
+            "AEGIS_DATABASE_URL must be a sqlite:/// or postgresql:// URL"
+        )
+    return url
+
+
+def _positive_int(values: Mapping[str, str], name: str, default: int) -> int:
+    raw = values.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        number = int(raw)
+    except ValueError:
+        raise SettingsError(f"{name}={raw!r} is not an integer") from None
+    if number <= 0:
+        raise SettingsError(f"{name} must be positive, not {number}")
+    return number
+
+
+def _optional_path(value: str | None) -> Path | None:
+    return Path(value) if value else None

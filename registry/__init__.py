@@ -1,0 +1,1 @@
+"""Aegis model registry: signed, immutable model versions moved through stages."""

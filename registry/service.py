@@ -1,0 +1,285 @@
+"""The registry service: registers, validates, promotes and rolls back model versions.
+
+It sequences the pure rules of `registry.domain` with the store, the blob store and
+the keyring, and announces every committed stage change to its listeners (the
+rollout engine subscribes here).
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from registry.blobs import BlobStore, StagedBlob
+from registry.domain import (
+    ChangeAction,
+    HistoryEntry,
+    ModelVersion,
+    Stage,
+    StageChange,
+    check_checksum,
+    check_model_name,
+    check_version,
+    plan_promotion,
+    plan_rollback,
+)
+from registry.errors import Conflict, InvalidInput, NotFound
+from registry.signing import Algorithm, Keyring, Signature, SigningConfigError
+from registry.store import RegistryStore
+
+log = logging.getLogger(__name__)
+
+StageChangeListener = Callable[[list[StageChange]], Awaitable[None]]
+# A guard may veto a stage change before it is committed by raising a RegistryError.
+StageChangeGuard = Callable[[list[StageChange]], Awaitable[None]]
+
+
+@dataclass(frozen=True)
+class Registration:
+    """What a client says about an upload; checksum and signature are optional claims."""
+
+    model_name: str
+    version: str
+    checksum: str | None = None
+    signature: str | None = None
+    key_id: str | None = None
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_document(cls, document: object) -> Registration:
+        if not isinstance(document, dict):
+            raise InvalidInput("metadata must be a JSON object with model_name and version")
+        extra = document.get("metadata", {})
+        if not isinstance(extra, dict):
+            raise InvalidInput("metadata.metadata must be a JSON object")
+        if "_registry" in extra:
+            raise InvalidInput("metadata._registry is reserved for the registry's own records")
+        checksum = document.get("checksum")
+        signature = document.get("signature")
+        key_id = document.get("key_id")
+        for label, value in (("signature", signature), ("key_id", key_id)):
+            if value is not None and not isinstance(value, str):
+                raise InvalidInput(f"{label} must be a string")
+        return cls(
+            model_name=check_model_name(document.get("model_name")),
+            version=check_version(document.get("version")),
+            checksum=None if checksum is None else check_checksum(checksum),
+            signature=signature,
+            key_id=key_id,
+            metadata=extra,
+        )
+
+
+@dataclass(frozen=True)
+class ValidationReport:
+    valid: bool
+    checksum_ok: bool
+    signature_ok: bool
+    checksum: str
+    actual_checksum: str | None
+    key_id: str
+    problems: tuple[str, ...]
+
+    def as_document(self) -> dict[str, Any]:
+        return {
+            "valid": self.valid,
+            "checksum_ok": self.checksum_ok,
+            "signature_ok": self.signature_ok,
+            "checksum": self.checksum,
+            "actual_checksum": self.actual_checksum,
+            "key_id": self.key_id,
+            "problems": list(self.problems),
+        }
+
+
+@dataclass(frozen=True)
+class RegistrationResult:
+    version: ModelVersion
+    created: bool
+
+
+class RegistryService:
+    def __init__(self, store: RegistryStore, blobs: BlobStore, keyring: Keyring) -> None:
+        self.store = store
+        self.blobs = blobs
+        self.keyring = keyring
+        self._listeners: list[StageChangeListener] = []
+        self._guards: list[StageChangeGuard] = []
+
+    def on_stage_change(self, listener: StageChangeListener) -> None:
+        """Call `listener` with each committed batch of stage changes."""
+        self._listeners.append(listener)
+
+    def guard_stage_change(self, guard: StageChangeGuard) -> None:
+        """Let `guard` veto stage changes before they are committed."""
+        self._guards.append(guard)
+
+    async def register(
+        self, claim: Registration, staged: StagedBlob, *, actor: str
+    ) -> RegistrationResult:
+        """Register staged bytes under a name and version; the staged file is consumed either way."""
+        try:
+            signature = self._check_claims(claim, staged)
+            existing = await self.store.get_version(claim.model_name, claim.version)
+            if existing is not None:
+                return self._repeat_registration(existing, staged)
+            created_now = await self.blobs.publish(staged)
+        finally:
+            await self.blobs.discard(staged)
+        now = datetime.now(UTC)
+        version = ModelVersion(
+            model_name=claim.model_name, version=claim.version, checksum=staged.checksum,
+            size_bytes=staged.size_bytes, signature=signature.signature,
+            key_id=signature.key_id, algorithm=signature.algorithm.value, stage=Stage.STAGING,
+            created_at=now, created_by=actor, metadata=claim.metadata,
+            history=(
+                HistoryEntry(
+                    Stage.STAGING, Stage.STAGING, now, actor, "registered", ChangeAction.REGISTER
+                ),
+            ),
+        )
+        try:
+            await self.store.insert_version(version)
+        except Exception:
+            if created_now and await self.store.count_checksum_users(staged.checksum) == 0:
+                await self.blobs.remove(staged.checksum)
+            raise
+        return RegistrationResult(version, created=True)
+
+    def _check_claims(self, claim: Registration, staged: StagedBlob) -> Signature:
+        if claim.checksum is not None and not hmac.compare_digest(claim.checksum, staged.checksum):
+            raise InvalidInput(
+                f"checksum mismatch: the metadata says {claim.checksum} but the uploaded bytes "
+                f"hash to {staged.checksum}; upload the right file or fix the checksum"
+            )
+        if claim.signature is None:
+            try:
+                made = self.keyring.sign(claim.model_name, claim.version, staged.checksum)
+            except SigningConfigError as exc:
+                raise Conflict(f"cannot sign: {exc}") from exc
+            return made
+        key_id = claim.key_id or self.keyring.signing_key_id
+        if key_id is None or not self.keyring.knows(key_id):
+            raise InvalidInput(
+                f"key_id {key_id!r} is not a configured verify key; known key ids: "
+                + (", ".join(self.keyring.key_ids) or "none")
+            )
+        if not self.keyring.verify(
+            claim.model_name, claim.version, staged.checksum,
+            signature=claim.signature, key_id=key_id,
+        ):
+            raise InvalidInput(
+                f"signature does not verify with key {key_id!r} over "
+                f"'{claim.model_name}|{claim.version}|<sha256 of the bytes>'; re-sign the "
+                "artifact with that key (aegis sign) or check that you uploaded the signed file"
+            )
+        algorithm = Algorithm.ED25519 if key_id.startswith("ed25519:") else Algorithm.HMAC_SHA256
+        return Signature(claim.signature.lower(), key_id, algorithm)
+
+    def _repeat_registration(self, existing: ModelVersion, staged: StagedBlob) -> RegistrationResult:
+        if hmac.compare_digest(existing.checksum, staged.checksum):
+            return RegistrationResult(existing, created=False)
+        raise Conflict(
+            f"{existing.model_name} {existing.version} is already registered with checksum "
+            f"{existing.checksum}; versions are immutable: register these bytes as a new version"
+        )
+
+    async def get_version(self, model_name: str, version: str) -> ModelVersion:
+        found = await self.store.get_version(check_model_name(model_name), check_version(version))
+        if found is None:
+            raise NotFound(
+                f"{model_name} has no version {version!r}; list versions with "
+                f"GET /v1/registry/{model_name}"
+            )
+        return found
+
+    async def list_versions(self, model_name: str) -> list[ModelVersion]:
+        versions = await self.store.list_versions(check_model_name(model_name))
+        if not versions:
+            raise NotFound(
+                f"model {model_name!r} is not registered; list models with GET /v1/registry/models"
+            )
+        return versions
+
+    async def validate(self, model_name: str, version: str) -> ValidationReport:
+        found = await self.get_version(model_name, version)
+        return await self._validate(found)
+
+    async def _validate(self, found: ModelVersion) -> ValidationReport:
+        problems: list[str] = []
+        actual = await self.blobs.rehash(found.checksum)
+        checksum_ok = actual is not None and hmac.compare_digest(actual, found.checksum)
+        if actual is None:
+            problems.append("the artifact is missing from the blob store")
+        elif not checksum_ok:
+            problems.append(f"stored bytes hash to {actual}, not the registered {found.checksum}")
+        signature_ok = self.keyring.verify(
+            found.model_name, found.version, found.checksum,
+            signature=found.signature, key_id=found.key_id,
+        )
+        if not signature_ok:
+            why = "does not verify" if self.keyring.knows(found.key_id) else "uses an unknown key"
+            problems.append(f"signature with key {found.key_id!r} {why}")
+        return ValidationReport(
+            valid=checksum_ok and signature_ok, checksum_ok=checksum_ok,
+            signature_ok=signature_ok, checksum=found.checksum, actual_checksum=actual,
+            key_id=found.key_id, problems=tuple(problems),
+        )
+
+    async def promote(
+        self, model_name: str, version: str, to_stage: Stage, *, actor: str, reason: str
+    ) -> ModelVersion:
+        versions = await self.list_versions(model_name)
+        target = _find(versions, check_version(version))
+        changes = plan_promotion(versions, target, to_stage, actor=actor, reason=reason)
+        await self._require_valid(target, purpose=f"promoted to {to_stage.value}")
+        await self._commit(changes)
+        return await self.get_version(model_name, version)
+
+    async def rollback(self, model_name: str, *, actor: str, reason: str) -> list[StageChange]:
+        versions = await self.list_versions(model_name)
+        changes = plan_rollback(versions, actor=actor, reason=reason)
+        for change in changes:
+            if change.to_stage is Stage.PROD:
+                await self._require_valid(_find(versions, change.version), purpose="restored to prod")
+        await self._commit(changes)
+        return changes
+
+    async def _require_valid(self, target: ModelVersion, *, purpose: str) -> None:
+        report = await self._validate(target)
+        if not report.valid:
+            raise Conflict(
+                f"{target.model_name} {target.version} cannot be {purpose}: it fails validation ("
+                + "; ".join(report.problems)
+                + "); register a good copy as a new version"
+            )
+
+    async def _commit(self, changes: list[StageChange]) -> None:
+        for guard in self._guards:
+            await guard(changes)
+        await self.store.apply_changes(changes, at=datetime.now(UTC))
+        for change in changes:
+            log.info(
+                "stage change %s %s: %s -> %s by %s (%s)", change.model_name, change.version,
+                change.from_stage.value, change.to_stage.value, change.actor, change.reason,
+            )
+        for listener in self._listeners:
+            try:
+                await listener(changes)
+            except Exception:
+                # The change is committed; a failing subscriber must not undo or hide it.
+                log.exception("stage change listener failed")
+
+
+def _find(versions: list[ModelVersion], version: str) -> ModelVersion:
+    for candidate in versions:
+        if candidate.version == version:
+            return candidate
+    model_name = versions[0].model_name if versions else "?"
+    raise NotFound(
+        f"{model_name} has no version {version!r}; list versions with GET /v1/registry/{model_name}"
+    )

@@ -1,0 +1,64 @@
+"""Fixtures shared by every test: a data directory and a database of its own per test."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import pytest
+
+from controlplane.settings import Settings, load_settings
+
+POSTGRES_DSN = os.environ.get("AEGIS_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/postgres")
+
+SIGN_KEY = "test-sign-key-0123456789"
+TOKENS = {
+    "admin": "admin-token-aaaaaaaa",
+    "operator": "operator-token-bbbbbbbb",
+    "viewer": "viewer-token-cccccccc",
+}
+API_TOKENS = ",".join(f"{role}:{token}" for role, token in TOKENS.items())
+
+
+def auth(role: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {TOKENS[role]}"}
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+async def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[str]:
+    """A fresh, empty database: a SQLite file, or a PostgreSQL database created and dropped here."""
+    if request.param == "sqlite":
+        yield f"sqlite+aiosqlite:///{tmp_path / 'aegis.db'}"
+        return
+    name = f"aegis_test_{uuid.uuid4().hex[:12]}"
+    admin = await asyncpg.connect(POSTGRES_DSN)
+    try:
+        await admin.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await admin.close()
+    base = POSTGRES_DSN.rsplit("/", 1)[0].replace("postgresql://", "postgresql+asyncpg://")
+    yield f"{base}/{name}"
+    admin = await asyncpg.connect(POSTGRES_DSN)
+    try:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        await admin.close()
+
+
+@pytest.fixture
+def make_settings(tmp_path: Path) -> Callable[..., Settings]:
+    def build(database_url: str = "", **env: Any) -> Settings:
+        values = {
+            "AEGIS_DATA_DIR": str(tmp_path / "data"),
+            "AEGIS_DATABASE_URL": database_url,
+            "AEGIS_API_TOKENS": API_TOKENS,
+            "AEGIS_MODEL_SIGN_KEY": SIGN_KEY,
+        }
+        values.update({key: str(value) for key, value in env.items()})
+        return load_settings(values)
+
+    return build

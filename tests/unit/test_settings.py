@@ -1,0 +1,66 @@
+"""Settings: environment over file, secrets from files, clear errors that never show a secret."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from controlplane.settings import SettingsError, load_settings
+
+
+def test_defaults_follow_the_design() -> None:
+    settings = load_settings({})
+    assert (settings.server.host, settings.server.port) == ("127.0.0.1", 8080)
+    assert settings.server.effective_database_url.endswith("aegis-data/aegis.db")
+    assert settings.registry.max_artifact_bytes == 10 * 1024**3
+    assert settings.integrations.prometheus_url == "http://127.0.0.1:9090"
+    assert settings.integrations.envoy_listener == "127.0.0.1:10000"
+
+
+def test_environment_wins_over_the_config_file(tmp_path: Path) -> None:
+    config = tmp_path / "aegis.yaml"
+    config.write_text("AEGIS_LISTEN: 0.0.0.0:9000\nAEGIS_MAX_ARTIFACT_BYTES: 1000\n")
+    settings = load_settings({"AEGIS_LISTEN": "127.0.0.1:7000"}, config_file=config)
+    assert settings.server.port == 7000
+    assert settings.registry.max_artifact_bytes == 1000
+
+
+def test_secrets_come_from_files(tmp_path: Path) -> None:
+    tokens = tmp_path / "tokens"
+    tokens.write_text("admin:from-file\n")
+    settings = load_settings({"AEGIS_API_TOKENS_FILE": str(tokens)})
+    assert settings.security.tokens.authenticate("Bearer from-file").name == "admin"
+
+
+def test_postgres_urls_get_the_async_driver() -> None:
+    settings = load_settings({"AEGIS_DATABASE_URL": "postgresql://u@h:5432/db"})
+    assert settings.server.database_url == "postgresql+asyncpg://u@h:5432/db"
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"AEGIS_LISTEN": "nope"}, "AEGIS_LISTEN"),
+        ({"AEGIS_MAX_ARTIFACT_BYTES": "-1"}, "AEGIS_MAX_ARTIFACT_BYTES"),
+        ({"AEGIS_MAX_ARTIFACT_BYTES": "lots"}, "AEGIS_MAX_ARTIFACT_BYTES"),
+        ({"AEGIS_DATABASE_URL": "mysql://secretpw@h/db"}, "AEGIS_DATABASE_URL"),
+        ({"AEGIS_API_TOKENS": "king:secretpw"}, "AEGIS_API_TOKENS"),
+        ({"AEGIS_MODEL_SIGN_KEYS": "secretpw"}, "AEGIS_MODEL_SIGN_KEYS"),
+    ],
+)
+def test_bad_settings_name_the_setting_and_hide_the_secret(env: dict[str, str], message: str) -> None:
+    with pytest.raises(SettingsError) as raised:
+        load_settings(env)
+    assert message in str(raised.value)
+    assert "secretpw" not in str(raised.value)
+
+
+def test_a_broken_config_file_is_reported(tmp_path: Path) -> None:
+    config = tmp_path / "aegis.yaml"
+    config.write_text("AEGIS_LISTEN: [unclosed\n")
+    with pytest.raises(SettingsError, match="not valid YAML"):
+        load_settings({}, config_file=config)
+    config.write_text("listen: 1\n")
+    with pytest.raises(SettingsError, match="unknown settings"):
+        load_settings({}, config_file=config)
