@@ -55,6 +55,8 @@ class BlobStore:
         digest = hashlib.sha256()
         size = 0
         fd = await asyncio.to_thread(os.open, temp_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        loop = asyncio.get_running_loop()
+        writing: asyncio.Future[None] | None = None
         try:
             async for chunk in chunks:
                 size += len(chunk)
@@ -63,11 +65,17 @@ class BlobStore:
                         f"artifact is larger than the limit of {max_bytes} bytes "
                         "(AEGIS_MAX_ARTIFACT_BYTES); raise the limit or upload a smaller file"
                     )
-                # Hashing inline is faster than a thread hop on 2 cores; the write may block.
-                digest.update(chunk)
-                await asyncio.to_thread(_write_all, fd, chunk)
+                # Pipelined: a worker hashes and writes chunk N (hashlib and write release
+                # the GIL) while the loop parses chunk N+1 off the socket.
+                if writing is not None:
+                    await writing
+                writing = loop.run_in_executor(None, _hash_and_write, digest, fd, chunk)
+            if writing is not None:
+                await writing
             await asyncio.to_thread(os.fsync, fd)
         except BaseException:
+            if writing is not None:
+                await asyncio.gather(writing, return_exceptions=True)
             os.close(fd)
             temp_path.unlink(missing_ok=True)
             raise
@@ -110,7 +118,8 @@ class BlobStore:
             handle.close()
 
 
-def _write_all(fd: int, chunk: bytes) -> None:
+def _hash_and_write(digest: hashlib._Hash, fd: int, chunk: bytes) -> None:
+    digest.update(chunk)
     view = memoryview(chunk)
     while view:
         written = os.write(fd, view)
