@@ -20,7 +20,7 @@ from pathlib import Path
 import aiohttp
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from bench.common import ADMIN_TOKEN, report, rss_bytes, running_server  # noqa: E402
+from bench.common import ADMIN_TOKEN, report, rss_bytes, running_server
 
 MIB = 1 << 20
 
@@ -40,7 +40,7 @@ def hash_limit(path: Path) -> tuple[float, str]:
     return path.stat().st_size / (time.perf_counter() - started), digest
 
 
-async def upload(url: str, path: Path, version: str) -> tuple[float, dict[str, object]]:
+async def upload(url: str, path: Path, version: str, size: int) -> tuple[float, dict[str, object]]:
     metadata = json.dumps({"model_name": "bench-model", "version": version})
     timeout = aiohttp.ClientTimeout(total=600)
     async with aiohttp.ClientSession(timeout=timeout) as session:
@@ -57,7 +57,7 @@ async def upload(url: str, path: Path, version: str) -> tuple[float, dict[str, o
                 elapsed = time.perf_counter() - started
                 if response.status != 201:
                     raise RuntimeError(f"upload failed: {response.status} {document}")
-    return path.stat().st_size / elapsed, document
+    return size / elapsed, document
 
 
 def main() -> None:
@@ -75,7 +75,7 @@ def main() -> None:
             rss_before = rss_bytes(process.pid)
             rates = []
             for run in range(args.runs):
-                rate, document = asyncio.run(upload(url, artifact, f"v{run}"))
+                rate, document = asyncio.run(upload(url, artifact, f"v{run}", artifact.stat().st_size))
                 assert document["checksum"] == limits[0][1], "server checksum differs from hashlib"
                 rates.append(rate)
             peak = rss_bytes(process.pid, "VmHWM")

@@ -1,0 +1,1 @@
+"""Envoy xDS: pure config builders and snapshots, the REST discovery server, config validation."""
