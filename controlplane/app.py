@@ -3,13 +3,23 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncIterator
 
 from aiohttp import web
 
 from controlplane.observability import METRICS_REGISTRY, metrics_endpoint, new_metrics_registry
-from controlplane.settings import Settings, url_signing_key
+from controlplane.settings import Settings, parse_listen, url_signing_key
+from controlplane.traffic import api as traffic_api
+from controlplane.traffic.service import TrafficService
+from controlplane.traffic.store import TrafficStore
+from controlplane.xds import server as xds_server
+from controlplane.xds.cache import Publisher, ValidationOutcome, Validator, XdsCache
+from controlplane.xds.nodes import NodeTracker
+from controlplane.xds.resources import DesiredState, ListenerAddress, RdsPolling
+from controlplane.xds.snapshot import Snapshot, build_snapshot
+from controlplane.xds.validate import EnvoyUnavailable, find_envoy_binary, validate_with_envoy
 from registry import api as registry_api
 from registry.blobs import BlobStore
 from registry.http import TOKENS, json_errors
@@ -21,6 +31,9 @@ log = logging.getLogger(__name__)
 
 SETTINGS = web.AppKey("settings", Settings)
 DATABASE = web.AppKey("database", Database)
+XDS = web.AppKey("xds_server", xds_server.XdsServer)
+
+ENDPOINT_EXPIRY_INTERVAL = 1.0  # seconds between TTL sweeps: an expired endpoint leaves within ~1 s
 
 
 def create_app(settings: Settings) -> web.Application:
@@ -32,11 +45,43 @@ def create_app(settings: Settings) -> web.Application:
     metrics_registry = new_metrics_registry()
     app[METRICS_REGISTRY] = metrics_registry
     app[registry_api.METRICS] = RegistryMetrics(metrics_registry)
+    nodes = NodeTracker(stale_after=settings.xds.node_stale_seconds)
+    cache = XdsCache(_empty_snapshot(_listener_of(settings), _rds_of(settings)))
+    publisher = Publisher(cache, nodes, validator=_envoy_validator() if settings.xds.validate else None)
+    xds = xds_server.XdsServer(
+        cache, nodes, publisher, xds_server.XdsMetrics(metrics_registry), settings.xds.hold_seconds
+    )
+    app[XDS] = xds
     app.cleanup_ctx.append(_storage)
+    app.cleanup_ctx.append(_endpoint_expiry)
     app.router.add_get("/metrics", metrics_endpoint)
     app.router.add_get("/healthz", _healthz)
     registry_api.add_routes(app)
+    traffic_api.add_routes(app)
+    xds_server.add_routes(app, xds)
     return app
+
+
+def _empty_snapshot(listener: ListenerAddress, rds_polling: RdsPolling) -> Snapshot:
+    return build_snapshot(DesiredState(listener=listener, models=(), rds_polling=rds_polling))
+
+
+def _envoy_validator() -> Validator | None:
+    binary = find_envoy_binary()
+    if binary is None:
+        log.warning("no envoy binary found: configs are checked for consistency only")
+        return None
+
+    async def validate(snapshot: Snapshot) -> ValidationOutcome:
+        try:
+            result = await validate_with_envoy(snapshot, envoy_binary=binary)
+        except EnvoyUnavailable as exc:
+            # No verdict is not a rejection: publish on the consistency check alone.
+            log.warning("envoy validation unavailable: %s", exc)
+            return ValidationOutcome(True, str(exc))
+        return ValidationOutcome(result.ok, result.message)
+
+    return validate
 
 
 async def _storage(app: web.Application) -> AsyncIterator[None]:
@@ -47,8 +92,15 @@ async def _storage(app: web.Application) -> AsyncIterator[None]:
     await asyncio.to_thread(blobs.prepare)
     database = Database(settings.server.effective_database_url)
     await database.create_schema()
-    service = RegistryService(RegistryStore(database), blobs, settings.security.keyring)
+    registry_store = RegistryStore(database)
+    service = RegistryService(registry_store, blobs, settings.security.keyring)
     service.on_stage_change(registry_api.record_stage_changes(app[registry_api.METRICS]))
+    xds = app[XDS]
+    traffic = TrafficService(
+        TrafficStore(database), registry_store, xds.publisher,
+        listener=_listener_of(settings), rds_polling=_rds_of(settings),
+    )
+    service.on_stage_change(traffic.on_stage_change)
     app[DATABASE] = database
     app[registry_api.BLOBS] = blobs
     app[registry_api.SERVICE] = service
@@ -57,9 +109,38 @@ async def _storage(app: web.Application) -> AsyncIterator[None]:
         download_url_key=await asyncio.to_thread(url_signing_key, settings),
         download_url_ttl_seconds=settings.registry.download_url_ttl_seconds,
     )
+    app[traffic_api.TRAFFIC] = traffic
+    result = await traffic.start()
+    if not result.published:
+        log.error("the stored routing could not be published: %s", result.error)
     log.info("storage ready: data in %s", data_dir)
     yield
     await database.dispose()
+
+
+def _listener_of(settings: Settings) -> ListenerAddress:
+    host, port = parse_listen(settings.integrations.envoy_listener, "AEGIS_ENVOY_LISTENER")
+    return ListenerAddress(host, port)
+
+
+def _rds_of(settings: Settings) -> RdsPolling:
+    return RdsPolling(settings.xds.rds_refresh_delay_ms, settings.xds.rds_request_timeout_ms)
+
+
+async def _endpoint_expiry(app: web.Application) -> AsyncIterator[None]:
+    async def sweep() -> None:
+        while True:
+            await asyncio.sleep(ENDPOINT_EXPIRY_INTERVAL)
+            try:
+                await app[traffic_api.TRAFFIC].expire_endpoints()
+            except Exception:
+                log.exception("endpoint expiry sweep failed")
+
+    task = asyncio.get_running_loop().create_task(sweep())
+    yield
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
 
 
 async def _healthz(_request: web.Request) -> web.Response:

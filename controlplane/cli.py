@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import asyncio
 import json
 import logging
@@ -74,6 +75,8 @@ def _serve(args: argparse.Namespace) -> int:
     web.run_app(
         app, host=settings.server.host, port=settings.server.port,
         access_log=None, print=lambda message: log.info(message),
+        # Held xDS long-polls end within the hold time; do not wait a minute for them.
+        shutdown_timeout=2.0,
     )
     return 0
 
@@ -92,10 +95,9 @@ def _with_bootstrap_token(settings: Settings) -> Settings:
         "AEGIS_API_TOKENS is not set: an admin token is in %s (use it as AEGIS_TOKEN)", path
     )
     tokens = TokenTable.parse(f"admin:{path.read_text().strip()}")
-    security = type(settings.security)(
-        tokens, settings.security.keyring, settings.security.url_signing_key
+    return dataclasses.replace(
+        settings, security=dataclasses.replace(settings.security, tokens=tokens)
     )
-    return type(settings)(settings.server, settings.registry, security, settings.integrations)
 
 
 def _sign(args: argparse.Namespace) -> int:

@@ -57,6 +57,22 @@ class SecuritySettings:
 
 
 @dataclass(frozen=True)
+class XdsSettings:
+    """How Aegis serves Envoy; must agree with the bootstrap in envoy/envoy.yaml."""
+
+    # Seconds an up-to-date poll is held open before a 304: shorter than Envoy's
+    # request_timeout (10 s in the bootstrap) or every held poll counts as a failure.
+    hold_seconds: float = 5.0
+    # Seconds without a poll after which a node no longer counts for acknowledgements.
+    node_stale_seconds: float = 30.0
+    # RDS polling given to Envoy inside the listener (LDS/CDS polling is in the bootstrap).
+    rds_refresh_delay_ms: int = 1000
+    rds_request_timeout_ms: int = 10000
+    # Run `envoy --mode validate` on structurally new configs when the binary is there.
+    validate: bool = True
+
+
+@dataclass(frozen=True)
 class IntegrationSettings:
     prometheus_url: str = "http://127.0.0.1:9090"
     policies_path: Path | None = None
@@ -69,6 +85,7 @@ class Settings:
     registry: RegistrySettings = field(default_factory=RegistrySettings)
     security: SecuritySettings = field(default_factory=SecuritySettings)
     integrations: IntegrationSettings = field(default_factory=IntegrationSettings)
+    xds: XdsSettings = field(default_factory=XdsSettings)
 
 
 def load_settings(env: Mapping[str, str] | None = None, config_file: Path | None = None) -> Settings:
@@ -102,7 +119,37 @@ def load_settings(env: Mapping[str, str] | None = None, config_file: Path | None
         policies_path=_optional_path(merged.get("AEGIS_POLICIES")),
         envoy_listener=merged.get("AEGIS_ENVOY_LISTENER", "127.0.0.1:10000"),
     )
-    return Settings(server, registry, security, integrations)
+    return Settings(server, registry, security, integrations, _xds_settings(merged))
+
+
+def _xds_settings(values: Mapping[str, str]) -> XdsSettings:
+    hold = _non_negative_float(values, "AEGIS_XDS_HOLD_SECONDS", 5.0)
+    timeout_ms = _positive_int(values, "AEGIS_XDS_RDS_REQUEST_TIMEOUT_MS", 10000)
+    if hold * 1000 >= timeout_ms:
+        raise SettingsError(
+            f"AEGIS_XDS_HOLD_SECONDS ({hold}) must be shorter than Envoy's request_timeout "
+            f"({timeout_ms} ms), or every held poll fails"
+        )
+    return XdsSettings(
+        hold_seconds=hold,
+        node_stale_seconds=_non_negative_float(values, "AEGIS_XDS_NODE_STALE_SECONDS", 30.0),
+        rds_refresh_delay_ms=_positive_int(values, "AEGIS_XDS_RDS_REFRESH_DELAY_MS", 1000),
+        rds_request_timeout_ms=timeout_ms,
+        validate=values.get("AEGIS_XDS_VALIDATE", "true").lower() not in ("0", "false", "no", "off"),
+    )
+
+
+def _non_negative_float(values: Mapping[str, str], name: str, default: float) -> float:
+    raw = values.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        number = float(raw)
+    except ValueError:
+        raise SettingsError(f"{name}={raw!r} is not a number") from None
+    if number < 0:
+        raise SettingsError(f"{name} must not be negative, not {number}")
+    return number
 
 
 def parse_listen(value: str, name: str) -> tuple[str, int]:

@@ -1,0 +1,1 @@
+"""Traffic: model-server endpoints, weights per model, and publishing them to Envoy."""

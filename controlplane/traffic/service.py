@@ -1,0 +1,309 @@
+"""Keeps the routing inputs (stages, traffic settings, endpoints) and publishes them to Envoy.
+
+Every change is written to the database first, then applied to the in-memory
+inputs and published; xDS polls never touch the database. A change Envoy would
+reject (or that is inconsistent) is undone and reported.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from controlplane.traffic.store import EndpointRow, TrafficRow, TrafficStore, row_document, setting_of
+from controlplane.xds.cache import PublishResult, Publisher
+from controlplane.xds.desired import ModelStages, desired_state, effective_weights
+from controlplane.xds.resources import DesiredState, Endpoint, ListenerAddress, RdsPolling, model_routes
+from controlplane.xds.snapshot import ResourceType, Snapshot, content_version
+from registry.domain import StageChange, check_model_name, check_version
+from registry.errors import Conflict, InvalidInput, NotFound
+from registry.store import RegistryStore
+
+log = logging.getLogger(__name__)
+
+MAX_TTL_SECONDS = 3600
+ROLLOUT_OWNER = "rollout"
+
+
+@dataclass(frozen=True)
+class TrafficRequest:
+    weights: dict[str, int]
+    match: list[dict[str, str]] = field(default_factory=list)
+    mirror_percent: int = 0
+
+    @classmethod
+    def from_document(cls, body: dict[str, Any]) -> TrafficRequest:
+        weights = body.get("weights")
+        if not isinstance(weights, dict) or not weights:
+            raise InvalidInput('give "weights" as an object of version -> integer weight')
+        for version, weight in weights.items():
+            if not isinstance(weight, int) or isinstance(weight, bool) or weight < 0:
+                raise InvalidInput(f"weight of {version!r} must be a non-negative integer, not {weight!r}")
+        if sum(weights.values()) <= 0:
+            raise InvalidInput("weights must sum to more than 0")
+        match = body.get("match", [])
+        if not isinstance(match, list) or not all(_is_header_match(m) for m in match):
+            raise InvalidInput('"match" must be a list of {"headers": {name: value}} objects')
+        mirror = body.get("mirror", {"percent": 0})
+        percent = mirror.get("percent", 0) if isinstance(mirror, dict) else None
+        if not isinstance(percent, int) or isinstance(percent, bool) or not 0 <= percent <= 100:
+            raise InvalidInput('"mirror" must be {"percent": 0-100}')
+        return cls(dict(weights), [dict(m["headers"]) for m in match], percent)
+
+
+def _is_header_match(entry: object) -> bool:
+    if not isinstance(entry, dict) or set(entry) != {"headers"} or not isinstance(entry["headers"], dict):
+        return False
+    headers = entry["headers"]
+    return bool(headers) and all(
+        isinstance(k, str) and k and isinstance(v, str) for k, v in headers.items()
+    )
+
+
+@dataclass(frozen=True)
+class EndpointAnnouncement:
+    model_name: str
+    version: str
+    address: str
+    port: int
+    ttl_seconds: int = 30
+
+    @classmethod
+    def from_document(cls, body: dict[str, Any], *, need_ttl: bool = True) -> EndpointAnnouncement:
+        address = body.get("address")
+        try:
+            ip = ipaddress.ip_address(str(address))
+        except ValueError:
+            raise InvalidInput(f"address {address!r} must be an IP address (Envoy's STATIC clusters)") from None
+        port = body.get("port")
+        if not isinstance(port, int) or isinstance(port, bool) or not 1 <= port <= 65535:
+            raise InvalidInput(f"port {port!r} must be an integer from 1 to 65535")
+        ttl = body.get("ttl_seconds", 30)
+        if need_ttl and (not isinstance(ttl, int) or isinstance(ttl, bool) or not 1 <= ttl <= MAX_TTL_SECONDS):
+            raise InvalidInput(f"ttl_seconds must be an integer from 1 to {MAX_TTL_SECONDS}")
+        return cls(
+            check_model_name(body.get("model_name")), check_version(body.get("version")),
+            str(ip), port, int(ttl) if isinstance(ttl, int) else 30,
+        )
+
+
+class TrafficService:
+    def __init__(
+        self, store: TrafficStore, registry_store: RegistryStore, publisher: Publisher, *,
+        listener: ListenerAddress, rds_polling: RdsPolling,
+    ) -> None:
+        self.store = store
+        self.registry_store = registry_store
+        self.publisher = publisher
+        self.listener = listener
+        self.rds_polling = rds_polling
+        self.stages: dict[str, ModelStages] = {}
+        self.settings: dict[str, TrafficRow] = {}
+        self.endpoints: dict[tuple[str, str], dict[tuple[str, int], datetime]] = {}
+        self._model_route_versions: dict[str, tuple[str, str]] = {}
+        publisher.on_publish(self._track_route_versions)
+
+    async def start(self) -> PublishResult:
+        """Load everything and publish before the first poll is answered.
+
+        A restarted control plane that answered with an empty config first would
+        roll every Envoy back; this way it serves the same version as before (304).
+        """
+        for name, _created, versions in await self.registry_store.list_models():
+            self.stages[name] = _stages_of(name, versions)
+        self.settings = await self.store.load_settings()
+        now = datetime.now(UTC)
+        for row in await self.store.load_endpoints():
+            if row.expires_at > now:
+                self._endpoint_set(row.model_name, row.version)[(row.address, row.port)] = row.expires_at
+        return await self.publish()
+
+    def desired(self, settings: dict[str, TrafficRow] | None = None) -> DesiredState:
+        chosen = self.settings if settings is None else settings
+        endpoints = {
+            key: tuple(Endpoint(address, port) for address, port in sorted(members))
+            for key, members in self.endpoints.items() if members
+        }
+        return desired_state(
+            self.listener, self.stages, {name: setting_of(row) for name, row in chosen.items()},
+            endpoints, rds_polling=self.rds_polling,
+        )
+
+    async def publish(self, desired: DesiredState | None = None) -> PublishResult:
+        return await self.publisher.publish(desired or self.desired())
+
+    def _track_route_versions(self, snapshot: Snapshot) -> None:
+        """Remember, per model, the first route version that carried its current routes."""
+        rds_version = snapshot.versions[ResourceType.ROUTE]
+        fragments: dict[str, list[Any]] = {}
+        for config in snapshot.routes:
+            for host in config.get("virtual_hosts", []):
+                for route in host.get("routes", []):
+                    fragments.setdefault(str(route.get("name", "")).split("/")[0], []).append(route)
+        for model_name, routes in fragments.items():
+            fingerprint = content_version(routes)
+            known = self._model_route_versions.get(model_name)
+            if known is None or known[0] != fingerprint:
+                self._model_route_versions[model_name] = (fingerprint, rds_version)
+
+    # --- stages -------------------------------------------------------------
+
+    async def on_stage_change(self, changes: list[StageChange]) -> None:
+        for model_name in {change.model_name for change in changes}:
+            versions = [(v.version, v.stage.value) for v in await self.registry_store.list_versions(model_name)]
+            self.stages[model_name] = _stages_of(model_name, versions)
+        result = await self.publish()
+        if not result.published:
+            log.error("routing after a stage change was not published: %s", result.error)
+
+    # --- traffic ------------------------------------------------------------
+
+    def live_stages(self, model_name: str) -> ModelStages:
+        stages = self.stages.get(check_model_name(model_name))
+        if stages is None:
+            raise NotFound(f"model {model_name!r} is not registered; list models with GET /v1/registry/models")
+        return stages
+
+    async def set_traffic(
+        self, model_name: str, request: TrafficRequest, *, actor: str, owner: str = "operator"
+    ) -> PublishResult:
+        stages = self.live_stages(model_name)
+        previous = self.settings.get(model_name)
+        if previous is not None and previous.owner == ROLLOUT_OWNER and owner != ROLLOUT_OWNER:
+            raise Conflict(
+                f"a rollout drives {model_name}'s traffic; pause or abort it with "
+                f"POST /v1/rollouts/{model_name}/pause|abort before setting weights by hand"
+            )
+        live = {v for v in (stages.prod, stages.canary) if v is not None}
+        unknown = sorted(set(request.weights) - live)
+        if unknown:
+            raise InvalidInput(
+                f"{model_name} weights may name only its prod and canary versions "
+                f"({', '.join(sorted(live)) or 'none'}); not {', '.join(unknown)}"
+            )
+        row = TrafficRow(
+            model_name=model_name, weights=request.weights, match=request.match,
+            mirror_percent=request.mirror_percent, owner=owner, updated_by=actor,
+            updated_at=datetime.now(UTC),
+        )
+        candidate = {**self.settings, model_name: row}
+        result = await self.publish(self.desired(candidate))
+        if not result.published:
+            raise InvalidInput(f"the new routing was not published: {result.error}")
+        await self.store.save_setting(row)
+        self.settings = candidate
+        return result
+
+    async def release(self, model_name: str) -> None:
+        """Forget a model's traffic setting: prod takes 100 again."""
+        self.settings.pop(model_name, None)
+        await self.store.delete_setting(model_name)
+        await self.publish()
+
+    def traffic_document(self, model_name: str) -> dict[str, Any]:
+        stages = self.live_stages(model_name)
+        row = self.settings.get(model_name)
+        weights = effective_weights(stages, setting_of(row) if row else None)
+        fingerprint_version = self._model_route_versions.get(model_name)
+        rds_version = fingerprint_version[1] if fingerprint_version else ""
+        acked_nodes, total_nodes = self.publisher.routes_acked(rds_version)
+        desired_now = self._serves_desired(model_name)
+        return {
+            "model_name": model_name,
+            "weights": weights,
+            "prod": stages.prod,
+            "canary": stages.canary,
+            "endpoints": {
+                version: [f"{a}:{p}" for a, p in sorted(self.endpoints.get((model_name, version), {}))]
+                for version in weights
+            },
+            **row_document(row),
+            "xds_version": rds_version,
+            "acked": desired_now and acked_nodes == total_nodes,
+            "nodes_acked": acked_nodes,
+            "nodes_total": total_nodes,
+        }
+
+    def _serves_desired(self, model_name: str) -> bool:
+        """False while make-before-break still keeps the desired split from the routes."""
+        desired = self.publisher.desired
+        if desired is None:
+            return False
+        for model in desired.models:
+            if model.model_name == model_name:
+                wanted = content_version(model_routes(model))
+                known = self._model_route_versions.get(model_name)
+                return known is not None and known[0] == wanted
+        return True
+
+    # --- endpoints ----------------------------------------------------------
+
+    def _endpoint_set(self, model_name: str, version: str) -> dict[tuple[str, int], datetime]:
+        return self.endpoints.setdefault((model_name, version), {})
+
+    async def announce(self, announcement: EndpointAnnouncement, *, actor: str) -> bool:
+        """Add or renew an endpoint; True when it is new (and so was published)."""
+        if await self.registry_store.get_version(announcement.model_name, announcement.version) is None:
+            raise NotFound(
+                f"{announcement.model_name} {announcement.version} is not registered; register it first"
+            )
+        expires_at = datetime.now(UTC) + timedelta(seconds=announcement.ttl_seconds)
+        await self.store.upsert_endpoint(
+            EndpointRow(
+                model_name=announcement.model_name, version=announcement.version,
+                address=announcement.address, port=announcement.port,
+                ttl_seconds=announcement.ttl_seconds, expires_at=expires_at, registered_by=actor,
+            )
+        )
+        members = self._endpoint_set(announcement.model_name, announcement.version)
+        key = (announcement.address, announcement.port)
+        is_new = key not in members
+        members[key] = expires_at
+        if is_new:
+            await self.publish()
+        return is_new
+
+    async def withdraw(self, announcement: EndpointAnnouncement) -> None:
+        key = (announcement.address, announcement.port)
+        members = self.endpoints.get((announcement.model_name, announcement.version), {})
+        removed = await self.store.delete_endpoint(
+            announcement.model_name, announcement.version, announcement.address, announcement.port
+        )
+        if key not in members and not removed:
+            raise NotFound(
+                f"no endpoint {announcement.address}:{announcement.port} for "
+                f"{announcement.model_name} {announcement.version}"
+            )
+        members.pop(key, None)
+        await self.publish()
+
+    async def expire_endpoints(self) -> int:
+        """Drop endpoints whose TTL passed without a renewal; returns how many went."""
+        now = datetime.now(UTC)
+        expired = 0
+        for members in self.endpoints.values():
+            for key in [k for k, expires_at in members.items() if expires_at <= now]:
+                del members[key]
+                expired += 1
+        if expired:
+            log.info("%d endpoint(s) expired without renewal", expired)
+            await self.store.delete_expired(now)
+            await self.publish()
+        return expired
+
+    def endpoint_documents(self) -> list[dict[str, Any]]:
+        return [
+            {"model_name": model_name, "version": version, "address": address, "port": port,
+             "expires_at": expires_at.isoformat()}
+            for (model_name, version), members in sorted(self.endpoints.items())
+            for (address, port), expires_at in sorted(members.items())
+        ]
+
+
+def _stages_of(model_name: str, versions: list[tuple[str, str]]) -> ModelStages:
+    prod = next((v for v, stage in versions if stage == "prod"), None)
+    canary = next((v for v, stage in versions if stage == "canary"), None)
+    return ModelStages(model_name, prod, canary)

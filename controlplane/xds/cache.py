@@ -1,0 +1,205 @@
+"""The published xDS snapshot, the polls waiting on it, and the publisher that builds it.
+
+The publisher is the only producer: it turns the desired state into a snapshot
+(gated by what the live nodes have acknowledged, so new clusters are routed to
+only after Envoy has them and old ones leave only once no route uses them), asks a
+real Envoy to validate structurally new configs, and publishes atomically. The
+discovery handlers only read `XdsCache.current` and wait for the next version.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import logging
+import time
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import TypeVar
+
+from controlplane.xds.nodes import NodeTracker
+from controlplane.xds.resources import DesiredState
+from controlplane.xds.snapshot import (
+    ResourceType,
+    Snapshot,
+    SnapshotInconsistent,
+    build_snapshot,
+    clusters_to_retain,
+    content_version,
+    resource_name,
+    routed_clusters,
+)
+
+log = logging.getLogger(__name__)
+
+# Versions of past snapshots kept to learn what a node's acknowledged version holds.
+HISTORY_SIZE = 256
+
+T = TypeVar("T")
+Validator = Callable[[Snapshot], Awaitable["ValidationOutcome"]]
+
+
+@dataclass(frozen=True)
+class ValidationOutcome:
+    ok: bool
+    message: str
+
+
+@dataclass(frozen=True)
+class PublishResult:
+    published: bool
+    snapshot: Snapshot
+    error: str = ""
+
+
+class XdsCache:
+    """The current snapshot and a way to wait until it changes; no I/O, no decisions."""
+
+    def __init__(self, snapshot: Snapshot) -> None:
+        self.current = snapshot
+        self.sequence = 0
+        self._changed = asyncio.Event()
+        self._cluster_sets: OrderedDict[str, frozenset[str]] = OrderedDict()
+        self._routed_sets: OrderedDict[str, frozenset[str]] = OrderedDict()
+        self._sequences: OrderedDict[str, int] = OrderedDict()
+        self._remember(snapshot)
+
+    def publish(self, snapshot: Snapshot) -> bool:
+        if snapshot.version == self.current.version:
+            return False
+        self.current = snapshot
+        self.sequence += 1
+        self._remember(snapshot)
+        changed, self._changed = self._changed, asyncio.Event()
+        changed.set()
+        return True
+
+    def _remember(self, snapshot: Snapshot) -> None:
+        cds = snapshot.versions[ResourceType.CLUSTER]
+        rds = snapshot.versions[ResourceType.ROUTE]
+        # Only clusters with endpoints count as "the node has it": a route to a cluster
+        # that Envoy still knows without hosts answers 503 just like an unknown one.
+        _bounded_put(self._cluster_sets, cds, frozenset(
+            resource_name(c) for c in snapshot.clusters if c.get("load_assignment", {}).get("endpoints")
+        ))
+        _bounded_put(self._routed_sets, rds, routed_clusters(snapshot))
+        _bounded_put(self._sequences, rds, self.sequence)
+
+    async def wait_for_change(self, timeout: float) -> bool:
+        """True when a new snapshot was published within `timeout` seconds."""
+        event = self._changed
+        try:
+            await asyncio.wait_for(event.wait(), timeout)
+        except TimeoutError:
+            return False
+        return True
+
+    def clusters_in(self, cds_version: str) -> frozenset[str] | None:
+        return self._cluster_sets.get(cds_version)
+
+    def routed_by(self, rds_version: str) -> frozenset[str] | None:
+        return self._routed_sets.get(rds_version)
+
+    def route_sequence(self, rds_version: str) -> int | None:
+        """When a route version was first published (a counter); None when unknown."""
+        return self._sequences.get(rds_version)
+
+
+def _bounded_put(store: OrderedDict[str, T], key: str, value: T) -> None:
+    # Overwrite: a version published again (A, B, A) is newest again.
+    store[key] = value
+    store.move_to_end(key)
+    while len(store) > HISTORY_SIZE:
+        store.popitem(last=False)
+
+
+def structure_key(snapshot: Snapshot) -> str:
+    """The snapshot with weights and endpoints blanked: equal keys need no new validation (pure)."""
+    routes = copy.deepcopy(list(snapshot.routes))
+    for config in routes:
+        for host in config.get("virtual_hosts", []):
+            for route in host.get("routes", []):
+                for entry in route.get("route", {}).get("weighted_clusters", {}).get("clusters", []):
+                    entry["weight"] = 1
+    clusters = [{k: v for k, v in c.items() if k != "load_assignment"} for c in snapshot.clusters]
+    return content_version([list(snapshot.listeners), clusters, routes])
+
+
+class Publisher:
+    """Builds, validates and publishes snapshots for the desired state; one build at a time."""
+
+    def __init__(
+        self, cache: XdsCache, nodes: NodeTracker, *, validator: Validator | None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.cache = cache
+        self.nodes = nodes
+        self.validator = validator
+        self.clock = clock
+        self.desired: DesiredState | None = None
+        self.last_error = ""
+        self._validated: set[str] = set()
+        self._lock = asyncio.Lock()
+        self._listeners: list[Callable[[Snapshot], None]] = []
+
+    def on_publish(self, listener: Callable[[Snapshot], None]) -> None:
+        """Call `listener` with every snapshot published, whoever asked for it."""
+        self._listeners.append(listener)
+
+    async def publish(self, desired: DesiredState | None = None) -> PublishResult:
+        """Publish `desired` (or rebuild the current desired state after an acknowledgement)."""
+        async with self._lock:
+            target = desired or self.desired
+            if target is None:
+                return PublishResult(False, self.cache.current, "nothing to publish yet")
+            try:
+                snapshot = self._build(target)
+            except SnapshotInconsistent as exc:
+                return self._refuse(exc.problems)
+            key = structure_key(snapshot)
+            if self.validator is not None and key not in self._validated:
+                outcome = await self.validator(snapshot)
+                if not outcome.ok:
+                    return self._refuse([f"envoy rejected the config: {outcome.message}"])
+                self._validated.add(key)
+            self.desired = target
+            self.last_error = ""
+            if self.cache.publish(snapshot):
+                log.info("published xDS snapshot %s", snapshot.version[:12])
+                for listener in self._listeners:
+                    listener(snapshot)
+            return PublishResult(True, snapshot)
+
+    def _refuse(self, problems: list[str]) -> PublishResult:
+        self.last_error = "; ".join(problems)
+        log.error("xDS snapshot not published: %s", self.last_error)
+        return PublishResult(False, self.cache.current, self.last_error)
+
+    def _build(self, desired: DesiredState) -> Snapshot:
+        now = self.clock()
+        routable: frozenset[str] | None = None
+        still_routed: set[str] = set()
+        for node in self.nodes.live_nodes(now=now):
+            clusters = self.cache.clusters_in(node.type_state(ResourceType.CLUSTER).acked_version)
+            if clusters is not None:
+                routable = clusters if routable is None else routable & clusters
+            routed = self.cache.routed_by(node.type_state(ResourceType.ROUTE).acked_version)
+            if routed is not None:
+                still_routed |= routed
+        retained = clusters_to_retain(self.cache.current, still_routed=frozenset(still_routed))
+        return build_snapshot(desired, routable_clusters=routable, retained_clusters=retained)
+
+    def routes_acked(self, rds_version: str) -> tuple[int, int]:
+        """(live nodes running `rds_version` or a later one, live nodes)."""
+        now = self.clock()
+        wanted = self.cache.route_sequence(rds_version)
+        live = self.nodes.live_nodes(now=now)
+        if wanted is None:
+            return 0, len(live)
+        acked = 0
+        for node in live:
+            seq = self.cache.route_sequence(node.type_state(ResourceType.ROUTE).acked_version)
+            if seq is not None and seq >= wanted:
+                acked += 1
+        return acked, len(live)

@@ -1,0 +1,186 @@
+"""The REST-JSON xDS endpoints Envoy polls, and the node view for operators.
+
+`POST /v3/discovery:{listeners,clusters,routes,endpoints}`: answered from the
+published snapshot in memory, never from the database. A poll that already runs
+the current version is held open (long-poll) until the config changes or the
+hold time passes, then answered 200 or an empty 304. A version a node rejected is
+not sent to it again: it gets 304 on the version it accepted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from aiohttp import web
+from prometheus_client import CollectorRegistry, Counter, Gauge
+
+from controlplane.xds.cache import Publisher, XdsCache
+from controlplane.xds.nodes import NodeTracker, PollKind
+from controlplane.xds.snapshot import ResourceType
+from registry.auth import Role
+from registry.http import authorize
+
+log = logging.getLogger(__name__)
+
+TYPES_BY_PATH = {
+    "listeners": ResourceType.LISTENER,
+    "clusters": ResourceType.CLUSTER,
+    "routes": ResourceType.ROUTE,
+    "endpoints": ResourceType.ENDPOINT,
+}
+# Envoy sends its whole node description (~80 KB) with every REST poll.
+MAX_POLL_BYTES = 4 << 20
+
+
+class XdsMetrics:
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.requests = Counter(
+            "aegis_xds_requests", "xDS polls by resource type and result (ok, not_modified, bad_request).",
+            ["type", "result"], registry=registry,
+        )
+        self.rejected = Counter(
+            "aegis_xds_rejected", "Versions an Envoy node rejected (polled again on an older version).",
+            ["type"], registry=registry,
+        )
+        self.live_nodes = Gauge("aegis_xds_live_nodes", "Envoy nodes seen recently.", registry=registry)
+        self.publish_failures = Counter(
+            "aegis_xds_publish_failures",
+            "Snapshots not published: inconsistent or rejected by envoy --mode validate.",
+            registry=registry,
+        )
+
+
+@dataclass
+class XdsServer:
+    cache: XdsCache
+    nodes: NodeTracker
+    publisher: Publisher
+    metrics: XdsMetrics
+    hold_seconds: float
+
+    def __post_init__(self) -> None:
+        self._rebuild_pending = False
+        self._background: set[asyncio.Task[Any]] = set()
+
+    async def discovery(self, request: web.Request) -> web.StreamResponse:
+        resource_type = TYPES_BY_PATH.get(request.match_info["type"])
+        type_label = request.match_info["type"]
+        if resource_type is None:
+            raise web.HTTPNotFound(text=f"unknown xDS type {type_label!r}")
+        try:
+            poll = _parse_poll(await request.content.read(MAX_POLL_BYTES + 1))
+        except ValueError as exc:
+            self.metrics.requests.labels(type_label, "bad_request").inc()
+            return web.json_response({"error": {"code": "bad_request", "message": str(exc)}}, status=400)
+        outcome = self.nodes.observe(
+            poll.node_id, poll.cluster, resource_type, poll.version_info, now=time.monotonic()
+        )
+        if outcome.kind is PollKind.REJECT:
+            self.metrics.rejected.labels(type_label).inc()
+            log.warning(
+                "node %s rejected %s version %s (still runs %s); see its Envoy log for the reason",
+                poll.node_id, type_label, outcome.rejected_version[:12], poll.version_info[:12] or "none",
+            )
+        if outcome.ack_changed and resource_type in (ResourceType.CLUSTER, ResourceType.ROUTE):
+            self._schedule_rebuild()
+        return await self._answer(resource_type, type_label, poll)
+
+    async def _answer(self, resource_type: ResourceType, type_label: str, poll: _Poll) -> web.StreamResponse:
+        deadline = time.monotonic() + (self.hold_seconds if poll.version_info else 0)
+        while True:
+            snapshot = self.cache.current
+            version = snapshot.versions[resource_type]
+            if version != poll.version_info and not self.nodes.has_rejected(
+                poll.node_id, resource_type, version
+            ):
+                body = snapshot.discovery_response(resource_type, poll.resource_names)
+                self.nodes.record_served(poll.node_id, resource_type, version)
+                self.metrics.requests.labels(type_label, "ok").inc()
+                return web.json_response(body)
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or not await self.cache.wait_for_change(remaining):
+                self.metrics.requests.labels(type_label, "not_modified").inc()
+                return web.Response(status=304)
+
+    def _schedule_rebuild(self) -> None:
+        # A node acknowledged new clusters or routes: clusters it now has may be
+        # routed to, and clusters no node routes to any more may go.
+        if self._rebuild_pending:
+            return
+        self._rebuild_pending = True
+
+        async def rebuild() -> None:
+            try:
+                await asyncio.sleep(0)
+                self._rebuild_pending = False
+                result = await self.publisher.publish()
+                if not result.published and result.error:
+                    self.metrics.publish_failures.inc()
+            except Exception:
+                log.exception("rebuild after acknowledgement failed")
+
+        task = asyncio.get_running_loop().create_task(rebuild())
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def list_nodes(self, request: web.Request) -> web.Response:
+        authorize(request, Role.VIEWER)
+        now = time.monotonic()
+        wall_offset = time.time() - now
+        nodes = []
+        for node in sorted(self.nodes.nodes.values(), key=lambda n: n.node_id):
+            document = node.as_document(live=self.nodes.is_live(node, now=now))
+            document["first_seen"] = node.first_seen + wall_offset
+            document["last_seen"] = node.last_seen + wall_offset
+            nodes.append(document)
+        self.metrics.live_nodes.set(len(self.nodes.live_nodes(now=now)))
+        snapshot = self.cache.current
+        return web.json_response(
+            {
+                "nodes": nodes,
+                "current": {kind.name.lower(): version for kind, version in snapshot.versions.items()},
+                "last_publish_error": self.publisher.last_error,
+            }
+        )
+
+
+@dataclass(frozen=True)
+class _Poll:
+    node_id: str
+    cluster: str
+    version_info: str
+    resource_names: tuple[str, ...]
+
+
+def _parse_poll(raw: bytes) -> _Poll:
+    if len(raw) > MAX_POLL_BYTES:
+        raise ValueError(f"discovery request larger than {MAX_POLL_BYTES} bytes")
+    try:
+        document = json.loads(raw or b"{}")
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ValueError(f"discovery request is not JSON: {exc}") from None
+    if not isinstance(document, dict):
+        raise ValueError("discovery request must be a JSON object")
+    node = document.get("node") or {}
+    if not isinstance(node, dict) or not isinstance(node.get("id", ""), str):
+        raise ValueError("node must be an object with a string id")
+    names = document.get("resource_names") or []
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+        raise ValueError("resource_names must be a list of strings")
+    version = document.get("version_info") or ""
+    if not isinstance(version, str):
+        raise ValueError("version_info must be a string")
+    return _Poll(
+        node_id=node.get("id") or "unknown", cluster=str(node.get("cluster") or ""),
+        version_info=version, resource_names=tuple(names),
+    )
+
+
+def add_routes(app: web.Application, server: XdsServer) -> None:
+    app.router.add_post("/v3/discovery:{type}", server.discovery)
+    app.router.add_get("/v1/xds/nodes", server.list_nodes)
