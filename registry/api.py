@@ -12,7 +12,14 @@ from aiohttp import BodyPartReader, web
 
 from registry.auth import Role
 from registry.blobs import CHUNK_BYTES, BlobStore, StagedBlob
-from registry.domain import Stage, StageChange, check_model_name, check_version, parse_stage
+from registry.domain import (
+    Stage,
+    StageChange,
+    check_bounded_int,
+    check_model_name,
+    check_version,
+    parse_stage,
+)
 from registry.download_urls import check_url_signature, url_signature
 from registry.errors import InvalidInput, MalformedRequest, NotFound, PayloadTooLarge
 from registry.http import authorize, parse_json_object, read_json
@@ -249,9 +256,10 @@ async def artifact_url(request: web.Request) -> web.Response:
     authorize(request, Role.VIEWER)
     config = request.app[CONFIG]
     body = await read_json(request, required=False)
-    ttl = body.get("ttl_seconds", config.download_url_ttl_seconds)
-    if not isinstance(ttl, int) or isinstance(ttl, bool) or not 1 <= ttl <= MAX_URL_TTL_SECONDS:
-        raise InvalidInput(f"ttl_seconds must be an integer from 1 to {MAX_URL_TTL_SECONDS}")
+    ttl = check_bounded_int(
+        body.get("ttl_seconds", config.download_url_ttl_seconds),
+        label="ttl_seconds", low=1, high=MAX_URL_TTL_SECONDS,
+    )
     found = await request.app[SERVICE].get_version(
         request.match_info["model"], request.match_info["version"]
     )

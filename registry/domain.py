@@ -75,6 +75,13 @@ def check_checksum(checksum: object) -> str:
     return checksum
 
 
+def check_bounded_int(value: object, *, label: str, low: int, high: int) -> int:
+    """An integer (not a bool, not a float) within [low, high], or a 422 naming the field."""
+    if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
+        raise InvalidInput(f"{label} must be an integer from {low} to {high}, not {value!r}")
+    return value
+
+
 def parse_stage(value: object) -> Stage:
     try:
         return Stage(str(value))

@@ -14,17 +14,19 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from controlplane.traffic.store import EndpointRow, TrafficRow, TrafficStore, row_document, setting_of
-from controlplane.xds.cache import PublishResult, Publisher
+from controlplane.xds.cache import Publisher, PublishResult
 from controlplane.xds.desired import ModelStages, desired_state, effective_weights
 from controlplane.xds.resources import DesiredState, Endpoint, ListenerAddress, RdsPolling, model_routes
 from controlplane.xds.snapshot import ResourceType, Snapshot, content_version
-from registry.domain import StageChange, check_model_name, check_version
+from registry.domain import StageChange, check_bounded_int, check_model_name, check_version
 from registry.errors import Conflict, InvalidInput, NotFound
 from registry.store import RegistryStore
 
 log = logging.getLogger(__name__)
 
 MAX_TTL_SECONDS = 3600
+DEFAULT_TTL_SECONDS = 30
+MAX_WEIGHT = 1_000_000
 ROLLOUT_OWNER = "rollout"
 
 
@@ -40,17 +42,16 @@ class TrafficRequest:
         if not isinstance(weights, dict) or not weights:
             raise InvalidInput('give "weights" as an object of version -> integer weight')
         for version, weight in weights.items():
-            if not isinstance(weight, int) or isinstance(weight, bool) or weight < 0:
-                raise InvalidInput(f"weight of {version!r} must be a non-negative integer, not {weight!r}")
+            check_bounded_int(weight, label=f"weight of {version!r}", low=0, high=MAX_WEIGHT)
         if sum(weights.values()) <= 0:
             raise InvalidInput("weights must sum to more than 0")
         match = body.get("match", [])
         if not isinstance(match, list) or not all(_is_header_match(m) for m in match):
             raise InvalidInput('"match" must be a list of {"headers": {name: value}} objects')
         mirror = body.get("mirror", {"percent": 0})
-        percent = mirror.get("percent", 0) if isinstance(mirror, dict) else None
-        if not isinstance(percent, int) or isinstance(percent, bool) or not 0 <= percent <= 100:
+        if not isinstance(mirror, dict):
             raise InvalidInput('"mirror" must be {"percent": 0-100}')
+        percent = check_bounded_int(mirror.get("percent", 0), label="mirror percent", low=0, high=100)
         return cls(dict(weights), [dict(m["headers"]) for m in match], percent)
 
 
@@ -69,7 +70,7 @@ class EndpointAnnouncement:
     version: str
     address: str
     port: int
-    ttl_seconds: int = 30
+    ttl_seconds: int = DEFAULT_TTL_SECONDS
 
     @classmethod
     def from_document(cls, body: dict[str, Any], *, need_ttl: bool = True) -> EndpointAnnouncement:
@@ -77,16 +78,16 @@ class EndpointAnnouncement:
         try:
             ip = ipaddress.ip_address(str(address))
         except ValueError:
-            raise InvalidInput(f"address {address!r} must be an IP address (Envoy's STATIC clusters)") from None
-        port = body.get("port")
-        if not isinstance(port, int) or isinstance(port, bool) or not 1 <= port <= 65535:
-            raise InvalidInput(f"port {port!r} must be an integer from 1 to 65535")
-        ttl = body.get("ttl_seconds", 30)
-        if need_ttl and (not isinstance(ttl, int) or isinstance(ttl, bool) or not 1 <= ttl <= MAX_TTL_SECONDS):
-            raise InvalidInput(f"ttl_seconds must be an integer from 1 to {MAX_TTL_SECONDS}")
+            raise InvalidInput(
+                f"address {address!r} must be an IP address (Envoy's STATIC clusters resolve no names)"
+            ) from None
+        port = check_bounded_int(body.get("port"), label="port", low=1, high=65535)
+        ttl = body.get("ttl_seconds", DEFAULT_TTL_SECONDS)
+        if need_ttl:
+            check_bounded_int(ttl, label="ttl_seconds", low=1, high=MAX_TTL_SECONDS)
         return cls(
             check_model_name(body.get("model_name")), check_version(body.get("version")),
-            str(ip), port, int(ttl) if isinstance(ttl, int) else 30,
+            str(ip), port, ttl if isinstance(ttl, int) else DEFAULT_TTL_SECONDS,
         )
 
 
@@ -153,8 +154,8 @@ class TrafficService:
 
     async def on_stage_change(self, changes: list[StageChange]) -> None:
         for model_name in {change.model_name for change in changes}:
-            versions = [(v.version, v.stage.value) for v in await self.registry_store.list_versions(model_name)]
-            self.stages[model_name] = _stages_of(model_name, versions)
+            versions = await self.registry_store.list_versions(model_name)
+            self.stages[model_name] = _stages_of(model_name, [(v.version, v.stage.value) for v in versions])
         result = await self.publish()
         if not result.published:
             log.error("routing after a stage change was not published: %s", result.error)
@@ -164,7 +165,9 @@ class TrafficService:
     def live_stages(self, model_name: str) -> ModelStages:
         stages = self.stages.get(check_model_name(model_name))
         if stages is None:
-            raise NotFound(f"model {model_name!r} is not registered; list models with GET /v1/registry/models")
+            raise NotFound(
+                f"model {model_name!r} is not registered; list models with GET /v1/registry/models"
+            )
         return stages
 
     async def set_traffic(

@@ -86,11 +86,11 @@ class XdsCache:
         _bounded_put(self._routed_sets, rds, routed_clusters(snapshot))
         _bounded_put(self._sequences, rds, self.sequence)
 
-    async def wait_for_change(self, timeout: float) -> bool:
-        """True when a new snapshot was published within `timeout` seconds."""
+    async def wait_for_change(self, seconds: float) -> bool:
+        """True when a new snapshot was published within `seconds`."""
         event = self._changed
         try:
-            await asyncio.wait_for(event.wait(), timeout)
+            await asyncio.wait_for(event.wait(), seconds)
         except TimeoutError:
             return False
         return True

@@ -43,6 +43,8 @@ class TrafficSetting:
     mirror_percent: int = 0
 
 
+DEFAULT_RDS_POLLING = RdsPolling()
+
 EndpointMap = Mapping[tuple[str, str], tuple[Endpoint, ...]]
 
 
@@ -69,7 +71,9 @@ def model_route(
         return None
     stable_version = stages.prod or stages.canary
     assert stable_version is not None
-    stable = Arm(stable_version, weights[stable_version], endpoints.get((stages.model_name, stable_version), ()))
+    stable = Arm(
+        stable_version, weights[stable_version], endpoints.get((stages.model_name, stable_version), ())
+    )
     canary: Arm | None = None
     if stages.prod is not None and stages.canary is not None:
         canary = Arm(
@@ -91,12 +95,10 @@ def desired_state(
     traffic: Mapping[str, TrafficSetting],
     endpoints: EndpointMap,
     *,
-    rds_polling: RdsPolling = RdsPolling(),
+    rds_polling: RdsPolling = DEFAULT_RDS_POLLING,
 ) -> DesiredState:
     """The whole routing state Envoy should run (pure)."""
-    routes = (
-        model_route(stages, traffic.get(name), endpoints) for name, stages in sorted(models.items())
-    )
+    routes = (model_route(stages, traffic.get(name), endpoints) for name, stages in sorted(models.items()))
     return DesiredState(
         listener=listener,
         models=tuple(route for route in routes if route is not None),

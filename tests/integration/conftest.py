@@ -18,6 +18,7 @@ from controlplane.settings import Settings
 from tests.conftest import SIGN_KEY, auth
 
 Register = Callable[..., Awaitable[aiohttp.ClientResponse]]
+StartClient = Callable[[Settings], Awaitable[TestClient[Any, Any]]]
 
 
 def hmac_hex(key: str, model_name: str, version: str, checksum: str) -> str:
