@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import asyncio
+import dataclasses
 import json
 import logging
 import os
@@ -18,6 +18,7 @@ from aiohttp import web
 from controlplane.app import create_app
 from controlplane.observability import configure_logging
 from controlplane.settings import Settings, SettingsError, load_settings
+from modelserver import main as model_server_main
 from registry.auth import TokenTable
 from registry.folders import FolderError, VersionFolder, sign_folder, verify_folder
 from registry.importer import ImportOutcome, import_tree
@@ -64,6 +65,12 @@ def _parser() -> argparse.ArgumentParser:
     importer.add_argument("--watch", action="store_true", help="keep registering new folders")
     importer.add_argument("--json", action="store_true", help="one JSON line per folder")
     importer.set_defaults(run=_import)
+
+    model_server = commands.add_parser(
+        "model-server", help="download, verify and serve one model version (the reference model server)"
+    )
+    model_server_main.add_arguments(model_server)
+    model_server.set_defaults(run=_model_server)
     return parser
 
 
@@ -126,6 +133,11 @@ def _verify(args: argparse.Namespace) -> int:
         else:
             print(f"ok   {path}")
     return 1 if failed else 0
+
+
+def _model_server(args: argparse.Namespace) -> int:
+    configure_logging(os.environ.get("AEGIS_LOG_LEVEL", "INFO"))
+    return model_server_main.run(args)
 
 
 def _import(args: argparse.Namespace) -> int:

@@ -231,15 +231,15 @@ class TrafficService:
         }
 
     def _serves_desired(self, model_name: str) -> bool:
-        """False while make-before-break still keeps the desired split from the routes."""
-        desired = self.publisher.desired
-        if desired is None:
-            return False
-        for model in desired.models:
+        """Whether the published routes are the ones the current inputs call for.
+
+        False while make-before-break still holds the desired split back, and in the
+        moment between an input changing and its snapshot being published.
+        """
+        for model in self.desired().models:
             if model.model_name == model_name:
-                wanted = content_version(model_routes(model))
                 known = self._model_route_versions.get(model_name)
-                return known is not None and known[0] == wanted
+                return known is not None and known[0] == content_version(model_routes(model))
         return True
 
     # --- endpoints ----------------------------------------------------------

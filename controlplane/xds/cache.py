@@ -181,17 +181,17 @@ class Publisher:
         routable: frozenset[str] | None = None
         still_routed: set[str] = set()
         for node in self.nodes.live_nodes(now=now):
-            clusters = self.cache.clusters_in(node.type_state(ResourceType.CLUSTER).acked_version)
-            if clusters is not None:
-                routable = clusters if routable is None else routable & clusters
-            routed = self.cache.routed_by(node.type_state(ResourceType.ROUTE).acked_version)
-            if routed is not None:
-                still_routed |= routed
+            for cds_version in node.type_state(ResourceType.CLUSTER).possible_versions():
+                clusters = self.cache.clusters_in(cds_version)
+                if clusters is not None:
+                    routable = clusters if routable is None else routable & clusters
+            for rds_version in node.type_state(ResourceType.ROUTE).possible_versions():
+                still_routed |= self.cache.routed_by(rds_version) or frozenset()
         retained = clusters_to_retain(self.cache.current, still_routed=frozenset(still_routed))
         return build_snapshot(desired, routable_clusters=routable, retained_clusters=retained)
 
     def routes_acked(self, rds_version: str) -> tuple[int, int]:
-        """(live nodes running `rds_version` or a later one, live nodes)."""
+        """(live nodes surely running `rds_version` or a later one, live nodes)."""
         now = self.clock()
         wanted = self.cache.route_sequence(rds_version)
         live = self.nodes.live_nodes(now=now)
@@ -199,7 +199,10 @@ class Publisher:
             return 0, len(live)
         acked = 0
         for node in live:
-            seq = self.cache.route_sequence(node.type_state(ResourceType.ROUTE).acked_version)
-            if seq is not None and seq >= wanted:
+            sequences = [
+                self.cache.route_sequence(version)
+                for version in node.type_state(ResourceType.ROUTE).possible_versions()
+            ]
+            if all(seq is not None and seq >= wanted for seq in sequences):
                 acked += 1
         return acked, len(live)

@@ -30,6 +30,14 @@ class TypeState:
     acked_at: float = 0.0
 
 
+    def possible_versions(self) -> tuple[str, ...]:
+        """What the node may be running: a version served but not yet confirmed by its
+        next poll may or may not be applied, so both it and the acknowledged one count."""
+        if self.served_version and self.served_version != self.acked_version:
+            return (self.acked_version, self.served_version)
+        return (self.acked_version,)
+
+
 @dataclass
 class NodeState:
     node_id: str

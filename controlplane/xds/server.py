@@ -80,6 +80,7 @@ class XdsServer:
         outcome = self.nodes.observe(
             poll.node_id, poll.cluster, resource_type, poll.version_info, now=time.monotonic()
         )
+        log.debug("poll %s %s at %s: %s", poll.node_id, type_label, poll.version_info[:8], outcome.kind)
         if outcome.kind is PollKind.REJECT:
             self.metrics.rejected.labels(type_label).inc()
             log.warning(

@@ -213,6 +213,10 @@ def check_consistency(snapshot: Snapshot) -> list[str]:
     return problems
 
 
+def _has_endpoints(cluster: Resource) -> bool:
+    return bool(cluster.get("load_assignment", {}).get("endpoints"))
+
+
 def clusters_to_retain(previous: Snapshot, *, still_routed: frozenset[str]) -> tuple[Resource, ...]:
     """Clusters of `previous` that a route config still running on some node uses. Pure.
 
@@ -232,13 +236,17 @@ def build_snapshot(
 
     `routable_clusters`: clusters every live node has acknowledged in CDS; routes
     name no other (None: no gating, e.g. for validation or a restart that restores
-    what Envoy already runs). `retained_clusters`: no longer desired but still
-    routed to by some node; kept in CDS (a desired cluster of the same name wins).
+    what Envoy already runs). `retained_clusters`: no longer desired (or desired
+    without endpoints) but still routed to by some node; kept in CDS.
     """
-    desired_clusters = resources.clusters(desired)
-    desired_names = {resource_name(cluster) for cluster in desired_clusters}
-    kept = tuple(cluster for cluster in retained_clusters if resource_name(cluster) not in desired_names)
-    all_clusters = tuple(sorted(desired_clusters + kept, key=resource_name))
+    retained_by_name = {resource_name(cluster): cluster for cluster in retained_clusters}
+    merged = {resource_name(cluster): cluster for cluster in resources.clusters(desired)}
+    for name, cluster in retained_by_name.items():
+        # A desired cluster wins, except one that lost all its endpoints while a running
+        # route still sends it traffic: it keeps its hosts until that route is gone.
+        if name not in merged or (not _has_endpoints(merged[name]) and _has_endpoints(cluster)):
+            merged[name] = cluster
+    all_clusters = tuple(merged[name] for name in sorted(merged))
     snapshot = Snapshot(
         listeners=(resources.listener(desired),),
         clusters=all_clusters,

@@ -80,3 +80,21 @@ async def test_a_config_envoy_rejects_is_never_published() -> None:
     assert not result.published
     assert "envoy rejected the config: Unknown field" in result.error
     assert cache.current.version == before
+
+
+async def test_an_arm_that_lost_its_endpoints_keeps_them_in_cds_until_routes_moved_away() -> None:
+    nodes = NodeTracker(stale_after=30)
+    cache = XdsCache(build_snapshot(state(50)))
+    publisher = Publisher(cache, nodes, validator=None, clock=lambda: 1.0)
+    ack_everything(nodes, cache, "envoy-a", 0.5)
+    without_endpoints = DesiredState(
+        LISTENER, (ModelRoute("m", Arm("1", 50, E1), Arm("2", 50, ())),)
+    )
+    await publisher.publish(without_endpoints)
+    assert routed_clusters(cache.current) == {V1}
+    v2 = next(c for c in cache.current.clusters if c["name"] == V2)
+    assert v2["load_assignment"]["endpoints"], "envoy-a still sends half its traffic to v2"
+    nodes.observe("envoy-a", "c", ResourceType.ROUTE, cache.current.versions[ResourceType.ROUTE], now=0.9)
+    await publisher.publish()
+    v2 = next(c for c in cache.current.clusters if c["name"] == V2)
+    assert v2["load_assignment"]["endpoints"] == []
