@@ -118,8 +118,11 @@ class TrafficService:
         self.settings = await self.store.load_settings()
         now = datetime.now(UTC)
         for row in await self.store.load_endpoints():
-            if row.expires_at > now:
-                self._endpoint_set(row.model_name, row.version)[(row.address, row.port)] = row.expires_at
+            # While the control plane was down nobody could renew: every stored endpoint
+            # gets one more TTL to renew, instead of vanishing from Envoy at restart.
+            grace = now + timedelta(seconds=row.ttl_seconds)
+            members = self._endpoint_set(row.model_name, row.version)
+            members[(row.address, row.port)] = max(row.expires_at, grace)
         return await self.publish()
 
     def desired(self, settings: dict[str, TrafficRow] | None = None) -> DesiredState:

@@ -138,7 +138,9 @@ class Publisher:
         self.validator = validator
         self.clock = clock
         self.desired: DesiredState | None = None
+        # The last refusal stays visible after later successes: operators look for it.
         self.last_error = ""
+        self.last_error_at: float | None = None
         self._validated: set[str] = set()
         self._lock = asyncio.Lock()
         self._listeners: list[Callable[[Snapshot], None]] = []
@@ -164,7 +166,6 @@ class Publisher:
                     return self._refuse([f"envoy rejected the config: {outcome.message}"])
                 self._validated.add(key)
             self.desired = target
-            self.last_error = ""
             if self.cache.publish(snapshot):
                 log.info("published xDS snapshot %s", snapshot.version[:12])
                 for listener in self._listeners:
@@ -173,6 +174,7 @@ class Publisher:
 
     def _refuse(self, problems: list[str]) -> PublishResult:
         self.last_error = "; ".join(problems)
+        self.last_error_at = time.time()
         log.error("xDS snapshot not published: %s", self.last_error)
         return PublishResult(False, self.cache.current, self.last_error)
 

@@ -64,6 +64,7 @@ class XdsServer:
     hold_seconds: float
 
     def __post_init__(self) -> None:
+        self.metrics.live_nodes.set_function(lambda: len(self.nodes.live_nodes(now=time.monotonic())))
         self._rebuild_pending = False
         self._background: set[asyncio.Task[Any]] = set()
 
@@ -139,13 +140,13 @@ class XdsServer:
             document["first_seen"] = node.first_seen + wall_offset
             document["last_seen"] = node.last_seen + wall_offset
             nodes.append(document)
-        self.metrics.live_nodes.set(len(self.nodes.live_nodes(now=now)))
         snapshot = self.cache.current
         return web.json_response(
             {
                 "nodes": nodes,
                 "current": {kind.name.lower(): version for kind, version in snapshot.versions.items()},
                 "last_publish_error": self.publisher.last_error,
+                "last_publish_error_at": self.publisher.last_error_at,
             }
         )
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import copy
 import json
+import re
 import shutil
 import sys
 import tempfile
@@ -75,12 +76,18 @@ def static_bootstrap(snapshot: Snapshot) -> Resource:
 
 
 def _error_text(output: str, config_path: Path) -> str:
-    """Why Envoy rejected the config, without the temporary path.
+    """Why Envoy rejected the config, without the temporary path or the proto it dumps.
 
-    Run with `-l error --log-format %v`, Envoy prints only the error messages.
+    Run with `-l error --log-format %v`, Envoy prints only the error messages; a
+    constraint failure embeds the whole offending proto (kilobytes) between the
+    first line and the reason, so that middle part is dropped.
     """
-    lines = [line.strip() for line in output.splitlines() if line.strip()]
-    text = "\n".join(lines).replace(str(config_path), "bootstrap.json")
+    text = output.replace(str(config_path), "bootstrap.json").strip()
+    head, _, rest = text.partition("\n")
+    reason = rest.rsplit("\n}\n: ", 1)[-1] if "\n}\n: " in rest else rest
+    if reason is not rest:
+        head = re.sub(r"\s*goo\.gle/debug\w*", "", head).strip()
+        text = f"{head} {reason.strip()}"
     return text[:_MAX_MESSAGE_CHARS] or "envoy rejected the configuration without a message"
 
 

@@ -162,3 +162,22 @@ async def test_deleting_an_endpoint_removes_it(client: TestClient[Any, Any], reg
     assert (await client.delete("/v1/endpoints", json=target, headers=auth("operator"))).status == 404
     _, clusters = await poll(client, "clusters")
     assert clusters["resources"][0]["load_assignment"]["endpoints"] == []
+
+
+async def test_a_restart_gives_stored_endpoints_one_ttl_to_renew(
+    client: TestClient[Any, Any],
+    register: Register,
+    make_settings: Any,
+    database_url: str,
+    start_client: StartClient,
+) -> None:
+    await register("m", "1", b"weights")
+    announce = {"model_name": "m", "version": "1", "address": "127.0.0.1", "port": 9100, "ttl_seconds": 2}
+    await client.post("/v1/endpoints", json=announce, headers=auth("operator"))
+    await client.close()
+    await asyncio.sleep(2.5)  # the control plane is down for longer than the TTL
+    restarted = await start_client(
+        make_settings(database_url, AEGIS_XDS_HOLD_SECONDS=0.2, AEGIS_XDS_VALIDATE="false")
+    )
+    listed = await (await restarted.get("/v1/endpoints", headers=auth("viewer"))).json()
+    assert [(e["address"], e["port"]) for e in listed["endpoints"]] == [("127.0.0.1", 9100)]
