@@ -5,11 +5,20 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import signal
 from collections.abc import AsyncIterator
 
 from aiohttp import web
 
+from controlplane import alerts
+from controlplane.metrics.prometheus import PrometheusSource
 from controlplane.observability import METRICS_REGISTRY, metrics_endpoint, new_metrics_registry
+from controlplane.rollout import api as rollout_api
+from controlplane.rollout.metrics import RolloutMetrics
+from controlplane.rollout.policy import Policy
+from controlplane.rollout.policy_loader import PolicyRegistry
+from controlplane.rollout.runner import RolloutRunner
+from controlplane.rollout.store import RolloutStore
 from controlplane.settings import Settings, parse_listen, url_signing_key
 from controlplane.traffic import api as traffic_api
 from controlplane.traffic.service import TrafficService
@@ -33,6 +42,8 @@ SETTINGS = web.AppKey("settings", Settings)
 DATABASE = web.AppKey("database", Database)
 XDS = web.AppKey("xds_server", xds_server.XdsServer)
 
+ROLLOUT_METRICS = web.AppKey("rollout_metrics", RolloutMetrics)
+
 ENDPOINT_EXPIRY_INTERVAL = 1.0  # seconds between TTL sweeps: an expired endpoint leaves within ~1 s
 
 
@@ -52,12 +63,19 @@ def create_app(settings: Settings) -> web.Application:
         cache, nodes, publisher, xds_server.XdsMetrics(metrics_registry), settings.xds.hold_seconds
     )
     app[XDS] = xds
+    app[ROLLOUT_METRICS] = RolloutMetrics(metrics_registry)
+    policies_path = settings.integrations.policies_path
+    app[rollout_api.POLICIES] = PolicyRegistry(policies_path) if policies_path else None
     app.cleanup_ctx.append(_storage)
     app.cleanup_ctx.append(_endpoint_expiry)
+    app.cleanup_ctx.append(_policy_watch)
+    app.cleanup_ctx.append(_rollout_loop)
     app.router.add_get("/metrics", metrics_endpoint)
     app.router.add_get("/healthz", _healthz)
     registry_api.add_routes(app)
     traffic_api.add_routes(app)
+    rollout_api.add_routes(app)
+    alerts.add_routes(app)
     xds_server.add_routes(app, xds)
     return app
 
@@ -97,8 +115,11 @@ async def _storage(app: web.Application) -> AsyncIterator[None]:
     service.on_stage_change(registry_api.record_stage_changes(app[registry_api.METRICS]))
     xds = app[XDS]
     traffic = TrafficService(
-        TrafficStore(database), registry_store, xds.publisher,
-        listener=_listener_of(settings), rds_polling=_rds_of(settings),
+        TrafficStore(database),
+        registry_store,
+        xds.publisher,
+        listener=_listener_of(settings),
+        rds_polling=_rds_of(settings),
     )
     service.on_stage_change(traffic.on_stage_change)
     app[DATABASE] = database
@@ -110,11 +131,32 @@ async def _storage(app: web.Application) -> AsyncIterator[None]:
         download_url_ttl_seconds=settings.registry.download_url_ttl_seconds,
     )
     app[traffic_api.TRAFFIC] = traffic
+    policies = app[rollout_api.POLICIES]
+    if policies is not None:
+        await asyncio.to_thread(policies.reload)
+        for error in policies.errors:
+            log.error("policy error: %s", error)
+    prometheus = PrometheusSource(
+        settings.integrations.prometheus_url, timeout_seconds=settings.integrations.prometheus_timeout_seconds
+    )
+    runner = RolloutRunner(
+        RolloutStore(database),
+        policies or _NoPolicies(),
+        prometheus,
+        traffic,
+        service,
+        app[ROLLOUT_METRICS],
+    )
+    service.guard_stage_change(runner.guard_promotion)
+    service.on_stage_change(runner.on_stage_change)
+    app[rollout_api.RUNNER] = runner
     result = await traffic.start()
     if not result.published:
         log.error("the stored routing could not be published: %s", result.error)
+    await runner.load()
     log.info("storage ready: data in %s", data_dir)
     yield
+    prometheus.close()
     await database.dispose()
 
 
@@ -137,6 +179,62 @@ async def _endpoint_expiry(app: web.Application) -> AsyncIterator[None]:
                 log.exception("endpoint expiry sweep failed")
 
     task = asyncio.get_running_loop().create_task(sweep())
+    yield
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+
+
+class _NoPolicies:
+    """AEGIS_POLICIES is not set: no rollout starts by itself."""
+
+    policies: tuple[Policy, ...] = ()
+
+
+async def _rollout_loop(app: web.Application) -> AsyncIterator[None]:
+    tick_seconds = app[SETTINGS].integrations.rollout_tick_seconds
+
+    async def loop() -> None:
+        while True:
+            await asyncio.sleep(tick_seconds)
+            await app[rollout_api.RUNNER].tick_all()
+
+    task = asyncio.get_running_loop().create_task(loop())
+    yield
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+
+
+async def _policy_watch(app: web.Application) -> AsyncIterator[None]:
+    """Re-read the policy files when they change, and at once on SIGHUP."""
+    policies = app[rollout_api.POLICIES]
+    if policies is None:
+        yield
+        return
+    wake = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+        loop.add_signal_handler(signal.SIGHUP, wake.set)
+
+    async def watch() -> None:
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(wake.wait(), app[SETTINGS].integrations.policy_reload_seconds)
+            forced = wake.is_set()
+            wake.clear()
+            if forced or await asyncio.to_thread(policies.changed_since_last_check):
+                ok = await asyncio.to_thread(policies.reload)
+                log.log(
+                    logging.INFO if ok else logging.ERROR,
+                    "policies reloaded: %d in force, %d error(s)",
+                    len(policies.policies),
+                    len(policies.errors),
+                )
+                for error in policies.errors:
+                    log.error("policy error: %s", error)
+
+    task = loop.create_task(watch())
     yield
     task.cancel()
     with contextlib.suppress(asyncio.CancelledError):

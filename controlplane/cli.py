@@ -17,6 +17,7 @@ from aiohttp import web
 
 from controlplane.app import create_app
 from controlplane.observability import configure_logging
+from controlplane.rollout.policy_loader import load_policy_paths
 from controlplane.settings import Settings, SettingsError, load_settings
 from modelserver import main as model_server_main
 from registry.auth import TokenTable
@@ -71,6 +72,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     model_server_main.add_arguments(model_server)
     model_server.set_defaults(run=_model_server)
+
+    policy = commands.add_parser("policy", help="rollout policy commands")
+    policy_commands = policy.add_subparsers(title="policy commands")
+    validate = policy_commands.add_parser("validate", help="check policy files: file:line: field: message")
+    validate.add_argument("files", nargs="+", type=Path, metavar="FILE", help="a policy file or folder")
+    validate.set_defaults(run=_policy_validate)
     return parser
 
 
@@ -158,6 +165,19 @@ def _import(args: argparse.Namespace) -> int:
         import_tree(args.root, base_url=base_url, token=token, report=report, watch=args.watch)
     )
     return 1 if any(o.failed for o in outcomes) else 0
+
+
+def _policy_validate(args: argparse.Namespace) -> int:
+    failed = False
+    for path in args.files:
+        policy_set = load_policy_paths(path)
+        for error in policy_set.errors:
+            print(error, file=sys.stderr)
+        if policy_set.ok:
+            names = ", ".join(policy.name for policy in policy_set.policies)
+            print(f"ok {path}: {len(policy_set.policies)} policies ({names})")
+        failed = failed or not policy_set.ok
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":

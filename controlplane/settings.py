@@ -75,8 +75,14 @@ class XdsSettings:
 @dataclass(frozen=True)
 class IntegrationSettings:
     prometheus_url: str = "http://127.0.0.1:9090"
+    # Seconds a Prometheus query may take: a slow answer counts as an error, not a wait.
+    prometheus_timeout_seconds: float = 3.0
     policies_path: Path | None = None
     envoy_listener: str = "127.0.0.1:10000"
+    # Seconds between rollout ticks: pauses and analysis intervals are checked this often.
+    rollout_tick_seconds: float = 1.0
+    # Seconds between checks of the policy files for edits (SIGHUP reloads at once).
+    policy_reload_seconds: float = 2.0
 
 
 @dataclass(frozen=True)
@@ -116,8 +122,11 @@ def load_settings(env: Mapping[str, str] | None = None, config_file: Path | None
     security = SecuritySettings(tokens, keyring, url_key.encode() if url_key else None)
     integrations = IntegrationSettings(
         prometheus_url=merged.get("AEGIS_PROMETHEUS_URL", "http://127.0.0.1:9090"),
+        prometheus_timeout_seconds=_non_negative_float(merged, "AEGIS_PROMETHEUS_TIMEOUT_SECONDS", 3.0),
         policies_path=_optional_path(merged.get("AEGIS_POLICIES")),
         envoy_listener=merged.get("AEGIS_ENVOY_LISTENER", "127.0.0.1:10000"),
+        rollout_tick_seconds=_non_negative_float(merged, "AEGIS_ROLLOUT_TICK_SECONDS", 1.0) or 1.0,
+        policy_reload_seconds=_non_negative_float(merged, "AEGIS_POLICY_RELOAD_SECONDS", 2.0) or 2.0,
     )
     return Settings(server, registry, security, integrations, _xds_settings(merged))
 

@@ -1,0 +1,1 @@
+"""Metric sources for canary analysis: PromQL templates and the Prometheus provider."""

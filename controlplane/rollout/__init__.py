@@ -1,0 +1,1 @@
+"""Rollouts: policies, the pure state machine, analysis verdicts, and the runner that applies them."""

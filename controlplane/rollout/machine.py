@@ -1,0 +1,286 @@
+"""The rollout state machine: one pure function from (policy, state, inputs) to (state, actions).
+
+Nothing here reads a clock, a database or Prometheus: the runner passes the time,
+whether Envoy has acknowledged the current weight, the verdicts of an analysis that
+just ran and any operator command or alert, then carries out the actions. Every
+decision carries its reason, so every decision can be explained and tested as a table.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from enum import StrEnum
+
+from controlplane.rollout.analysis import Verdict, VerdictKind
+from controlplane.rollout.policy import Pause, Policy, SetWeight
+
+
+class Phase(StrEnum):
+    PROGRESSING = "progressing"
+    PAUSED = "paused"
+    SUCCEEDED = "succeeded"
+    ROLLED_BACK = "rolled_back"
+
+
+ACTIVE_PHASES = frozenset({Phase.PROGRESSING, Phase.PAUSED})
+
+
+class Command(StrEnum):
+    PAUSE = "pause"
+    RESUME = "resume"
+    PROMOTE = "promote"  # past the current step (a `pause: {}` waits for this)
+    PROMOTE_FULL = "promote_full"
+    ABORT = "abort"
+    ALERT = "alert"
+
+
+@dataclass(frozen=True)
+class RolloutState:
+    """Everything a rollout needs to resume after a restart; times are wall-clock seconds."""
+
+    model_name: str
+    policy_name: str
+    stable_version: str
+    canary_version: str
+    phase: Phase = Phase.PROGRESSING
+    step_index: int = 0
+    canary_weight: int = 0
+    step_started_at: float = 0.0
+    # When Envoy acknowledged `canary_weight`; analysis windows start here.
+    weight_acked_at: float | None = None
+    last_analysis_at: float | None = None
+    # True once an analysis whose window started after the acknowledgement passed.
+    passed_at_weight: bool = False
+    failures: int = 0
+    inconclusive_streak: int = 0
+    error_streak: int = 0
+    message: str = ""
+
+    @property
+    def active(self) -> bool:
+        return self.phase in ACTIVE_PHASES
+
+
+@dataclass(frozen=True)
+class Inputs:
+    now: float
+    # Every live Envoy node runs the routes that carry `state.canary_weight`.
+    acked: bool = False
+    verdicts: tuple[Verdict, ...] | None = None
+    command: Command | None = None
+    command_reason: str = ""
+
+
+class ActionKind(StrEnum):
+    SET_WEIGHT = "set_weight"
+    PROMOTE = "promote"
+    ROLLBACK = "rollback"
+
+
+@dataclass(frozen=True)
+class Action:
+    kind: ActionKind
+    canary_weight: int = 0
+    reason: str = ""
+
+
+@dataclass(frozen=True)
+class Decision:
+    state: RolloutState
+    actions: tuple[Action, ...]
+    reason: str
+
+    @property
+    def changed(self) -> bool:
+        return bool(self.actions) or bool(self.reason)
+
+
+def analysis_due(policy: Policy, state: RolloutState, now: float) -> bool:
+    """Whether an analysis should run now (pure).
+
+    Only windows that start after Envoy acknowledged the current weight count, so the
+    first analysis at a weight waits a whole window after the acknowledgement.
+    """
+    spec = policy.analysis
+    if not spec.metrics or state.phase is not Phase.PROGRESSING or state.weight_acked_at is None:
+        return False
+    if now - spec.window_seconds < state.weight_acked_at:
+        return False
+    return state.last_analysis_at is None or now - state.last_analysis_at >= spec.interval_seconds
+
+
+def decide(policy: Policy, state: RolloutState, inputs: Inputs) -> Decision:
+    """The next state and the actions that lead there (pure)."""
+    if not state.active:
+        return Decision(state, (), "")
+    if inputs.command is not None:
+        return _command(policy, state, inputs)
+    if state.phase is Phase.PAUSED:
+        return Decision(state, (), "")
+    if inputs.verdicts is not None:
+        judged = _judge(policy, state, inputs)
+        if judged.state.phase is not Phase.PROGRESSING or judged.actions:
+            return judged
+        state, analysis_reason = judged.state, judged.reason
+    else:
+        analysis_reason = ""
+    stepped = _step(policy, _note_ack(state, inputs), inputs)
+    reason = "; ".join(r for r in (analysis_reason, stepped.reason) if r)
+    return Decision(stepped.state, stepped.actions, reason)
+
+
+def _command(policy: Policy, state: RolloutState, inputs: Inputs) -> Decision:
+    why = inputs.command_reason
+    match inputs.command:
+        case Command.ABORT | Command.ALERT:
+            return _rollback(state, why or "aborted by an operator")
+        case Command.PAUSE:
+            paused = replace(state, phase=Phase.PAUSED, message=why or "paused by an operator")
+            return Decision(paused, (), paused.message)
+        case Command.RESUME:
+            return _resume(policy, state, inputs.now, why or "resumed by an operator")
+        case Command.PROMOTE_FULL:
+            return _promote(state, why or "promoted to prod by an operator, skipping the remaining steps")
+        case _:
+            return _advance(
+                policy,
+                _resume(policy, state, inputs.now, "").state,
+                inputs.now,
+                why or f"step {state.step_index + 1} skipped by an operator",
+            )
+
+
+def _resume(policy: Policy, state: RolloutState, now: float, reason: str) -> Decision:
+    resumed = replace(
+        state,
+        phase=Phase.PROGRESSING,
+        inconclusive_streak=0,
+        error_streak=0,
+        message=reason,
+    )
+    step = _current_step(policy, state)
+    if state.phase is Phase.PAUSED and isinstance(step, Pause) and step.duration_seconds is None:
+        return _advance(policy, resumed, now, reason or "resumed past a manual pause")
+    return Decision(resumed, (), reason)
+
+
+def _judge(policy: Policy, state: RolloutState, inputs: Inputs) -> Decision:
+    """Count this analysis against the limits: roll back, pause, or carry on."""
+    assert inputs.verdicts is not None
+    spec = policy.analysis
+    failed = [v for v in inputs.verdicts if v.kind is VerdictKind.FAIL]
+    errors = [v for v in inputs.verdicts if v.kind is VerdictKind.ERROR]
+    no_data = [v for v in inputs.verdicts if v.kind is VerdictKind.NO_DATA]
+    state = replace(state, last_analysis_at=inputs.now)
+    if failed:
+        failures = state.failures + len(failed)
+        state = replace(
+            state, failures=failures, inconclusive_streak=0, error_streak=0, passed_at_weight=False
+        )
+        detail = "; ".join(v.message for v in failed)
+        if failures > spec.failure_limit:
+            return _rollback(state, f"{detail}: failures {failures} > failureLimit {spec.failure_limit}")
+        return Decision(state, (), f"{detail}: failures {failures} <= failureLimit {spec.failure_limit}")
+    if errors:
+        streak = state.error_streak + 1
+        state = replace(state, error_streak=streak, passed_at_weight=False)
+        detail = "; ".join(v.message for v in errors)
+        if streak >= spec.consecutive_error_limit:
+            return _pause(
+                state,
+                f"{detail}: errors {streak} in a row >= consecutiveErrorLimit "
+                f"{spec.consecutive_error_limit}; resume when the metric source is back",
+            )
+        return Decision(state, (), f"{detail}: holding (errors {streak} in a row)")
+    if no_data:
+        streak = state.inconclusive_streak + 1
+        state = replace(state, inconclusive_streak=streak, error_streak=0, passed_at_weight=False)
+        detail = "; ".join(v.message for v in no_data)
+        if streak >= spec.inconclusive_limit:
+            return _pause(
+                state,
+                f"{detail}: no data {streak} times in a row >= inconclusiveLimit "
+                f"{spec.inconclusive_limit}; check the canary gets traffic, then resume",
+            )
+        return Decision(state, (), f"{detail}: holding (no data {streak} in a row)")
+    passed = replace(state, inconclusive_streak=0, error_streak=0, passed_at_weight=True)
+    return Decision(passed, (), "analysis passed: " + "; ".join(v.message for v in inputs.verdicts))
+
+
+def _note_ack(state: RolloutState, inputs: Inputs) -> RolloutState:
+    if inputs.acked and state.weight_acked_at is None:
+        return replace(state, weight_acked_at=inputs.now)
+    return state
+
+
+def _step(policy: Policy, state: RolloutState, inputs: Inputs) -> Decision:
+    """Carry out or complete the current step."""
+    step = _current_step(policy, state)
+    if step is None:
+        return _promote(state, "all steps completed")
+    if isinstance(step, SetWeight):
+        if state.canary_weight != step.weight:
+            return _set_weight(state, step.weight, inputs.now)
+        if state.weight_acked_at is None or not _analysis_allows(policy, state):
+            return Decision(state, (), "")
+        return _advance(policy, state, inputs.now, f"weight {step.weight} acknowledged" + _passed(policy))
+    if step.duration_seconds is None:
+        return _pause(state, f"step {state.step_index + 1}: waiting for an operator to promote")
+    if inputs.now - state.step_started_at < step.duration_seconds or not _analysis_allows(policy, state):
+        return Decision(state, (), "")
+    return _advance(policy, state, inputs.now, f"paused {step.duration_seconds:g}s" + _passed(policy))
+
+
+def _analysis_allows(policy: Policy, state: RolloutState) -> bool:
+    """No metrics: nothing to wait for. With metrics: a pass after the acknowledgement."""
+    return not policy.analysis.metrics or state.passed_at_weight
+
+
+def _passed(policy: Policy) -> str:
+    return " and analysis passed" if policy.analysis.metrics else ""
+
+
+def _current_step(policy: Policy, state: RolloutState) -> SetWeight | Pause | None:
+    return policy.steps[state.step_index] if state.step_index < len(policy.steps) else None
+
+
+def _advance(policy: Policy, state: RolloutState, now: float, reason: str) -> Decision:
+    advanced = replace(state, step_index=state.step_index + 1, step_started_at=now, message=reason)
+    if advanced.step_index >= len(policy.steps):
+        return _promote(advanced, f"{reason}; all steps completed")
+    following = policy.steps[advanced.step_index]
+    if isinstance(following, SetWeight) and following.weight != state.canary_weight:
+        moved = _set_weight(advanced, following.weight, now)
+        return Decision(moved.state, moved.actions, f"{reason}; {moved.reason}")
+    return Decision(advanced, (), f"{reason}; step {advanced.step_index + 1} of {len(policy.steps)}")
+
+
+def _set_weight(state: RolloutState, weight: int, now: float) -> Decision:
+    moved = replace(
+        state,
+        canary_weight=weight,
+        weight_acked_at=None,
+        passed_at_weight=False,
+        last_analysis_at=None,
+        step_started_at=now,
+        inconclusive_streak=0,
+        error_streak=0,
+    )
+    reason = f"canary weight {state.canary_weight} -> {weight}"
+    return Decision(replace(moved, message=reason), (Action(ActionKind.SET_WEIGHT, weight, reason),), reason)
+
+
+def _pause(state: RolloutState, reason: str) -> Decision:
+    if state.phase is Phase.PAUSED and state.message == reason:
+        return Decision(state, (), "")
+    return Decision(replace(state, phase=Phase.PAUSED, message=reason), (), reason)
+
+
+def _promote(state: RolloutState, reason: str) -> Decision:
+    done = replace(state, phase=Phase.SUCCEEDED, canary_weight=100, message=reason)
+    return Decision(done, (Action(ActionKind.PROMOTE, 100, reason),), reason)
+
+
+def _rollback(state: RolloutState, reason: str) -> Decision:
+    done = replace(state, phase=Phase.ROLLED_BACK, canary_weight=0, message=reason)
+    return Decision(done, (Action(ActionKind.ROLLBACK, 0, reason),), reason)

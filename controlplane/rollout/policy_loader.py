@@ -1,0 +1,619 @@
+"""Rollout policy files: YAML to `Policy` values, with file, line and field in every error.
+
+Parsing (`parse_policy_text`, `policy_document`) is pure. Reading files
+(`load_policy_paths`) and keeping the policies in force across edits
+(`PolicyRegistry`) do file I/O, and nothing else: no web, no database.
+
+The YAML is composed into nodes, not loaded into dicts, so that every value keeps
+the line it came from. A file is all or nothing: a file with an error contributes
+no policy of its new version; the registry keeps its previous version in force.
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+from yaml.constructor import SafeConstructor
+from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
+
+from controlplane.metrics.templates import (
+    BUILTIN_TEMPLATES,
+    VARIABLES,
+    prometheus_duration,
+    unknown_variables,
+)
+from controlplane.rollout.policy import (
+    AnalysisSpec,
+    HeaderMatchSpec,
+    MetricCheck,
+    Pause,
+    Policy,
+    PolicyError,
+    SetWeight,
+    Step,
+    ThresholdRange,
+)
+
+POLICY_FILE_SUFFIXES = (".yaml", ".yml")
+
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|h|m|s)")
+_UNIT_SECONDS = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 0.001}
+_TAG_INT = "tag:yaml.org,2002:int"
+_TAG_FLOAT = "tag:yaml.org,2002:float"
+_TAG_BOOL = "tag:yaml.org,2002:bool"
+_TAG_STR = "tag:yaml.org,2002:str"
+
+
+def parse_duration(text: str) -> float | None:
+    """Seconds in a duration such as "30s", "1m", "500ms", "1h30m"; None if it is not one (pure)."""
+    if not text or _DURATION.sub("", text):
+        return None
+    parts = _DURATION.findall(text)
+    units = [unit for _, unit in parts]
+    if len(set(units)) != len(units):
+        return None
+    return sum(float(number) * _UNIT_SECONDS[unit] for number, unit in parts)
+
+
+class _Reader:
+    """Walks one file's YAML nodes, collecting every error with its line and field."""
+
+    def __init__(self, source: str) -> None:
+        self.source = source
+        self.errors: list[PolicyError] = []
+        self._constructor = SafeConstructor()
+
+    def error(self, node: Node, field: str, message: str) -> None:
+        self.errors.append(PolicyError(self.source, node.start_mark.line + 1, field, message))
+
+    def mapping(
+        self, node: Node, field: str, *, allowed: Sequence[str], required: Sequence[str] = ()
+    ) -> dict[str, Node] | None:
+        """The mapping's values by key; unknown, duplicate and missing keys are errors."""
+        if not isinstance(node, MappingNode):
+            self.error(node, field, f"must be a mapping with keys {', '.join(allowed)}")
+            return None
+        values: dict[str, Node] = {}
+        misspelt: set[str] = set()
+        for key_node, value_node in node.value:
+            key = key_node.value if isinstance(key_node, ScalarNode) else None
+            if not isinstance(key, str) or not key:
+                self.error(key_node, field, "a key must be a plain name")
+            elif key in values:
+                self.error(key_node, _join(field, key), "given twice")
+            elif key not in allowed:
+                meant = _closest(key, allowed)
+                misspelt.add(meant or "")
+                suggestion = f" (did you mean {meant!r}?)" if meant else ""
+                self.error(key_node, _join(field, key),
+                           f"unknown key{suggestion}; allowed: {', '.join(allowed)}")
+            else:
+                values[key] = value_node
+        for key in required:
+            if key not in values and key not in misspelt:  # "did you mean" has said it already
+                self.error(node, _join(field, key), "required")
+        return values
+
+    def sequence(self, node: Node, field: str, *, what: str) -> list[Node] | None:
+        if not isinstance(node, SequenceNode):
+            self.error(node, field, f"must be a list of {what}")
+            return None
+        return list(node.value)
+
+    def scalar(self, node: Node) -> Any:
+        if not isinstance(node, ScalarNode):
+            return None
+        return self._constructor.construct_object(node)
+
+    def string(self, node: Node, field: str) -> str | None:
+        if not (isinstance(node, ScalarNode) and node.tag == _TAG_STR) or not node.value.strip():
+            self.error(node, field, "must be a non-empty string (quote it if it looks like a number)")
+            return None
+        return str(node.value)
+
+    def integer(self, node: Node, field: str, *, low: int, high: int | None = None) -> int | None:
+        value = self.scalar(node) if isinstance(node, ScalarNode) and node.tag == _TAG_INT else None
+        if not isinstance(value, int) or value < low or (high is not None and value > high):
+            bounds = f"from {low} to {high}" if high is not None else f"of at least {low}"
+            self.error(node, field, f"must be an integer {bounds}, got {_shown(node)}")
+            return None
+        return value
+
+    def number(self, node: Node, field: str) -> float | None:
+        is_number = isinstance(node, ScalarNode) and node.tag in (_TAG_INT, _TAG_FLOAT)
+        value = float(self.scalar(node)) if is_number else math.nan
+        if math.isnan(value):
+            self.error(node, field, f"must be a number, got {_shown(node)}")
+            return None
+        return value
+
+    def boolean(self, node: Node, field: str) -> bool | None:
+        if not (isinstance(node, ScalarNode) and node.tag == _TAG_BOOL):
+            self.error(node, field, f"must be true or false, got {_shown(node)}")
+            return None
+        return bool(self.scalar(node))
+
+    def duration(self, node: Node, field: str) -> float | None:
+        text = node.value if isinstance(node, ScalarNode) and node.tag == _TAG_STR else None
+        seconds = parse_duration(text) if text is not None else None
+        if seconds is None or seconds <= 0:
+            self.error(node, field, f'must be a duration above 0 such as "30s", "1m", "500ms" or "1h30m", '
+                       f"got {_shown(node)}")
+            return None
+        return seconds
+
+
+def _join(field: str, key: str) -> str:
+    return f"{field}.{key}" if field else key
+
+
+def _closest(word: str, choices: Sequence[str]) -> str | None:
+    """The choice that `word` is most likely a typo of (case does not count), if any."""
+    by_lower = {choice.lower(): choice for choice in choices}
+    close = difflib.get_close_matches(word.lower(), list(by_lower), n=1, cutoff=0.6)
+    return by_lower[close[0]] if close else None
+
+
+def _suggestion(word: str, choices: Sequence[str]) -> str:
+    meant = _closest(word, choices)
+    return f" (did you mean {meant!r}?)" if meant else ""
+
+
+def _shown(node: Node) -> str:
+    if isinstance(node, ScalarNode):
+        if node.tag == "tag:yaml.org,2002:null":
+            return "nothing"
+        return repr(node.value) if node.tag == _TAG_STR else str(node.value)
+    return "a list" if isinstance(node, SequenceNode) else "a mapping"
+
+
+def parse_policy_text(text: str, *, source: str) -> tuple[tuple[Policy, ...], list[PolicyError]]:
+    """The policies of one YAML file, or every error in it in line order (pure).
+
+    A file is all or nothing: with any error, no policy of it is returned.
+    `source` names the file in errors and in each policy's `source`.
+    """
+    reader = _Reader(source)
+    try:
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.MarkedYAMLError as exc:
+        line = exc.problem_mark.line + 1 if exc.problem_mark is not None else 0
+        problem = ", ".join(part for part in (exc.context, exc.problem) if part) or str(exc)
+        return (), [PolicyError(source, line, "", f"not valid YAML: {problem}")]
+    except yaml.YAMLError as exc:
+        return (), [PolicyError(source, 0, "", f"not valid YAML: {exc}")]
+    if root is None:
+        return (), [PolicyError(source, 1, "policies", "the file is empty: expected a `policies:` list")]
+    top = reader.mapping(root, "", allowed=("policies",), required=("policies",))
+    if top is None or "policies" not in top:
+        return (), reader.errors
+    items = reader.sequence(top["policies"], "policies", what="policies")
+    policies: list[Policy] = []
+    first_line_of: dict[str, int] = {}
+    for index, item in enumerate(items or []):
+        field = f"policies[{index}]"
+        policy = _policy(reader, item, field)
+        if policy is None:
+            continue
+        if policy.name in first_line_of:
+            reader.error(item, f"{field}.name",
+                         f"{policy.name!r} is already defined at {source}:{first_line_of[policy.name]}")
+            continue
+        first_line_of[policy.name] = item.start_mark.line + 1
+        policies.append(policy)
+    if reader.errors:
+        return (), sorted(reader.errors, key=lambda error: error.line)
+    return tuple(policies), []
+
+
+_POLICY_KEYS = ("name", "models", "steps", "analysis", "match", "mirror", "alerts")
+
+
+def _policy(reader: _Reader, node: Node, field: str) -> Policy | None:
+    errors_before = len(reader.errors)
+    keys = reader.mapping(node, field, allowed=_POLICY_KEYS, required=("name", "models", "steps"))
+    if keys is None:
+        return None
+    name = reader.string(keys["name"], f"{field}.name") if "name" in keys else None
+    models = _models(reader, keys["models"], f"{field}.models") if "models" in keys else ()
+    steps = _steps(reader, keys["steps"], f"{field}.steps") if "steps" in keys else ()
+    analysis = _analysis(reader, keys["analysis"], f"{field}.analysis") if "analysis" in keys else None
+    match = _match(reader, keys["match"], f"{field}.match") if "match" in keys else ()
+    mirror = _single(reader, keys.get("mirror"), f"{field}.mirror", "percent",
+                     lambda value, where: reader.integer(value, where, low=0, high=100))
+    rollback = _single(reader, keys.get("alerts"), f"{field}.alerts", "rollback", reader.boolean)
+    if len(reader.errors) > errors_before or name is None:
+        return None
+    return Policy(
+        name=name,
+        models=models,
+        steps=steps,
+        analysis=analysis or AnalysisSpec(),
+        match=match,
+        mirror_percent=0 if mirror is None else mirror,
+        rollback_on_alert=True if rollback is None else rollback,
+        source=f"{reader.source}:{node.start_mark.line + 1}",
+    )
+
+
+def _single(
+    reader: _Reader, node: Node | None, field: str, key: str, read: Callable[[Node, str], Any]
+) -> Any:
+    """The one optional key of a small mapping such as `mirror: {percent: 10}`."""
+    if node is None:
+        return None
+    keys = reader.mapping(node, field, allowed=(key,))
+    return read(keys[key], f"{field}.{key}") if keys and key in keys else None
+
+
+def _models(reader: _Reader, node: Node, field: str) -> tuple[str, ...]:
+    items = reader.sequence(node, field, what='glob patterns, e.g. ["*"]')
+    if items is None:
+        return ()
+    if not items:
+        reader.error(node, field, "needs at least one glob pattern")
+    patterns = (reader.string(item, f"{field}[{index}]") for index, item in enumerate(items))
+    return tuple(pattern for pattern in patterns if pattern is not None)
+
+
+def _steps(reader: _Reader, node: Node, field: str) -> tuple[Step, ...]:
+    items = reader.sequence(node, field, what="steps (setWeight or pause)")
+    if items is None:
+        return ()
+    if not items:
+        reader.error(node, field, "needs at least one step")
+    steps = (_step(reader, item, f"{field}[{index}]") for index, item in enumerate(items))
+    return tuple(step for step in steps if step is not None)
+
+
+def _step(reader: _Reader, node: Node, field: str) -> Step | None:
+    keys = reader.mapping(node, field, allowed=("setWeight", "pause"))
+    if keys is None:
+        return None
+    if len(keys) != 1:
+        if isinstance(node, MappingNode) and len(node.value) == len(keys):
+            reader.error(node, field, "a step has exactly one of setWeight, pause")
+        return None
+    if "setWeight" in keys:
+        weight = reader.integer(keys["setWeight"], f"{field}.setWeight", low=0, high=100)
+        return None if weight is None else SetWeight(weight)
+    pause = keys["pause"]
+    if isinstance(pause, ScalarNode) and pause.tag == "tag:yaml.org,2002:null":
+        reader.error(pause, f"{field}.pause", "write `pause: {}` to wait for a promote, "
+                     "or `pause: {duration: 30s}`")
+        return None
+    spec = reader.mapping(pause, f"{field}.pause", allowed=("duration",))
+    if spec is None:
+        return None
+    if "duration" not in spec:
+        return Pause(None)
+    seconds = reader.duration(spec["duration"], f"{field}.pause.duration")
+    return None if seconds is None else Pause(seconds)
+
+
+_ANALYSIS_LIMITS = {
+    "failureLimit": "failure_limit",
+    "inconclusiveLimit": "inconclusive_limit",
+    "consecutiveErrorLimit": "consecutive_error_limit",
+    "minRequests": "min_requests",
+}
+_ANALYSIS_KEYS = ("interval", "window", *_ANALYSIS_LIMITS, "metrics")
+
+
+def _analysis(reader: _Reader, node: Node, field: str) -> AnalysisSpec | None:
+    keys = reader.mapping(node, field, allowed=_ANALYSIS_KEYS)
+    if keys is None:
+        return None
+    settings: dict[str, Any] = {}
+    for key, attribute in (("interval", "interval_seconds"), ("window", "window_seconds")):
+        if key in keys:
+            settings[attribute] = reader.duration(keys[key], f"{field}.{key}")
+    for key, attribute in _ANALYSIS_LIMITS.items():
+        if key in keys:
+            settings[attribute] = reader.integer(keys[key], f"{field}.{key}", low=0)
+    if "metrics" in keys:
+        settings["metrics"] = _metrics(reader, keys["metrics"], f"{field}.metrics")
+    if any(value is None for value in settings.values()):
+        return None
+    return AnalysisSpec(**settings)
+
+
+def _metrics(reader: _Reader, node: Node, field: str) -> tuple[MetricCheck, ...]:
+    items = reader.sequence(node, field, what="metric checks")
+    checks: list[MetricCheck] = []
+    for index, item in enumerate(items or []):
+        check = _metric(reader, item, f"{field}[{index}]")
+        if check is None:
+            continue
+        if any(other.name == check.name for other in checks):
+            reader.error(item, f"{field}[{index}].name", f"metric {check.name!r} is checked twice")
+            continue
+        checks.append(check)
+    return tuple(checks)
+
+
+def _metric(reader: _Reader, node: Node, field: str) -> MetricCheck | None:
+    keys = reader.mapping(node, field, allowed=("name", "template", "query", "thresholdRange"),
+                          required=("name", "thresholdRange"))
+    if keys is None:
+        return None
+    name = reader.string(keys["name"], f"{field}.name") if "name" in keys else None
+    template = query = None
+    if ("template" in keys) == ("query" in keys):
+        reader.error(node, field, f"exactly one of template ({', '.join(BUILTIN_TEMPLATES)}) or query")
+    elif "template" in keys:
+        template = reader.string(keys["template"], f"{field}.template")
+        if template is not None and template not in BUILTIN_TEMPLATES:
+            reader.error(keys["template"], f"{field}.template",
+                         f"unknown template {template!r}{_suggestion(template, tuple(BUILTIN_TEMPLATES))}; "
+                         f"built in: {', '.join(BUILTIN_TEMPLATES)}")
+            template = None
+    else:
+        query = _query(reader, keys["query"], f"{field}.query")
+    threshold = _threshold(reader, keys["thresholdRange"], f"{field}.thresholdRange") \
+        if "thresholdRange" in keys else None
+    if name is None or threshold is None or (template is None and query is None):
+        return None
+    return MetricCheck(name=name, threshold=threshold, template=template, query=query)
+
+
+def _query(reader: _Reader, node: Node, field: str) -> str | None:
+    query = reader.string(node, field)
+    if query is None:
+        return None
+    unknown = sorted(unknown_variables(query))
+    allowed = ", ".join(f"{{{{ {name} }}}}" for name in VARIABLES)
+    for name in unknown:
+        reader.error(node, field, f"unknown template variable {{{{ {name} }}}}"
+                     f"{_suggestion(name, VARIABLES)}; allowed: {allowed}")
+    return None if unknown else query
+
+
+def _threshold(reader: _Reader, node: Node, field: str) -> ThresholdRange | None:
+    keys = reader.mapping(node, field, allowed=("min", "max"))
+    if keys is None:
+        return None
+    low = reader.number(keys["min"], f"{field}.min") if "min" in keys else None
+    high = reader.number(keys["max"], f"{field}.max") if "max" in keys else None
+    if not keys:
+        reader.error(node, field, "needs min, max or both")
+        return None
+    if ("min" in keys and low is None) or ("max" in keys and high is None):
+        return None
+    if low is not None and high is not None and low > high:
+        reader.error(node, field, f"min ({low:g}) is above max ({high:g})")
+        return None
+    return ThresholdRange(min=low, max=high)
+
+
+def _match(reader: _Reader, node: Node, field: str) -> tuple[HeaderMatchSpec, ...]:
+    items = reader.sequence(node, field, what="header matches, e.g. [{headers: {x-canary: always}}]")
+    matches: list[HeaderMatchSpec] = []
+    for index, item in enumerate(items or []):
+        where = f"{field}[{index}]"
+        keys = reader.mapping(item, where, allowed=("headers",), required=("headers",))
+        if not keys or "headers" not in keys:
+            continue
+        headers = keys["headers"]
+        if not isinstance(headers, MappingNode) or not headers.value:
+            reader.error(headers, f"{where}.headers",
+                         "must map header names to values, e.g. {x-canary: always}")
+            continue
+        pairs = []
+        for name_node, value_node in headers.value:
+            name = reader.string(name_node, f"{where}.headers")
+            value = reader.string(value_node, f"{where}.headers.{name or '?'}")
+            if name is not None and value is not None:
+                pairs.append((name, value))
+        if len(pairs) == len(headers.value):
+            matches.append(HeaderMatchSpec(tuple(pairs)))
+    return tuple(matches)
+
+
+def policy_document(policy: Policy) -> dict[str, Any]:
+    """The policy as JSON, in the vocabulary of the YAML it came from, plus its source (pure)."""
+    analysis = policy.analysis
+    return {
+        "name": policy.name,
+        "source": policy.source,
+        "models": list(policy.models),
+        "steps": [_step_document(step) for step in policy.steps],
+        "analysis": {
+            "interval": prometheus_duration(analysis.interval_seconds),
+            "window": prometheus_duration(analysis.window_seconds),
+            **{key: getattr(analysis, attribute) for key, attribute in _ANALYSIS_LIMITS.items()},
+            "metrics": [
+                {
+                    "name": check.name,
+                    **({"template": check.template} if check.template is not None else {}),
+                    **({"query": check.query} if check.query is not None else {}),
+                    "thresholdRange": _threshold_document(check.threshold),
+                }
+                for check in analysis.metrics
+            ],
+        },
+        "match": [{"headers": dict(spec.headers)} for spec in policy.match],
+        "mirror": {"percent": policy.mirror_percent},
+        "alerts": {"rollback": policy.rollback_on_alert},
+    }
+
+
+def _threshold_document(threshold: ThresholdRange) -> dict[str, float]:
+    bounds = (("min", threshold.min), ("max", threshold.max))
+    return {key: bound for key, bound in bounds if bound is not None}
+
+
+def _step_document(step: Step) -> dict[str, Any]:
+    if isinstance(step, SetWeight):
+        return {"setWeight": step.weight}
+    if step.duration_seconds is None:
+        return {"pause": {}}
+    return {"pause": {"duration": prometheus_duration(step.duration_seconds)}}
+
+
+def error_document(error: PolicyError) -> dict[str, Any]:
+    return {"file": error.file, "line": error.line, "field": error.field, "message": error.message,
+            "text": str(error)}
+
+
+# -- files -------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class FileLoad:
+    """What one policy file contributes: its policies in force and the errors of its current text."""
+
+    path: Path
+    policies: tuple[Policy, ...]
+    errors: tuple[PolicyError, ...] = ()
+    stale: bool = False  # the policies are an earlier version of the file, kept because this one is broken
+
+
+@dataclass(frozen=True)
+class PolicySet:
+    """The policies of a file or folder, file by file in name order, and every error found."""
+
+    path: Path
+    files: tuple[FileLoad, ...] = ()
+    path_errors: tuple[PolicyError, ...] = ()  # the path itself: missing, unreadable
+
+    @property
+    def policies(self) -> tuple[Policy, ...]:
+        return tuple(policy for file in self.files for policy in file.policies)
+
+    @property
+    def errors(self) -> tuple[PolicyError, ...]:
+        return self.path_errors + tuple(error for file in self.files for error in file.errors)
+
+    @property
+    def ok(self) -> bool:
+        return not self.errors
+
+
+def policy_files(path: Path) -> list[Path]:
+    """The policy files at `path`: the file itself, or the folder's *.yaml and *.yml in name order."""
+    if path.is_dir():
+        return sorted(p for p in path.iterdir() if p.suffix in POLICY_FILE_SUFFIXES and p.is_file())
+    return [path]
+
+
+def load_policy_paths(path: Path, *, previous: PolicySet | None = None) -> PolicySet:
+    """Read and check the policy file or folder at `path`.
+
+    A file with errors contributes no policy of its current text; with `previous`,
+    the policies that file had there stay in force instead (so do all of them when
+    the path itself has gone). Names must be unique across files: a file that
+    repeats an earlier file's name is in error.
+    """
+    kept = {file.path: file.policies for file in previous.files} if previous is not None else {}
+    if not path.exists():
+        error = PolicyError(str(path), 0, "", "no such file or folder")
+        files = tuple(FileLoad(p, policies, stale=True) for p, policies in kept.items() if policies)
+        return PolicySet(path, files, (error,))
+    loads: list[FileLoad] = []
+    defined_at: dict[str, str] = {}
+    for file in policy_files(path):
+        policies, errors = _read_file(file)
+        if not errors:
+            errors = _duplicates(policies, defined_at)
+        if errors:
+            policies = tuple(p for p in kept.get(file, ()) if p.name not in defined_at)
+        defined_at.update((policy.name, policy.source) for policy in policies)
+        loads.append(FileLoad(file, policies, tuple(errors), stale=bool(errors and policies)))
+    return PolicySet(path, tuple(loads))
+
+
+def _read_file(path: Path) -> tuple[tuple[Policy, ...], list[PolicyError]]:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        return (), [PolicyError(str(path), 0, "", f"cannot read: {exc}")]
+    return parse_policy_text(text, source=str(path))
+
+
+def _duplicates(policies: tuple[Policy, ...], defined_at: dict[str, str]) -> list[PolicyError]:
+    errors = []
+    for index, policy in enumerate(policies):
+        if policy.name in defined_at:
+            file, _, line = policy.source.rpartition(":")
+            errors.append(PolicyError(file, int(line), f"policies[{index}].name",
+                                      f"{policy.name!r} is already defined at {defined_at[policy.name]}"))
+    return errors
+
+
+Fingerprint = tuple[tuple[str, int, int], ...]
+
+
+def _fingerprint(path: Path) -> Fingerprint:
+    """Names, mtimes and sizes of the policy files: any edit, addition or removal changes it."""
+    if not path.exists():
+        return (("<missing>", 0, 0),)
+    stats = []
+    for file in policy_files(path):
+        try:
+            stat = file.stat()
+        except OSError:
+            continue
+        stats.append((str(file), stat.st_mtime_ns, stat.st_size))
+    return tuple(stats)
+
+
+class PolicyRegistry:
+    """The policies in force from `AEGIS_POLICIES`, and the errors of the files as they are now.
+
+    A watcher calls `changed_since_last_check()` every couple of seconds and
+    `reload()` when it says so; a file broken by an edit is reported in `errors`
+    while its previous policies stay in force.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._current = PolicySet(path)
+        self._fingerprint: Fingerprint | None = None
+
+    @property
+    def policies(self) -> tuple[Policy, ...]:
+        return self._current.policies
+
+    @property
+    def errors(self) -> tuple[PolicyError, ...]:
+        return self._current.errors
+
+    @property
+    def current(self) -> PolicySet:
+        return self._current
+
+    def reload(self) -> bool:
+        """Read every file again; True when all of them loaded without an error."""
+        self._fingerprint = _fingerprint(self.path)  # taken first: an edit while reading shows next time
+        self._current = load_policy_paths(self.path, previous=self._current)
+        return self._current.ok
+
+    def changed_since_last_check(self) -> bool:
+        """Whether a policy file was edited, added or removed since the last check or reload."""
+        fingerprint = _fingerprint(self.path)
+        changed = fingerprint != self._fingerprint
+        self._fingerprint = fingerprint
+        return changed
+
+    def status_document(self) -> dict[str, Any]:
+        """`GET /v1/policies`: the policies in force (with their source) and the current errors."""
+        return {
+            "path": str(self.path),
+            "ok": self._current.ok,
+            "policies": [policy_document(policy) for policy in self.policies],
+            "files": [
+                {"file": str(file.path), "policies": [policy.name for policy in file.policies],
+                 "stale": file.stale, "errors": len(file.errors)}
+                for file in self._current.files
+            ],
+            "errors": [error_document(error) for error in self.errors],
+        }
+

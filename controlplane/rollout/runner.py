@@ -1,0 +1,318 @@
+"""The rollout runner: feeds the state machine its inputs and carries out its actions.
+
+It decides nothing itself. Each tick, for each active rollout, it gathers the time,
+Envoy's acknowledgement and (when due) the analysis verdicts, asks
+`machine.decide`, applies the actions through the traffic and registry services, and
+stores the state and the decision. Operator commands and alerts go through the same
+path at once, waking no loop: they take the rollout's lock and decide immediately.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from typing import Any, Protocol
+
+from controlplane.metrics.templates import CANARY_REQUESTS_QUERY, TemplateContext, query_for, render
+from controlplane.rollout.analysis import Observation, Verdict, judge
+from controlplane.rollout.machine import (
+    Action,
+    ActionKind,
+    Command,
+    Decision,
+    Inputs,
+    Phase,
+    RolloutState,
+    analysis_due,
+    decide,
+)
+from controlplane.rollout.metrics import RolloutMetrics
+from controlplane.rollout.policy import Policy, first_matching
+from controlplane.rollout.store import RolloutStore
+from controlplane.traffic.service import ROLLOUT_OWNER, TrafficRequest, TrafficService
+from controlplane.xds.resources import cluster_name
+from registry.domain import Stage, StageChange
+from registry.errors import Conflict, NotFound, RegistryError
+from registry.service import RegistryService
+
+log = logging.getLogger(__name__)
+
+ACTOR = "aegis-rollout"
+
+
+class MetricSource(Protocol):
+    async def query(self, promql: str) -> Observation: ...
+
+
+class PolicySource(Protocol):
+    @property
+    def policies(self) -> tuple[Policy, ...]: ...
+
+
+@dataclass
+class ActiveRollout:
+    rollout_id: int
+    state: RolloutState
+    lock: asyncio.Lock
+
+
+class RolloutRunner:
+    def __init__(
+        self,
+        store: RolloutStore,
+        policies: PolicySource,
+        metrics_source: MetricSource,
+        traffic: TrafficService,
+        registry: RegistryService,
+        metrics: RolloutMetrics,
+        *,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.store = store
+        self.policy_source = policies
+        self.metrics_source = metrics_source
+        self.traffic = traffic
+        self.registry = registry
+        self.metrics = metrics
+        self.clock = clock
+        self.active: dict[str, ActiveRollout] = {}
+
+    async def load(self) -> None:
+        """Pick up every rollout that was active when the process stopped."""
+        for rollout_id, state in await self.store.active():
+            self.active[state.model_name] = ActiveRollout(rollout_id, state, asyncio.Lock())
+            self.metrics.observe_state(state)
+            log.info("resuming rollout of %s at step %d", state.model_name, state.step_index + 1)
+
+    def policy(self, name: str) -> Policy | None:
+        return next((p for p in self.policy_source.policies if p.name == name), None)
+
+    # --- starting -----------------------------------------------------------
+
+    async def guard_promotion(self, changes: list[StageChange]) -> None:
+        """Before a version becomes canary under a policy: a prod to compare with must exist."""
+        for change in changes:
+            if change.to_stage is not Stage.CANARY:
+                continue
+            policy = first_matching(self.policy_source.policies, change.model_name)
+            versions = await self.registry.list_versions(change.model_name)
+            if policy is not None and not any(v.stage is Stage.PROD for v in versions):
+                raise Conflict(
+                    f"policy {policy.name!r} would roll out {change.model_name} {change.version}, but the "
+                    "model has no prod version to compare with: promote a version to prod first"
+                )
+
+    async def on_stage_change(self, changes: list[StageChange]) -> None:
+        for change in changes:
+            running = self.active.get(change.model_name)
+            if change.to_stage is Stage.CANARY:
+                policy = first_matching(self.policy_source.policies, change.model_name)
+                if policy is not None and running is None:
+                    await self.start(change.model_name, policy, started_by=change.actor)
+            elif (
+                running is not None
+                and change.version == running.state.canary_version
+                and change.actor != ACTOR
+            ):
+                await self._end_from_registry(running, change)
+
+    async def start(self, model_name: str, policy: Policy, *, started_by: str) -> RolloutState:
+        stages = self.traffic.live_stages(model_name)
+        if stages.prod is None or stages.canary is None:
+            raise Conflict(
+                f"{model_name} needs a prod and a canary version for a rollout (prod: {stages.prod}, "
+                f"canary: {stages.canary}); promote a version to canary first"
+            )
+        if model_name in self.active:
+            raise Conflict(f"{model_name} already has an active rollout; abort or finish it first")
+        state = RolloutState(
+            model_name,
+            policy.name,
+            stages.prod,
+            stages.canary,
+            step_started_at=self.clock(),
+            message=f"started by {started_by} with policy {policy.name!r}",
+        )
+        rollout_id = await self.store.create(state, started_by=started_by)
+        active = ActiveRollout(rollout_id, state, asyncio.Lock())
+        self.active[model_name] = active
+        await self.store.save(rollout_id, state, reason=state.message, inputs={})
+        log.info("rollout of %s %s started (policy %s)", model_name, stages.canary, policy.name)
+        await self.tick(model_name)
+        return self.active[model_name].state if model_name in self.active else state
+
+    # --- ticking ------------------------------------------------------------
+
+    async def tick_all(self) -> None:
+        for model_name in list(self.active):
+            try:
+                await self.tick(model_name)
+            except Exception:
+                log.exception("rollout tick for %s failed", model_name)
+
+    async def tick(self, model_name: str) -> None:
+        active = self.active.get(model_name)
+        if active is None:
+            return
+        policy = self.policy(active.state.policy_name)
+        verdicts: tuple[Verdict, ...] | None = None
+        analysed_state = active.state
+        if policy is not None and analysis_due(policy, active.state, self.clock()):
+            verdicts = await self._analyse(policy, active.state)
+        async with active.lock:
+            if active.state is not analysed_state:
+                verdicts = None  # decided meanwhile (an alert, an operator): this analysis is stale
+            await self._decide(active, policy, verdicts=verdicts)
+
+    async def command(self, model_name: str, command: Command, *, reason: str) -> RolloutState:
+        active = self.active.get(model_name)
+        if active is None:
+            raise NotFound(f"{model_name} has no active rollout; GET /v1/rollouts lists them")
+        async with active.lock:
+            await self._decide(active, self.policy(active.state.policy_name), command=command, reason=reason)
+        return active.state
+
+    async def _decide(
+        self,
+        active: ActiveRollout,
+        policy: Policy | None,
+        *,
+        verdicts: tuple[Verdict, ...] | None = None,
+        command: Command | None = None,
+        reason: str = "",
+    ) -> None:
+        state, now = active.state, self.clock()
+        if policy is None:
+            decision = (
+                Decision(
+                    replace(
+                        state, phase=Phase.PAUSED, message=f"policy {state.policy_name!r} is no longer loaded"
+                    ),
+                    (),
+                    f"policy {state.policy_name!r} is no longer loaded; fix the policy files, then resume",
+                )
+                if state.phase is Phase.PROGRESSING
+                else Decision(state, (), "")
+            )
+            if command in (Command.ABORT, Command.ALERT):
+                decision = decide(
+                    _fallback_policy(state), state, Inputs(now, command=command, command_reason=reason)
+                )
+        else:
+            inputs = Inputs(
+                now, acked=self._acked(state), verdicts=verdicts, command=command, command_reason=reason
+            )
+            decision = decide(policy, state, inputs)
+        decision = await self._apply(policy, decision)
+        if decision.state != state or decision.reason:
+            await self._store(active, decision, verdicts=verdicts, command=command)
+
+    def _acked(self, state: RolloutState) -> bool:
+        document = self.traffic.traffic_document(state.model_name)
+        expected = {
+            state.stable_version: 100 - state.canary_weight,
+            state.canary_version: state.canary_weight,
+        }
+        return bool(document["acked"]) and document["weights"] == expected
+
+    async def _analyse(self, policy: Policy, state: RolloutState) -> tuple[Verdict, ...]:
+        spec = policy.analysis
+        context = TemplateContext(
+            model=state.model_name,
+            stable_version=state.stable_version,
+            canary_version=state.canary_version,
+            stable_cluster=cluster_name(state.model_name, state.stable_version),
+            canary_cluster=cluster_name(state.model_name, state.canary_version),
+            window_seconds=spec.window_seconds,
+            interval_seconds=spec.interval_seconds,
+        )
+        values = context.values()
+        queries = [render(query_for(check), values) for check in spec.metrics]
+        volume_query = render(CANARY_REQUESTS_QUERY, values)
+        measured = await asyncio.gather(
+            self.metrics_source.query(volume_query), *(self.metrics_source.query(q) for q in queries)
+        )
+        volume, results = measured[0], measured[1:]
+        verdicts = tuple(
+            judge(check, result, canary_requests=volume, min_requests=spec.min_requests)
+            for check, result in zip(spec.metrics, results, strict=True)
+        )
+        for verdict in verdicts:
+            self.metrics.verdicts.labels(state.model_name, verdict.metric, verdict.kind.value).inc()
+        return verdicts
+
+    # --- acting -------------------------------------------------------------
+
+    async def _apply(self, policy: Policy | None, decision: Decision) -> Decision:
+        """Carry out the actions; a failed action holds the rollout with the reason."""
+        for action in decision.actions:
+            try:
+                await self._act(policy, decision.state, action)
+            except RegistryError as exc:
+                reason = (
+                    f"{decision.reason}; but {action.kind.value} failed: {exc.message}; fix it, then resume"
+                )
+                log.error("rollout of %s: %s", decision.state.model_name, reason)
+                return Decision(replace(decision.state, phase=Phase.PAUSED, message=reason), (), reason)
+        return decision
+
+    async def _act(self, policy: Policy | None, state: RolloutState, action: Action) -> None:
+        model_name = state.model_name
+        if action.kind is ActionKind.SET_WEIGHT:
+            await self._set_weight(policy, state, action.canary_weight)
+        elif action.kind is ActionKind.PROMOTE:
+            await self._set_weight(policy, state, 100)
+            await self.registry.promote(
+                model_name, state.canary_version, Stage.PROD, actor=ACTOR, reason=action.reason
+            )
+            await self.traffic.release(model_name)
+        else:
+            await self._set_weight(policy, state, 0)
+            await self.registry.rollback(model_name, actor=ACTOR, reason=action.reason)
+            await self.traffic.release(model_name)
+
+    async def _set_weight(self, policy: Policy | None, state: RolloutState, weight: int) -> None:
+        match = [dict(m.headers) for m in policy.match] if policy is not None and weight < 100 else []
+        mirror = policy.mirror_percent if policy is not None and weight < 100 else 0
+        request = TrafficRequest(
+            {state.stable_version: 100 - weight, state.canary_version: weight}, match, mirror
+        )
+        await self.traffic.set_traffic(state.model_name, request, actor=ACTOR, owner=ROLLOUT_OWNER)
+
+    async def _store(
+        self,
+        active: ActiveRollout,
+        decision: Decision,
+        *,
+        verdicts: tuple[Verdict, ...] | None,
+        command: Command | None,
+    ) -> None:
+        inputs: dict[str, Any] = {
+            "verdicts": [v.as_document() for v in verdicts] if verdicts else [],
+            "command": command.value if command else None,
+            "acked_at": decision.state.weight_acked_at,
+        }
+        await self.store.save(active.rollout_id, decision.state, reason=decision.reason, inputs=inputs)
+        active.state = decision.state
+        self.metrics.observe_state(decision.state)
+        if decision.reason:
+            log.info("rollout of %s: %s", decision.state.model_name, decision.reason)
+        if not decision.state.active:
+            self.active.pop(decision.state.model_name, None)
+
+    async def _end_from_registry(self, active: ActiveRollout, change: StageChange) -> None:
+        """An operator moved the canary in the registry: the rollout ends the same way."""
+        phase = Phase.SUCCEEDED if change.to_stage is Stage.PROD else Phase.ROLLED_BACK
+        reason = f"canary moved to {change.to_stage.value} in the registry by {change.actor}: {change.reason}"
+        async with active.lock:
+            state = replace(active.state, phase=phase, message=reason)
+            await self._store(active, Decision(state, (), reason), verdicts=None, command=None)
+        await self.traffic.release(active.state.model_name)
+
+
+def _fallback_policy(state: RolloutState) -> Policy:
+    """Enough policy to abort a rollout whose policy was removed."""
+    return Policy(state.policy_name, ("*",), ())
