@@ -122,9 +122,9 @@ async def prepare(client: TestClient[Any, Any], register: Register, model: str) 
     await client.post(f"/v1/registry/{model}/1/promote", json={"stage": "prod"}, headers=auth("operator"))
 
 
-async def wait_phase(client: TestClient[Any, Any], model: str, phases: set[str], timeout: float = 40) -> Any:
+async def wait_phase(client: TestClient[Any, Any], model: str, phases: set[str], seconds: float = 40) -> Any:
     document: Any = None
-    for _ in range(int(timeout / 0.2)):
+    for _ in range(int(seconds / 0.2)):
         response = await client.get(f"/v1/rollouts/{model}", headers=auth("viewer"))
         if response.status == 200:
             document = await response.json()
