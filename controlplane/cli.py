@@ -15,6 +15,7 @@ from pathlib import Path
 
 from aiohttp import web
 
+from controlplane import rollout_cli
 from controlplane.app import create_app
 from controlplane.observability import configure_logging
 from controlplane.rollout.policy_loader import load_policy_paths
@@ -72,6 +73,8 @@ def _parser() -> argparse.ArgumentParser:
     )
     model_server_main.add_arguments(model_server)
     model_server.set_defaults(run=_model_server)
+
+    rollout_cli.add_commands(commands)
 
     policy = commands.add_parser("policy", help="rollout policy commands")
     policy_commands = policy.add_subparsers(title="policy commands")

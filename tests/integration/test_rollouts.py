@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import json
+import os
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -12,7 +16,7 @@ from typing import Any
 import pytest
 from aiohttp.test_utils import TestClient
 
-from tests.conftest import auth
+from tests.conftest import TOKENS, auth
 from tests.integration.conftest import Register, StartClient
 from tests.observability_processes import Prometheus, find_binary, free_port
 
@@ -339,3 +343,32 @@ async def test_policies_are_listed_with_their_errors(client: TestClient[Any, Any
     document = await (await client.get("/v1/policies", headers=auth("viewer"))).json()
     assert [p["name"] for p in document["policies"]] == ["quick", "manual"]
     assert document["errors"] == []
+
+
+async def test_the_rollout_cli_shows_and_steers_rollouts(
+    client: TestClient[Any, Any], register: Register
+) -> None:
+    await prepare(client, register, "held-e")
+    await client.post("/v1/registry/held-e/2/promote", json={"stage": "canary"}, headers=auth("operator"))
+    await wait_phase(client, "held-e", {"paused"})
+    env = {**os.environ, "AEGIS_URL": str(client.make_url("")).rstrip("/"), "AEGIS_TOKEN": TOKENS["operator"]}
+
+    def aegis(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "controlplane.cli", *args],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=60,
+            check=False,
+        )
+
+    listing = await asyncio.to_thread(aegis, "rollout", "status")
+    assert listing.returncode == 0
+    assert "held-e" in listing.stdout and "paused" in listing.stdout
+    detail = await asyncio.to_thread(aegis, "rollout", "status", "held-e", "--json")
+    assert json.loads(detail.stdout)["canary_weight"] == 10
+    missing = await asyncio.to_thread(aegis, "rollout", "abort", "nope")
+    assert missing.returncode == 1 and "no active rollout" in missing.stderr
+    done = await asyncio.to_thread(aegis, "rollout", "promote", "held-e", "--full")
+    assert done.returncode == 0 and "succeeded" in done.stdout
