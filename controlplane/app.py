@@ -134,6 +134,8 @@ async def _storage(app: web.Application) -> AsyncIterator[None]:
     policies = app[rollout_api.POLICIES]
     if policies is not None:
         await asyncio.to_thread(policies.reload)
+        app[ROLLOUT_METRICS].policy_errors.set_function(lambda: len(policies.errors))
+        app[ROLLOUT_METRICS].policies_loaded.set_function(lambda: len(policies.policies))
         for error in policies.errors:
             log.error("policy error: %s", error)
     prometheus = PrometheusSource(

@@ -30,6 +30,11 @@ class RolloutMetrics:
             ["model", "metric", "verdict"],
             registry=registry,
         )
+        self.policy_errors = Gauge(
+            "aegis_policy_errors", "Errors in the policy files as they are now (their last good version stays).",
+            registry=registry,
+        )
+        self.policies_loaded = Gauge("aegis_policies_loaded", "Policies in force.", registry=registry)
         self.alerts = Counter(
             "aegis_alerts_received",
             "Alertmanager alerts received, by status and what Aegis did.",

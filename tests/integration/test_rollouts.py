@@ -339,10 +339,24 @@ async def test_a_rollout_resumes_after_a_restart(
     assert (await done.json())["phase"] == "succeeded"
 
 
-async def test_policies_are_listed_with_their_errors(client: TestClient[Any, Any]) -> None:
+async def test_policies_are_listed_and_a_broken_edit_is_reported_while_they_stay(
+    client: TestClient[Any, Any], tmp_path: Path
+) -> None:
     document = await (await client.get("/v1/policies", headers=auth("viewer"))).json()
     assert [p["name"] for p in document["policies"]] == ["quick", "manual"]
     assert document["errors"] == []
+    (tmp_path / "policies.yaml").write_text(POLICY.replace("setWeight: 20", "setWeigth: 20"))
+    for _ in range(100):
+        document = await (await client.get("/v1/policies", headers=auth("viewer"))).json()
+        if document["errors"]:
+            break
+        await asyncio.sleep(0.1)
+    assert "setWeight" in document["errors"][0]["message"]
+    assert document["errors"][0]["line"] == 6
+    assert [p["name"] for p in document["policies"]] == ["quick", "manual"]
+    metrics = await (await client.get("/metrics")).text()
+    assert "aegis_policy_errors 1.0" in metrics
+    assert "aegis_policies_loaded 2.0" in metrics
 
 
 async def test_the_rollout_cli_shows_and_steers_rollouts(
