@@ -31,7 +31,8 @@ class RolloutMetrics:
             registry=registry,
         )
         self.policy_errors = Gauge(
-            "aegis_policy_errors", "Errors in the policy files as they are now (their last good version stays).",
+            "aegis_policy_errors",
+            "Errors in the policy files as they are now (their last good version stays).",
             registry=registry,
         )
         self.policies_loaded = Gauge("aegis_policies_loaded", "Policies in force.", registry=registry)
