@@ -15,7 +15,7 @@ from pathlib import Path
 
 from aiohttp import web
 
-from controlplane import rollout_cli
+from controlplane import ops_cli, rollout_cli
 from controlplane.app import create_app
 from controlplane.observability import configure_logging
 from controlplane.rollout.policy_loader import load_policy_paths
@@ -75,6 +75,7 @@ def _parser() -> argparse.ArgumentParser:
     model_server.set_defaults(run=_model_server)
 
     rollout_cli.add_commands(commands)
+    ops_cli.add_commands(commands)
 
     policy = commands.add_parser("policy", help="rollout policy commands")
     policy_commands = policy.add_subparsers(title="policy commands")

@@ -47,7 +47,7 @@ def _status(args: argparse.Namespace) -> int:
             time.sleep(1)
     except ApiError as exc:
         print(f"aegis: {exc.message}", file=sys.stderr)
-        return 1
+        return 3 if exc.status == 0 else 1
     except KeyboardInterrupt:
         return 0
 
@@ -109,6 +109,6 @@ def _command(args: argparse.Namespace) -> int:
         document = AegisClient().call("POST", f"/v1/rollouts/{args.model}/{args.command}", body)
     except ApiError as exc:
         print(f"aegis: {exc.message}", file=sys.stderr)
-        return 1
+        return 3 if exc.status == 0 else 1
     print(json.dumps(document, indent=2) if args.json else describe(document))
     return 0
