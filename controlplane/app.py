@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator
 
 from aiohttp import web
 
-from controlplane import alerts
+from controlplane import alerts, openapi
 from controlplane.metrics.prometheus import PrometheusSource
 from controlplane.observability import METRICS_REGISTRY, metrics_endpoint, new_metrics_registry
 from controlplane.rollout import api as rollout_api
@@ -72,6 +72,7 @@ def create_app(settings: Settings) -> web.Application:
     app.cleanup_ctx.append(_rollout_loop)
     app.router.add_get("/metrics", metrics_endpoint)
     app.router.add_get("/healthz", _healthz)
+    app.router.add_get("/v1/openapi.json", openapi.openapi_endpoint)
     registry_api.add_routes(app)
     traffic_api.add_routes(app)
     rollout_api.add_routes(app)

@@ -75,6 +75,10 @@ def _parser() -> argparse.ArgumentParser:
     model_server.set_defaults(run=_model_server)
 
     rollout_cli.add_commands(commands)
+    demo = commands.add_parser("demo", help="a real rollout on this machine: one succeeds, one rolls back")
+    demo.add_argument("--alert", action="store_true", help="roll back from an Alertmanager alert instead")
+    demo.add_argument("--workdir", type=Path, help="keep every process's config and log here")
+    demo.set_defaults(run=_demo)
     ops_cli.add_commands(commands)
 
     policy = commands.add_parser("policy", help="rollout policy commands")
@@ -116,6 +120,12 @@ def _with_bootstrap_token(settings: Settings) -> Settings:
     return dataclasses.replace(
         settings, security=dataclasses.replace(settings.security, tokens=tokens)
     )
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from controlplane.demo.scenario import run_demo
+
+    return run_demo(alert=args.alert, workdir=args.workdir)
 
 
 def _sign(args: argparse.Namespace) -> int:

@@ -114,4 +114,8 @@ def setting_of(row: TrafficRow) -> TrafficSetting:
 def row_document(row: TrafficRow | None) -> dict[str, Any]:
     if row is None:
         return {"match": [], "mirror": {"percent": 0}, "owner": None}
-    return {"match": row.match, "mirror": {"percent": row.mirror_percent}, "owner": row.owner}
+    return {
+        "match": [{"headers": headers} for headers in row.match],
+        "mirror": {"percent": row.mirror_percent},
+        "owner": row.owner,
+    }

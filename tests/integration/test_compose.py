@@ -1,0 +1,227 @@
+"""docker-compose.yml and the Dockerfile agree with the repository and with the shipped configs.
+
+No Docker engine runs here, so this reads the files: what compose mounts exists, what the
+Dockerfile copies exists and is what `pip install .` needs, and every address one service
+uses to reach another (Envoy's bootstrap, Prometheus's targets, Alertmanager's webhook, the
+model servers' flags) is where that service listens. Tokens the services present are ones
+Aegis accepts with the role they need.
+"""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from pathlib import Path, PurePosixPath
+from typing import Any
+from urllib.parse import urlsplit
+
+import pytest
+import yaml
+
+from controlplane.openapi import openapi_document
+from registry.auth import Role, TokenTable
+
+ROOT = Path(__file__).resolve().parents[2]
+MODEL_SERVERS = ("model-server-1", "model-server-2")
+# Compose's `${NAME:-default}`; a bare `${NAME}` would have no value without the environment.
+INTERPOLATION = re.compile(r"\$\{(?P<name>\w+)(?::-(?P<default>[^}]*))?\}")
+
+
+def load_yaml(relative: str) -> Any:
+    return yaml.safe_load((ROOT / relative).read_text())
+
+
+@pytest.fixture(scope="module")
+def compose() -> dict[str, Any]:
+    document = load_yaml("docker-compose.yml")
+    assert isinstance(document, dict)
+    return document
+
+
+@pytest.fixture(scope="module")
+def services(compose: dict[str, Any]) -> dict[str, Any]:
+    return dict(compose["services"])
+
+
+def with_defaults(value: str) -> str:
+    """The value compose gives with an empty environment; a variable without a default fails."""
+
+    def default(match: re.Match[str]) -> str:
+        assert match["default"] is not None, f"${{{match['name']}}} has no default placeholder"
+        return match["default"]
+
+    return INTERPOLATION.sub(default, value)
+
+
+def host_port(address: str) -> tuple[str, int]:
+    host, _, port = address.rpartition(":")
+    return host, int(port)
+
+
+def flag(command: list[str], name: str) -> str:
+    values = [item.split("=", 1)[1] for item in command if item.startswith(f"{name}=")]
+    assert len(values) == 1, f"{name} given {len(values)} times in {command}"
+    return values[0]
+
+
+def option(command: list[str], name: str) -> str:
+    return command[command.index(name) + 1]
+
+
+def mounts(service: dict[str, Any]) -> dict[str, str]:
+    """Bind mounts of a service: container path -> host path (relative to the repository)."""
+    found = {}
+    for volume in service.get("volumes", []):
+        source, target = volume.split(":")[:2]
+        if source.startswith(("./", "/")):
+            found[target] = source
+    return found
+
+
+def aegis_listen(services: dict[str, Any]) -> tuple[str, int]:
+    return host_port(services["aegis"]["environment"]["AEGIS_LISTEN"])
+
+
+def socket_address(node: dict[str, Any]) -> tuple[str, int]:
+    address = node["socket_address"]
+    return address["address"], int(address["port_value"])
+
+
+def scrape_targets(prometheus: dict[str, Any], job: str) -> set[tuple[str, int]]:
+    (config,) = (c for c in prometheus["scrape_configs"] if c["job_name"] == job)
+    return {host_port(target) for static in config["static_configs"] for target in static["targets"]}
+
+
+# -- files --------------------------------------------------------------------------------------------
+
+
+def test_every_service_is_there_on_the_host_network(services: dict[str, Any]) -> None:
+    assert set(services) == {"aegis", "envoy", "prometheus", "alertmanager", *MODEL_SERVERS}
+    for name, service in services.items():
+        assert service.get("network_mode") == "host", name
+        assert "ports" not in service, f"{name}: ports are not mapped on the host network"
+
+
+def test_every_mounted_file_or_folder_exists_and_named_volumes_are_declared(
+    compose: dict[str, Any], services: dict[str, Any]
+) -> None:
+    declared = set(compose.get("volumes") or {})
+    for name, service in services.items():
+        for volume in service.get("volumes", []):
+            source = volume.split(":")[0]
+            if source.startswith("./"):
+                assert (ROOT / source).exists(), f"{name} mounts {source}, which is not in the repository"
+            else:
+                assert not source.startswith("/"), f"{name} mounts the absolute host path {source}"
+                assert source in declared, f"{name} uses volume {source!r}, not declared under volumes:"
+
+
+def test_the_dockerfile_copies_what_pip_install_needs_and_it_exists(services: dict[str, Any]) -> None:
+    for name in ("aegis", *MODEL_SERVERS):
+        build = services[name]["build"]
+        assert (ROOT / build["context"] / build["dockerfile"]).resolve() == ROOT / "Dockerfile", name
+    lines = (ROOT / "Dockerfile").read_text().splitlines()
+    copied: set[str] = set()
+    for line in lines:
+        words = line.split()
+        if words[:1] == ["COPY"] and not any(word.startswith("--from") for word in words):
+            for source in words[1:-1]:
+                assert (ROOT / source).exists(), f"COPY {source}: not in the repository"
+                copied.add(source.rstrip("/"))
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    packages = [p.rstrip("*") for p in project["tool"]["setuptools"]["packages"]["find"]["include"]]
+    assert {"pyproject.toml", project["project"]["readme"], *packages} <= copied
+    assert "FROM python:3.11-slim" in lines
+    assert 'ENTRYPOINT ["aegis"]' in lines and "aegis" in project["project"]["scripts"]
+
+
+def test_configs_are_mounted_where_the_commands_and_each_other_look(services: dict[str, Any]) -> None:
+    envoy, prometheus, alertmanager = services["envoy"], services["prometheus"], services["alertmanager"]
+    assert mounts(envoy)[option(envoy["command"], "-c")] == "./envoy/envoy.yaml"
+    prometheus_config = flag(prometheus["command"], "--config.file")
+    assert mounts(prometheus)[prometheus_config] == "./deploy/prometheus.yml"
+    rule_dir = PurePosixPath(load_yaml("deploy/prometheus.yml")["rule_files"][0]).parent
+    assert mounts(prometheus)[str(PurePosixPath(prometheus_config).parent / rule_dir)] == "./deploy/rules"
+    assert mounts(alertmanager)[flag(alertmanager["command"], "--config.file")] == "./deploy/alertmanager.yml"
+    (receiver,) = load_yaml("deploy/alertmanager.yml")["receivers"]
+    credentials = receiver["webhook_configs"][0]["http_config"]["authorization"]["credentials_file"]
+    assert mounts(alertmanager)[credentials] == "./deploy/compose/alertmanager-token.example"
+    environment = services["aegis"]["environment"]
+    assert mounts(services["aegis"])[environment["AEGIS_POLICIES"]] == "./deploy/policies"
+
+
+# -- addresses ----------------------------------------------------------------------------------------
+
+
+def test_envoy_finds_aegis_and_prometheus_finds_envoys_admin(services: dict[str, Any]) -> None:
+    bootstrap = load_yaml("envoy/envoy.yaml")
+    (xds,) = (c for c in bootstrap["static_resources"]["clusters"] if c["name"] == "xds_cluster")
+    (endpoints,) = xds["load_assignment"]["endpoints"]
+    xds_address = socket_address(endpoints["lb_endpoints"][0]["endpoint"]["address"])
+    admin = socket_address(bootstrap["admin"]["address"])
+
+    assert xds_address == aegis_listen(services) == ("127.0.0.1", 8080)
+    assert scrape_targets(load_yaml("deploy/prometheus.yml"), "envoy") == {admin} == {("127.0.0.1", 9901)}
+
+
+def test_prometheus_scrapes_aegis_and_the_model_servers_where_they_listen(services: dict[str, Any]) -> None:
+    prometheus = load_yaml("deploy/prometheus.yml")
+    model_server_ports = {int(option(services[name]["command"], "--port")) for name in MODEL_SERVERS}
+
+    assert scrape_targets(prometheus, "aegis") == {aegis_listen(services)}
+    assert scrape_targets(prometheus, "model-servers") == {("127.0.0.1", port) for port in model_server_ports}
+    assert model_server_ports == {8501, 8502}
+
+
+def test_prometheus_alerts_alertmanager_and_aegis_queries_prometheus(services: dict[str, Any]) -> None:
+    prometheus = load_yaml("deploy/prometheus.yml")
+    (alerting,) = prometheus["alerting"]["alertmanagers"]
+    alertmanager_listen = host_port(flag(services["alertmanager"]["command"], "--web.listen-address"))
+    prometheus_listen = host_port(flag(services["prometheus"]["command"], "--web.listen-address"))
+    aegis_prometheus = urlsplit(services["aegis"]["environment"]["AEGIS_PROMETHEUS_URL"])
+
+    assert {host_port(t) for t in alerting["static_configs"][0]["targets"]} == {alertmanager_listen}
+    assert alertmanager_listen == ("127.0.0.1", 9093)
+    assert (aegis_prometheus.hostname, aegis_prometheus.port) == prometheus_listen
+
+
+def test_alertmanager_and_the_model_servers_call_aegis_where_it_listens(services: dict[str, Any]) -> None:
+    (receiver,) = load_yaml("deploy/alertmanager.yml")["receivers"]
+    webhook = urlsplit(receiver["webhook_configs"][0]["url"])
+
+    assert (webhook.hostname, webhook.port) == aegis_listen(services)
+    assert webhook.path in openapi_document()["paths"]
+    for name in MODEL_SERVERS:
+        aegis_url = urlsplit(services[name]["environment"]["AEGIS_URL"])
+        assert (aegis_url.hostname, aegis_url.port) == aegis_listen(services), name
+
+
+# -- secrets ------------------------------------------------------------------------------------------
+
+
+def test_every_token_a_service_presents_is_accepted_with_the_role_it_needs(services: dict[str, Any]) -> None:
+    environment = services["aegis"]["environment"]
+    tokens = TokenTable.parse(with_defaults(environment["AEGIS_API_TOKENS"]))
+    alertmanager_token = (ROOT / "deploy/compose/alertmanager-token.example").read_text().strip()
+
+    assert tokens.authenticate(f"Bearer {alertmanager_token}").role is Role.OPERATOR
+    for name in MODEL_SERVERS:
+        model_server = services[name]["environment"]
+        token = with_defaults(model_server["AEGIS_TOKEN"])
+        assert tokens.authenticate(f"Bearer {token}").role >= Role.OPERATOR, name
+        # The model server verifies the signature Aegis made: the same key, from the same variable.
+        assert model_server["AEGIS_MODEL_SIGN_KEY"] == environment["AEGIS_MODEL_SIGN_KEY"], name
+    assert {principal.role for _, principal in tokens.entries} == {Role.ADMIN, Role.OPERATOR}
+
+
+def test_secrets_are_variables_whose_defaults_say_they_are_placeholders(services: dict[str, Any]) -> None:
+    aegis = services["aegis"]["environment"]
+    values = [aegis["AEGIS_API_TOKENS"], aegis["AEGIS_MODEL_SIGN_KEY"]]
+    for name in MODEL_SERVERS:
+        values += [services[name]["environment"][key] for key in ("AEGIS_TOKEN", "AEGIS_MODEL_SIGN_KEY")]
+
+    for value in values:
+        defaults = [match["default"] for match in INTERPOLATION.finditer(value)]
+        assert defaults, f"{value!r} is not taken from a variable"
+        assert all(default.startswith("change-me-") for default in defaults), value
+    assert (ROOT / "deploy/compose/alertmanager-token.example").read_text().startswith("change-me-")
