@@ -27,41 +27,11 @@ class ApiError(Exception):
         self.status = status
 
 
-class Stack:
-    def __init__(self, root: Path, *, hold_seconds: float = 5.0) -> None:
-        self.root = root
-        self.hold_seconds = hold_seconds
-        self.listener_port = free_port()
-        self.aegis = AegisServer(
-            {
-                "AEGIS_DATA_DIR": str(root / "aegis"),
-                "AEGIS_API_TOKENS": API_TOKENS,
-                "AEGIS_MODEL_SIGN_KEY": SIGN_KEY,
-                "AEGIS_ENVOY_LISTENER": f"127.0.0.1:{self.listener_port}",
-                "AEGIS_XDS_HOLD_SECONDS": str(hold_seconds),
-                "AEGIS_XDS_NODE_STALE_SECONDS": "15",
-            }
-        )
-        self.envoy: Envoy | None = None
-        self.model_servers: dict[tuple[str, str], subprocess.Popen[bytes]] = {}
+class AegisApi:
+    """The API calls tests make against a running `aegis serve`."""
 
-    @property
-    def gateway(self) -> str:
-        return f"http://127.0.0.1:{self.listener_port}"
-
-    def start(self) -> Stack:
-        self.aegis.start()
-        self.envoy = Envoy(self.root / "envoy", xds_port=self.aegis.port).start()
-        return self
-
-    def close(self) -> None:
-        for process in self.model_servers.values():
-            stop(process)
-        if self.envoy is not None:
-            self.envoy.stop()
-        self.aegis.stop()
-
-    # --- API ------------------------------------------------------------------
+    def __init__(self, aegis: AegisServer) -> None:
+        self.aegis = aegis
 
     def api(self, method: str, path: str, body: Any = None, *, role: str = "admin") -> Any:
         data = None if body is None else json.dumps(body).encode()
@@ -120,6 +90,43 @@ class Stack:
                 return document
             time.sleep(0.05)
         raise TimeoutError(f"traffic for {model} not acknowledged: {document}")
+
+
+class Stack(AegisApi):
+    def __init__(self, root: Path, *, hold_seconds: float = 5.0) -> None:
+        self.root = root
+        self.hold_seconds = hold_seconds
+        self.listener_port = free_port()
+        super().__init__(
+            AegisServer(
+                {
+                    "AEGIS_DATA_DIR": str(root / "aegis"),
+                    "AEGIS_API_TOKENS": API_TOKENS,
+                    "AEGIS_MODEL_SIGN_KEY": SIGN_KEY,
+                    "AEGIS_ENVOY_LISTENER": f"127.0.0.1:{self.listener_port}",
+                    "AEGIS_XDS_HOLD_SECONDS": str(hold_seconds),
+                    "AEGIS_XDS_NODE_STALE_SECONDS": "15",
+                }
+            )
+        )
+        self.envoy: Envoy | None = None
+        self.model_servers: dict[tuple[str, str], subprocess.Popen[bytes]] = {}
+
+    @property
+    def gateway(self) -> str:
+        return f"http://127.0.0.1:{self.listener_port}"
+
+    def start(self) -> Stack:
+        self.aegis.start()
+        self.envoy = Envoy(self.root / "envoy", xds_port=self.aegis.port).start()
+        return self
+
+    def close(self) -> None:
+        for process in self.model_servers.values():
+            stop(process)
+        if self.envoy is not None:
+            self.envoy.stop()
+        self.aegis.stop()
 
     # --- model servers ---------------------------------------------------------
 
