@@ -34,8 +34,8 @@ from controlplane.demo.processes import (
     Envoy,
     Prometheus,
     free_port,
+    start_model_server,
     stop,
-    wait_for_http,
 )
 
 FLAGGER_BASELINE_SECONDS = 10.0
@@ -134,37 +134,18 @@ class Bench:
         urllib.request.urlopen(request, timeout=30).close()
 
     def model_server(self, model: str, version: str, *, error_rate: float) -> None:
-        port = self.model_ports[(model, version)]
-        env = {
-            **os.environ,
-            "AEGIS_URL": self.aegis.url,
-            "AEGIS_TOKEN": self.operator,
-            "AEGIS_MODEL_SIGN_KEY": self.sign_key,
-        }
-        log = (self.root / f"{model}-{version}.log").open("ab")
-        process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "controlplane.cli",
-                "model-server",
-                "--model",
-                model,
-                "--version",
-                version,
-                "--port",
-                str(port),
-                "--ttl-seconds",
-                "5",
-                "--error-rate",
-                str(error_rate),
-            ],
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
+        self.servers.append(
+            start_model_server(
+                aegis_url=self.aegis.url,
+                token=self.operator,
+                sign_key=self.sign_key,
+                model=model,
+                version=version,
+                port=self.model_ports[(model, version)],
+                workdir=self.root,
+                faults={"error_rate": error_rate},
+            )
         )
-        self.servers.append(process)
-        wait_for_http(f"http://127.0.0.1:{port}/healthz", process=process, timeout=60)
 
 
 async def measure(bench: Bench, model: str, runs: int) -> list[float]:

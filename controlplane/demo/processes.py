@@ -364,3 +364,42 @@ class Alertmanager:
         """SIGTERM, then SIGKILL after 10 s; returns once the PID has exited."""
         if self.process is not None:
             stop(self.process)
+
+
+def start_model_server(
+    *,
+    aegis_url: str,
+    token: str,
+    sign_key: str,
+    model: str,
+    version: str,
+    port: int,
+    workdir: Path,
+    ttl_seconds: int = 5,
+    faults: dict[str, float] | None = None,
+) -> subprocess.Popen[bytes]:
+    """`aegis model-server` as a process, once it answers /healthz (its artifact verified)."""
+    args = [
+        sys.executable,
+        "-m",
+        "controlplane.cli",
+        "model-server",
+        "--model",
+        model,
+        "--version",
+        version,
+        "--port",
+        str(port),
+        "--ttl-seconds",
+        str(ttl_seconds),
+        "--data-dir",
+        str(workdir / "models" / f"{model}-{version}"),
+    ]
+    for name, value in (faults or {}).items():
+        args += [f"--{name.replace('_', '-')}", str(value)]
+    env = {**os.environ, "AEGIS_URL": aegis_url, "AEGIS_TOKEN": token, "AEGIS_MODEL_SIGN_KEY": sign_key}
+    workdir.mkdir(parents=True, exist_ok=True)
+    with (workdir / f"model-server-{model}-{version}.log").open("ab") as log:
+        process = subprocess.Popen(args, env=env, stdout=log, stderr=subprocess.STDOUT)
+    wait_for_http(f"http://127.0.0.1:{port}/healthz", process=process, timeout=60)
+    return process

@@ -34,8 +34,8 @@ from controlplane.demo.processes import (
     Prometheus,
     find_binary,
     free_port,
+    start_model_server,
     stop,
-    wait_for_http,
 )
 from controlplane.demo.view import render
 from controlplane.xds.validate import find_envoy_binary
@@ -220,7 +220,7 @@ class _Stack:
         )
         self._register_models()
         for version, port in self.model_ports.items():
-            faults = ["--error-rate", str(FAULTY_ERROR_RATE)] if version == "3" else []
+            faults = {"error_rate": FAULTY_ERROR_RATE} if version == "3" else {}
             self.model_servers.append(self._model_server(version, port, faults))
         self.alertmanager = Alertmanager(
             demo.workdir / "alertmanager",
@@ -267,35 +267,17 @@ class _Stack:
         if result.returncode != 0:
             raise DemoError(f"aegis {' '.join(args[:2])} failed: {result.stdout}{result.stderr}")
 
-    def _model_server(self, version: str, port: int, faults: list[str]) -> subprocess.Popen[bytes]:
-        env = {
-            **os.environ,
-            "AEGIS_URL": self.aegis.url,
-            "AEGIS_TOKEN": self.demo.operator_token,
-            "AEGIS_MODEL_SIGN_KEY": self.demo.sign_key,
-        }
-        log = (self.demo.workdir / f"model-server-{version}.log").open("ab")
-        process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "controlplane.cli",
-                "model-server",
-                "--model",
-                MODEL,
-                "--version",
-                version,
-                "--port",
-                str(port),
-                "--ttl-seconds",
-                "5",
-                *faults,
-            ],
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
+    def _model_server(self, version: str, port: int, faults: dict[str, float]) -> subprocess.Popen[bytes]:
+        process = start_model_server(
+            aegis_url=self.aegis.url,
+            token=self.demo.operator_token,
+            sign_key=self.demo.sign_key,
+            model=MODEL,
+            version=version,
+            port=port,
+            workdir=self.demo.workdir,
+            faults=faults,
         )
-        wait_for_http(f"http://127.0.0.1:{port}/healthz", process=process, timeout=60)
         shown = f" with {FAULTY_ERROR_RATE:.0%} 5xx errors" if faults else ""
         self.demo.note(f"model server {MODEL} {version} on :{port} (verified download){shown}")
         return process

@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
-import subprocess
 import sys
 import time
 from collections import Counter
@@ -25,10 +23,10 @@ from typing import Any
 
 import aiohttp
 
-from tests.conftest import SIGN_KEY, TOKENS
+from tests.conftest import TOKENS
 from tests.e2e.stack import Stack
 from tests.observability_processes import Alertmanager, Prometheus
-from tests.processes import ROOT, free_port, wait_for_http
+from tests.processes import ROOT, free_port
 
 RULES = ROOT / "deploy" / "rules" / "aegis-canary.rules.yml"
 
@@ -45,37 +43,7 @@ class ObservedStack(Stack):
     def start_model_server(self, model: str, version: str, *, ttl: int = 3, **faults: float) -> int:
         """As `Stack.start_model_server`, on the port reserved for (model, version)."""
         port = self.model_ports[(model, version)]
-        args = [
-            sys.executable,
-            "-m",
-            "controlplane.cli",
-            "model-server",
-            "--model",
-            model,
-            "--version",
-            version,
-            "--port",
-            str(port),
-            "--ttl-seconds",
-            str(ttl),
-            "--data-dir",
-            str(self.root / "models" / f"{model}-{version}"),
-        ]
-        for name, value in faults.items():
-            args += [f"--{name.replace('_', '-')}", str(value)]
-        env = {
-            **os.environ,
-            "AEGIS_URL": self.aegis.url,
-            "AEGIS_TOKEN": TOKENS["operator"],
-            "AEGIS_MODEL_SIGN_KEY": SIGN_KEY,
-            "AEGIS_MODEL_SERVER_ADMIN_TOKEN": "faults-token",
-        }
-        log = (self.root / f"model-{model}-{version}.log").open("ab")
-        process = subprocess.Popen(args, env=env, stdout=log, stderr=subprocess.STDOUT)
-        self.model_servers[(model, version)] = process
-        wait_for_http(f"http://127.0.0.1:{port}/healthz", process=process)
-        self.wait_endpoint(model, version, port)
-        return port
+        return self._start_model_server(model, version, port, ttl=ttl, faults=faults)
 
 
 @dataclass

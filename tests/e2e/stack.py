@@ -7,18 +7,17 @@ real process stopped by PID.
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
-import sys
 import time
 import urllib.error
 import urllib.request
 from pathlib import Path
 from typing import Any
 
+from controlplane.demo.processes import start_model_server
 from tests.conftest import API_TOKENS, SIGN_KEY, TOKENS
-from tests.processes import AegisServer, Envoy, free_port, stop, wait_for_http
+from tests.processes import AegisServer, Envoy, free_port, stop
 
 
 class ApiError(Exception):
@@ -131,36 +130,22 @@ class Stack(AegisApi):
     # --- model servers ---------------------------------------------------------
 
     def start_model_server(self, model: str, version: str, *, ttl: int = 3, **faults: float) -> int:
-        port = free_port()
-        args = [
-            sys.executable,
-            "-m",
-            "controlplane.cli",
-            "model-server",
-            "--model",
-            model,
-            "--version",
-            version,
-            "--port",
-            str(port),
-            "--ttl-seconds",
-            str(ttl),
-            "--data-dir",
-            str(self.root / "models" / f"{model}-{version}"),
-        ]
-        for name, value in faults.items():
-            args += [f"--{name.replace('_', '-')}", str(value)]
-        env = {
-            **os.environ,
-            "AEGIS_URL": self.aegis.url,
-            "AEGIS_TOKEN": TOKENS["operator"],
-            "AEGIS_MODEL_SIGN_KEY": SIGN_KEY,
-            "AEGIS_MODEL_SERVER_ADMIN_TOKEN": "faults-token",
-        }
-        log = (self.root / f"model-{model}-{version}.log").open("ab")
-        process = subprocess.Popen(args, env=env, stdout=log, stderr=subprocess.STDOUT)
-        self.model_servers[(model, version)] = process
-        wait_for_http(f"http://127.0.0.1:{port}/healthz", process=process)
+        return self._start_model_server(model, version, free_port(), ttl=ttl, faults=faults)
+
+    def _start_model_server(
+        self, model: str, version: str, port: int, *, ttl: int, faults: dict[str, float]
+    ) -> int:
+        self.model_servers[(model, version)] = start_model_server(
+            aegis_url=self.aegis.url,
+            token=TOKENS["operator"],
+            sign_key=SIGN_KEY,
+            model=model,
+            version=version,
+            port=port,
+            workdir=self.root,
+            ttl_seconds=ttl,
+            faults=faults,
+        )
         self.wait_endpoint(model, version, port)
         return port
 
