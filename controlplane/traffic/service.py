@@ -15,7 +15,7 @@ from typing import Any
 
 from controlplane.traffic.store import EndpointRow, TrafficRow, TrafficStore, row_document, setting_of
 from controlplane.xds.cache import Publisher, PublishResult
-from controlplane.xds.desired import ModelStages, desired_state, effective_weights
+from controlplane.xds.desired import ModelStages, desired_state, effective_weights, model_route
 from controlplane.xds.resources import DesiredState, Endpoint, ListenerAddress, RdsPolling, model_routes
 from controlplane.xds.snapshot import ResourceType, Snapshot, content_version
 from registry.domain import StageChange, check_bounded_int, check_model_name, check_version
@@ -127,10 +127,7 @@ class TrafficService:
 
     def desired(self, settings: dict[str, TrafficRow] | None = None) -> DesiredState:
         chosen = self.settings if settings is None else settings
-        endpoints = {
-            key: tuple(Endpoint(address, port) for address, port in sorted(members))
-            for key, members in self.endpoints.items() if members
-        }
+        endpoints = self._endpoints_of(None)
         return desired_state(
             self.listener, self.stages, {name: setting_of(row) for name, row in chosen.items()},
             endpoints, rds_polling=self.rds_polling,
@@ -239,11 +236,23 @@ class TrafficService:
         False while make-before-break still holds the desired split back, and in the
         moment between an input changing and its snapshot being published.
         """
-        for model in self.desired().models:
-            if model.model_name == model_name:
-                known = self._model_route_versions.get(model_name)
-                return known is not None and known[0] == content_version(model_routes(model))
-        return True
+        stages = self.stages.get(model_name)
+        if stages is None:
+            return True
+        row = self.settings.get(model_name)
+        route = model_route(stages, setting_of(row) if row else None, self._endpoints_of(model_name))
+        if route is None:
+            return True
+        known = self._model_route_versions.get(model_name)
+        return known is not None and known[0] == content_version(model_routes(route))
+
+    def _endpoints_of(self, model_name: str | None) -> dict[tuple[str, str], tuple[Endpoint, ...]]:
+        """Live endpoints per (model, version): of one model, or of all with None."""
+        return {
+            key: tuple(Endpoint(address, port) for address, port in sorted(members))
+            for key, members in self.endpoints.items()
+            if members and model_name in (None, key[0])
+        }
 
     # --- endpoints ----------------------------------------------------------
 

@@ -10,7 +10,6 @@ discovery handlers only read `XdsCache.current` and wait for the next version.
 from __future__ import annotations
 
 import asyncio
-import copy
 import logging
 import time
 from collections import OrderedDict
@@ -115,15 +114,27 @@ def _bounded_put(store: OrderedDict[str, T], key: str, value: T) -> None:
 
 
 def structure_key(snapshot: Snapshot) -> str:
-    """The snapshot with weights and endpoints blanked: equal keys need no new validation (pure)."""
-    routes = copy.deepcopy(list(snapshot.routes))
-    for config in routes:
-        for host in config.get("virtual_hosts", []):
-            for route in host.get("routes", []):
-                for entry in route.get("route", {}).get("weighted_clusters", {}).get("clusters", []):
-                    entry["weight"] = 1
+    """The snapshot with weights and endpoints left out: equal keys need no new validation (pure)."""
+    routes = [
+        {
+            **config,
+            "virtual_hosts": [
+                {**host, "routes": [_without_weights(route) for route in host.get("routes", [])]}
+                for host in config.get("virtual_hosts", [])
+            ],
+        }
+        for config in snapshot.routes
+    ]
     clusters = [{k: v for k, v in c.items() if k != "load_assignment"} for c in snapshot.clusters]
     return content_version([list(snapshot.listeners), clusters, routes])
+
+
+def _without_weights(route: dict[str, object]) -> dict[str, object]:
+    action = route.get("route")
+    if not isinstance(action, dict) or "weighted_clusters" not in action:
+        return route
+    names = sorted(str(c.get("name")) for c in action["weighted_clusters"].get("clusters", []))
+    return {**route, "route": {**action, "weighted_clusters": {"clusters": names}}}
 
 
 class Publisher:
@@ -159,12 +170,13 @@ class Publisher:
                 snapshot = self._build(target)
             except SnapshotInconsistent as exc:
                 return self._refuse(exc.problems)
-            key = structure_key(snapshot)
-            if self.validator is not None and key not in self._validated:
-                outcome = await self.validator(snapshot)
-                if not outcome.ok:
-                    return self._refuse([f"envoy rejected the config: {outcome.message}"])
-                self._validated.add(key)
+            if self.validator is not None:
+                key = structure_key(snapshot)
+                if key not in self._validated:
+                    outcome = await self.validator(snapshot)
+                    if not outcome.ok:
+                        return self._refuse([f"envoy rejected the config: {outcome.message}"])
+                    self._validated.add(key)
             self.desired = target
             if self.cache.publish(snapshot):
                 log.info("published xDS snapshot %s", snapshot.version[:12])

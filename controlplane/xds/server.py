@@ -21,7 +21,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from controlplane.xds.cache import Publisher, XdsCache
 from controlplane.xds.nodes import NodeTracker, PollKind
-from controlplane.xds.snapshot import ResourceType
+from controlplane.xds.snapshot import ResourceType, Snapshot
 from registry.auth import Role
 from registry.http import authorize
 
@@ -35,6 +35,8 @@ TYPES_BY_PATH = {
 }
 # Envoy sends its whole node description (~80 KB) with every REST poll.
 MAX_POLL_BYTES = 4 << 20
+# Serialised responses kept: a few versions of each type, for a few resource-name sets.
+BODY_CACHE_SIZE = 32
 
 
 class XdsMetrics:
@@ -66,6 +68,7 @@ class XdsServer:
     def __post_init__(self) -> None:
         self.metrics.live_nodes.set_function(lambda: len(self.nodes.live_nodes(now=time.monotonic())))
         self._rebuild_pending = False
+        self._bodies: dict[tuple[str, ResourceType, tuple[str, ...]], bytes] = {}
         self._background: set[asyncio.Task[Any]] = set()
 
     async def discovery(self, request: web.Request) -> web.StreamResponse:
@@ -100,14 +103,25 @@ class XdsServer:
             if version != poll.version_info and not self.nodes.has_rejected(
                 poll.node_id, resource_type, version
             ):
-                body = snapshot.discovery_response(resource_type, poll.resource_names)
+                body = self._body(snapshot, resource_type, poll.resource_names)
                 self.nodes.record_served(poll.node_id, resource_type, version)
                 self.metrics.requests.labels(type_label, "ok").inc()
-                return web.json_response(body)
+                return web.Response(body=body, content_type="application/json")
             remaining = deadline - time.monotonic()
             if remaining <= 0 or not await self.cache.wait_for_change(remaining):
                 self.metrics.requests.labels(type_label, "not_modified").inc()
                 return web.Response(status=304)
+
+    def _body(self, snapshot: Snapshot, resource_type: ResourceType, names: tuple[str, ...]) -> bytes:
+        """The serialised response, once per version and resource names: every node asks the same."""
+        key = (snapshot.versions[resource_type], resource_type, names)
+        body = self._bodies.get(key)
+        if body is None:
+            body = json.dumps(snapshot.discovery_response(resource_type, names)).encode()
+            self._bodies[key] = body
+            while len(self._bodies) > BODY_CACHE_SIZE:
+                self._bodies.pop(next(iter(self._bodies)))
+        return body
 
     def _schedule_rebuild(self) -> None:
         # A node acknowledged new clusters or routes: clusters it now has may be

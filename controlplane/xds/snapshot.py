@@ -86,8 +86,11 @@ class Snapshot:
 
     @cached_property
     def version(self) -> str:
-        """Whole-snapshot content version, for logs and "did anything change at all"."""
-        return content_version([self.resources(kind) for kind in ResourceType])
+        """Whole-snapshot content version, for logs and "did anything change at all".
+
+        Derived from the per-type versions, so the resources are serialised once.
+        """
+        return content_version([self.versions[kind] for kind in ResourceType])
 
     def discovery_response(
         self, resource_type: ResourceType, resource_names: Collection[str] = ()
