@@ -61,6 +61,8 @@ policies:
       - pause: {}
 """
 
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
 
 # --- in-process: the pure builders ----------------------------------------------------
 
@@ -309,7 +311,7 @@ def top_functions(profiler: cProfile.Profile, count: int = 12) -> list[list[Any]
     stats = pstats.Stats(profiler, stream=io.StringIO())
     rows = []
     for (path, line, name), (_cc, calls, _tt, cumulative, _callers) in stats.stats.items():  # type: ignore[attr-defined]
-        if "/work/main/" not in path and "json" not in path:
+        if not path.startswith(str(REPO_ROOT)) and "json" not in path:
             continue
         short = "/".join(Path(path).parts[-2:])
         rows.append([f"{name} ({short}:{line})", round(cumulative * 1000, 1), calls])

@@ -52,7 +52,8 @@ import aiohttp
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.common import ADMIN_TOKEN, free_port, report, rss_bytes, running_server
 
-SAMPLE = Path("/work/shared/reference/samples/envoy-1.40-rest-poll.json")
+# A real Envoy 1.40 poll, in the shared reference folder beside the repository.
+SAMPLE = Path(__file__).resolve().parents[2] / "shared/reference/samples/envoy-1.40-rest-poll.json"
 ROUTE_TYPE = "type.googleapis.com/envoy.config.route.v3.RouteConfiguration"
 ROUTE_CONFIG_NAME = "aegis_routes"
 MODEL = "bench-xds"
