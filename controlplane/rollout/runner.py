@@ -186,21 +186,7 @@ class RolloutRunner:
     ) -> None:
         state, now = active.state, self.clock()
         if policy is None:
-            decision = (
-                Decision(
-                    replace(
-                        state, phase=Phase.PAUSED, message=f"policy {state.policy_name!r} is no longer loaded"
-                    ),
-                    (),
-                    f"policy {state.policy_name!r} is no longer loaded; fix the policy files, then resume",
-                )
-                if state.phase is Phase.PROGRESSING
-                else Decision(state, (), "")
-            )
-            if command in (Command.ABORT, Command.ALERT):
-                decision = decide(
-                    _fallback_policy(state), state, Inputs(now, command=command, command_reason=reason)
-                )
+            decision = _without_policy(state, now, command=command, reason=reason)
         else:
             inputs = Inputs(
                 now, acked=self._acked(state), verdicts=verdicts, command=command, command_reason=reason
@@ -313,6 +299,14 @@ class RolloutRunner:
         await self.traffic.release(active.state.model_name)
 
 
-def _fallback_policy(state: RolloutState) -> Policy:
-    """Enough policy to abort a rollout whose policy was removed."""
-    return Policy(state.policy_name, ("*",), ())
+def _without_policy(state: RolloutState, now: float, *, command: Command | None, reason: str) -> Decision:
+    """A rollout whose policy is gone holds until it is back; abort and alerts still act."""
+    if command in (Command.ABORT, Command.ALERT):
+        # An empty policy is all an abort needs: the machine rolls back at once.
+        return decide(
+            Policy(state.policy_name, ("*",), ()), state, Inputs(now, command=command, command_reason=reason)
+        )
+    if state.phase is not Phase.PROGRESSING:
+        return Decision(state, (), "")
+    why = f"policy {state.policy_name!r} is no longer loaded; fix the policy files, then resume"
+    return Decision(replace(state, phase=Phase.PAUSED, message=why), (), why)

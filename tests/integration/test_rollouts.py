@@ -386,3 +386,17 @@ async def test_the_rollout_cli_shows_and_steers_rollouts(
     assert missing.returncode == 1 and "no active rollout" in missing.stderr
     done = await asyncio.to_thread(aegis, "rollout", "promote", "held-e", "--full")
     assert done.returncode == 0 and "succeeded" in done.stdout
+
+
+async def test_a_rollout_whose_policy_disappears_holds_and_can_still_be_aborted(
+    client: TestClient[Any, Any], register: Register, tmp_path: Path
+) -> None:
+    await prepare(client, register, "m-orphan")  # no exporter value: analysis says "no data", holding
+    await client.post("/v1/registry/m-orphan/2/promote", json={"stage": "canary"}, headers=auth("operator"))
+    await wait_phase(client, "m-orphan", {"progressing"})
+    (tmp_path / "policies.yaml").write_text(POLICY.split("  - name: manual")[0].replace("quick", "renamed"))
+    document = await wait_phase(client, "m-orphan", {"paused"})
+    assert document["message"] == "policy 'quick' is no longer loaded; fix the policy files, then resume"
+    aborted = await client.post("/v1/rollouts/m-orphan/abort", headers=auth("operator"))
+    assert (await aborted.json())["phase"] == "rolled_back"
+    assert await stages(client, "m-orphan") == {"1": "prod", "2": "staging"}
