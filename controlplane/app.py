@@ -16,7 +16,7 @@ from controlplane.observability import METRICS_REGISTRY, metrics_endpoint, new_m
 from controlplane.rollout import api as rollout_api
 from controlplane.rollout.metrics import RolloutMetrics
 from controlplane.rollout.policy import Policy
-from controlplane.rollout.policy_loader import PolicyRegistry
+from controlplane.rollout.policy_files import PolicyRegistry
 from controlplane.rollout.runner import RolloutRunner
 from controlplane.rollout.store import RolloutStore
 from controlplane.settings import Settings, parse_listen, url_signing_key

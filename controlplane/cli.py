@@ -19,7 +19,7 @@ from aiohttp import web
 from controlplane import ops_cli, rollout_cli
 from controlplane.app import create_app
 from controlplane.observability import configure_logging
-from controlplane.rollout.policy_loader import load_policy_paths
+from controlplane.rollout.policy_files import load_policy_paths
 from controlplane.settings import Settings, SettingsError, load_settings
 from modelserver import main as model_server_main
 from registry.auth import TokenTable

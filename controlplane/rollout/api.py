@@ -7,7 +7,7 @@ from typing import Any
 from aiohttp import web
 
 from controlplane.rollout.machine import Command
-from controlplane.rollout.policy_loader import PolicyRegistry
+from controlplane.rollout.policy_files import PolicyRegistry
 from controlplane.rollout.runner import RolloutRunner
 from controlplane.rollout.store import DecisionRow, RolloutRow, state_from_json
 from registry.auth import Role

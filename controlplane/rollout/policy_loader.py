@@ -1,8 +1,7 @@
 """Rollout policy files: YAML to `Policy` values, with file, line and field in every error.
 
-Parsing (`parse_policy_text`, `policy_document`) is pure. Reading files
-(`load_policy_paths`) and keeping the policies in force across edits
-(`PolicyRegistry`) do file I/O, and nothing else: no web, no database.
+Parsing (`parse_policy_text`, `policy_document`) is pure; reading the files and
+keeping the policies in force across edits is `policy_files`'.
 
 The YAML is composed into nodes, not loaded into dicts, so that every value keeps
 the line it came from. A file is all or nothing: a file with an error contributes
@@ -15,8 +14,6 @@ import difflib
 import math
 import re
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import yaml
@@ -40,8 +37,6 @@ from controlplane.rollout.policy import (
     Step,
     ThresholdRange,
 )
-
-POLICY_FILE_SUFFIXES = (".yaml", ".yml")
 
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|h|m|s)")
 _UNIT_SECONDS = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 0.001}
@@ -461,159 +456,3 @@ def _step_document(step: Step) -> dict[str, Any]:
 def error_document(error: PolicyError) -> dict[str, Any]:
     return {"file": error.file, "line": error.line, "field": error.field, "message": error.message,
             "text": str(error)}
-
-
-# -- files -------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class FileLoad:
-    """What one policy file contributes: its policies in force and the errors of its current text."""
-
-    path: Path
-    policies: tuple[Policy, ...]
-    errors: tuple[PolicyError, ...] = ()
-    stale: bool = False  # the policies are an earlier version of the file, kept because this one is broken
-
-
-@dataclass(frozen=True)
-class PolicySet:
-    """The policies of a file or folder, file by file in name order, and every error found."""
-
-    path: Path
-    files: tuple[FileLoad, ...] = ()
-    path_errors: tuple[PolicyError, ...] = ()  # the path itself: missing, unreadable
-
-    @property
-    def policies(self) -> tuple[Policy, ...]:
-        return tuple(policy for file in self.files for policy in file.policies)
-
-    @property
-    def errors(self) -> tuple[PolicyError, ...]:
-        return self.path_errors + tuple(error for file in self.files for error in file.errors)
-
-    @property
-    def ok(self) -> bool:
-        return not self.errors
-
-
-def policy_files(path: Path) -> list[Path]:
-    """The policy files at `path`: the file itself, or the folder's *.yaml and *.yml in name order."""
-    if path.is_dir():
-        return sorted(p for p in path.iterdir() if p.suffix in POLICY_FILE_SUFFIXES and p.is_file())
-    return [path]
-
-
-def load_policy_paths(path: Path, *, previous: PolicySet | None = None) -> PolicySet:
-    """Read and check the policy file or folder at `path`.
-
-    A file with errors contributes no policy of its current text; with `previous`,
-    the policies that file had there stay in force instead (so do all of them when
-    the path itself has gone). Names must be unique across files: a file that
-    repeats an earlier file's name is in error.
-    """
-    kept = {file.path: file.policies for file in previous.files} if previous is not None else {}
-    if not path.exists():
-        error = PolicyError(str(path), 0, "", "no such file or folder")
-        files = tuple(FileLoad(p, policies, stale=True) for p, policies in kept.items() if policies)
-        return PolicySet(path, files, (error,))
-    loads: list[FileLoad] = []
-    defined_at: dict[str, str] = {}
-    for file in policy_files(path):
-        policies, errors = _read_file(file)
-        if not errors:
-            errors = _duplicates(policies, defined_at)
-        if errors:
-            policies = tuple(p for p in kept.get(file, ()) if p.name not in defined_at)
-        defined_at.update((policy.name, policy.source) for policy in policies)
-        loads.append(FileLoad(file, policies, tuple(errors), stale=bool(errors and policies)))
-    return PolicySet(path, tuple(loads))
-
-
-def _read_file(path: Path) -> tuple[tuple[Policy, ...], list[PolicyError]]:
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        return (), [PolicyError(str(path), 0, "", f"cannot read: {exc}")]
-    return parse_policy_text(text, source=str(path))
-
-
-def _duplicates(policies: tuple[Policy, ...], defined_at: dict[str, str]) -> list[PolicyError]:
-    errors = []
-    for index, policy in enumerate(policies):
-        if policy.name in defined_at:
-            file, _, line = policy.source.rpartition(":")
-            errors.append(PolicyError(file, int(line), f"policies[{index}].name",
-                                      f"{policy.name!r} is already defined at {defined_at[policy.name]}"))
-    return errors
-
-
-Fingerprint = tuple[tuple[str, int, int], ...]
-
-
-def _fingerprint(path: Path) -> Fingerprint:
-    """Names, mtimes and sizes of the policy files: any edit, addition or removal changes it."""
-    if not path.exists():
-        return (("<missing>", 0, 0),)
-    stats = []
-    for file in policy_files(path):
-        try:
-            stat = file.stat()
-        except OSError:
-            continue
-        stats.append((str(file), stat.st_mtime_ns, stat.st_size))
-    return tuple(stats)
-
-
-class PolicyRegistry:
-    """The policies in force from `AEGIS_POLICIES`, and the errors of the files as they are now.
-
-    A watcher calls `changed_since_last_check()` every couple of seconds and
-    `reload()` when it says so; a file broken by an edit is reported in `errors`
-    while its previous policies stay in force.
-    """
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self._current = PolicySet(path)
-        self._fingerprint: Fingerprint | None = None
-
-    @property
-    def policies(self) -> tuple[Policy, ...]:
-        return self._current.policies
-
-    @property
-    def errors(self) -> tuple[PolicyError, ...]:
-        return self._current.errors
-
-    @property
-    def current(self) -> PolicySet:
-        return self._current
-
-    def reload(self) -> bool:
-        """Read every file again; True when all of them loaded without an error."""
-        self._fingerprint = _fingerprint(self.path)  # taken first: an edit while reading shows next time
-        self._current = load_policy_paths(self.path, previous=self._current)
-        return self._current.ok
-
-    def changed_since_last_check(self) -> bool:
-        """Whether a policy file was edited, added or removed since the last check or reload."""
-        fingerprint = _fingerprint(self.path)
-        changed = fingerprint != self._fingerprint
-        self._fingerprint = fingerprint
-        return changed
-
-    def status_document(self) -> dict[str, Any]:
-        """`GET /v1/policies`: the policies in force (with their source) and the current errors."""
-        return {
-            "path": str(self.path),
-            "ok": self._current.ok,
-            "policies": [policy_document(policy) for policy in self.policies],
-            "files": [
-                {"file": str(file.path), "policies": [policy.name for policy in file.policies],
-                 "stale": file.stale, "errors": len(file.errors)}
-                for file in self._current.files
-            ],
-            "errors": [error_document(error) for error in self.errors],
-        }
-

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from controlplane.rollout.policy import Pause, SetWeight, Step
-from controlplane.rollout.policy_loader import PolicyRegistry, load_policy_paths
+from controlplane.rollout.policy_files import PolicyRegistry, load_policy_paths
 
 ROOT = Path(__file__).resolve().parents[2]
 
