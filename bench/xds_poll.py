@@ -564,7 +564,7 @@ def main() -> None:
         "clients": args.clients,
         "seconds_per_phase": args.seconds,
         "poll_body_bytes": maker_current_size,
-        "sample": str(args.sample) if args.sample.exists() else "synthetic",
+        "sample": args.sample.name if args.sample.exists() else "synthetic",
         "open_files_limit": open_files,
     }
 
