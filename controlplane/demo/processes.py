@@ -27,6 +27,12 @@ ROOT = Path(__file__).resolve().parents[2]
 BOOTSTRAP = ROOT / "envoy" / "envoy.yaml"
 
 
+def clean_environment() -> dict[str, str]:
+    """This process's environment without AEGIS_* settings: a started process gets only
+    the settings it is given, never the caller's database, tokens or keys by accident."""
+    return {key: value for key, value in os.environ.items() if not key.startswith("AEGIS_")}
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -121,7 +127,7 @@ class AegisServer:
 
     def __init__(self, env: dict[str, str], *, port: int | None = None) -> None:
         self.port = port or free_port()
-        self.env = {**os.environ, **env, "AEGIS_LISTEN": f"127.0.0.1:{self.port}"}
+        self.env = {**clean_environment(), **env, "AEGIS_LISTEN": f"127.0.0.1:{self.port}"}
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -397,7 +403,9 @@ def start_model_server(
     ]
     for name, value in (faults or {}).items():
         args += [f"--{name.replace('_', '-')}", str(value)]
-    env = {**os.environ, "AEGIS_URL": aegis_url, "AEGIS_TOKEN": token, "AEGIS_MODEL_SIGN_KEY": sign_key}
+    env = {
+        **clean_environment(), "AEGIS_URL": aegis_url, "AEGIS_TOKEN": token, "AEGIS_MODEL_SIGN_KEY": sign_key,
+    }
     workdir.mkdir(parents=True, exist_ok=True)
     with (workdir / f"model-server-{model}-{version}.log").open("ab") as log:
         process = subprocess.Popen(args, env=env, stdout=log, stderr=subprocess.STDOUT)

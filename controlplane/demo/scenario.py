@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import secrets
 import signal
 import subprocess
@@ -32,6 +31,7 @@ from controlplane.demo.processes import (
     Alertmanager,
     Envoy,
     Prometheus,
+    clean_environment,
     find_binary,
     free_port,
     start_model_server,
@@ -251,7 +251,7 @@ class _Stack:
 
     def _cli(self, *args: str, token: str = "") -> None:
         env = {
-            **os.environ,
+            **clean_environment(),
             "AEGIS_MODEL_SIGN_KEY": self.demo.sign_key,
             "AEGIS_URL": self.aegis.url,
             "AEGIS_TOKEN": token,
