@@ -83,3 +83,28 @@ def test_a_killed_control_plane_resumes_the_rollout_where_it_stood(server: Aegis
     assert sum("canary weight 20 -> 50" in r for r in reasons) == 1
     versions = get(server, "/v1/registry/m")["stages"]
     assert versions == {"prod": "2", "canary": None}
+
+
+def test_sighup_reloads_the_policy_files_at_once(tmp_path: Path) -> None:
+    policies = tmp_path / "policies.yaml"
+    policies.write_text(POLICY)
+    server = AegisServer(
+        {
+            "AEGIS_DATA_DIR": str(tmp_path / "data"),
+            "AEGIS_API_TOKENS": API_TOKENS,
+            "AEGIS_MODEL_SIGN_KEY": SIGN_KEY,
+            "AEGIS_POLICIES": str(policies),
+            "AEGIS_POLICY_RELOAD_SECONDS": "600",  # only the signal can make it reload in time
+        }
+    ).start()
+    try:
+        assert [p["name"] for p in get(server, "/v1/policies")["policies"]] == ["slow"]
+        policies.write_text(POLICY.replace("name: slow", "name: brisk"))
+        assert server.process is not None
+        server.process.send_signal(signal.SIGHUP)
+        deadline = time.monotonic() + 10
+        while [p["name"] for p in get(server, "/v1/policies")["policies"]] != ["brisk"]:
+            assert time.monotonic() < deadline, "SIGHUP did not reload the policies"
+            time.sleep(0.1)
+    finally:
+        server.stop()
