@@ -21,7 +21,6 @@ from tests.integration.conftest import Register, StartClient
 from tests.observability_processes import Prometheus, find_binary, free_port
 
 pytestmark = [
-    pytest.mark.parametrize("database_url", ["sqlite"], indirect=True),
     pytest.mark.skipif(find_binary("prometheus") is None, reason="./run test installs prometheus"),
 ]
 

@@ -15,7 +15,7 @@ from tests.conftest import auth
 from tests.integration.conftest import Register, StartClient
 from tests.integration.test_xds_protocol import poll, serve_model, weights_in
 
-pytestmark = pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+# Both databases: traffic settings and endpoints live in the same store as the registry.
 
 
 @pytest.fixture
