@@ -16,9 +16,9 @@ from pathlib import Path
 
 from modelserver.app import ADMIN_TOKEN_ENV
 from modelserver.errors import ModelServerError
-from modelserver.faults import FaultValueError, checked_faults
+from modelserver.faults import checked_faults
 from modelserver.server import serve
-from modelserver.settings import DEFAULT_REGISTRY_URL, ModelServerSettings
+from modelserver.settings import DEFAULT_REGISTRY_URL, ModelServerSettings, announced_address
 from registry.signing import Keyring, keyring_from_env
 
 
@@ -26,7 +26,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", required=True, help="model name in the registry")
     parser.add_argument("--version", required=True, help="the version to download, verify and serve")
     parser.add_argument("--port", required=True, type=_port, help="port to serve on (0: any free port)")
-    parser.add_argument("--host", default="127.0.0.1", help="address to listen on and to announce")
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    parser.add_argument("--advertise-address",
+                        help="IP announced to Aegis for Envoy to reach (default: --host; required "
+                        "when --host is 0.0.0.0)")
     parser.add_argument(
         "--registry-url", help=f"Aegis base URL (default: $AEGIS_URL or {DEFAULT_REGISTRY_URL}); "
         "the operator token comes from $AEGIS_TOKEN",
@@ -52,6 +55,7 @@ def settings_from_args(args: argparse.Namespace, env: Mapping[str, str]) -> Mode
         version=args.version,
         port=args.port,
         host=args.host,
+        advertise_address=args.advertise_address,
         registry_url=args.registry_url or env.get("AEGIS_URL") or DEFAULT_REGISTRY_URL,
         token=env.get("AEGIS_TOKEN", ""),
         ttl_seconds=args.ttl_seconds,
@@ -65,7 +69,8 @@ def run(args: argparse.Namespace) -> int:
     """Serve until SIGTERM/SIGINT; print why and return 1 if the server refuses to start."""
     try:
         settings = settings_from_args(args, os.environ)
-    except FaultValueError as exc:
+        announced_address(settings)
+    except ValueError as exc:  # out-of-range faults, an address Envoy cannot reach
         print(f"aegis model-server: {exc}", file=sys.stderr)
         return 2
     keyring = keyring_from_env(os.environ)

@@ -23,7 +23,7 @@ from aiohttp import web
 from modelserver.announce import EndpointAnnouncer, EndpointRegistration
 from modelserver.app import create_app
 from modelserver.artifact import VerifiedArtifact, fetch_verified_artifact
-from modelserver.settings import ModelServerSettings
+from modelserver.settings import ModelServerSettings, announced_address
 from registry.signing import Keyring
 
 log = logging.getLogger(__name__)
@@ -73,7 +73,7 @@ async def start_model_server(
         await web.TCPSite(runner, settings.host, settings.port).start()
         port = int(runner.addresses[0][1])
         registration = EndpointRegistration(
-            settings.model_name, settings.version, settings.host, port, settings.ttl_seconds
+            settings.model_name, settings.version, announced_address(settings), port, settings.ttl_seconds
         )
         announcer = EndpointAnnouncer(session, settings.registry_url, registration, token=settings.token)
         stop_announcing = asyncio.Event()

@@ -9,7 +9,7 @@ import pytest
 
 from modelserver.faults import Faults, FaultValueError
 from modelserver.main import add_arguments, settings_from_args
-from modelserver.settings import ModelServerSettings
+from modelserver.settings import ModelServerSettings, announced_address
 
 
 def parse(*argv: str) -> argparse.Namespace:
@@ -58,3 +58,21 @@ def test_bad_numbers_are_argument_errors(argv: tuple[str, ...]) -> None:
     with pytest.raises(SystemExit) as exited:
         parse(*argv)
     assert exited.value.code == 2
+
+
+@pytest.mark.parametrize(
+    ("argv", "announced"),
+    [
+        ((), "127.0.0.1"),
+        (("--host", "10.0.0.5"), "10.0.0.5"),
+        (("--host", "0.0.0.0", "--advertise-address", "10.0.0.5"), "10.0.0.5"),
+    ],
+)
+def test_the_announced_address_is_one_envoy_can_reach(argv: tuple[str, ...], announced: str) -> None:
+    assert announced_address(settings_from_args(parse(*argv), {})) == announced
+
+
+@pytest.mark.parametrize("host", ["0.0.0.0", "::"])
+def test_a_wildcard_listen_address_needs_an_advertised_one(host: str) -> None:
+    with pytest.raises(ValueError, match="--advertise-address"):
+        announced_address(settings_from_args(parse("--host", host), {}))
