@@ -6,6 +6,14 @@ from controlplane.demo.processes import (
     Prometheus,
     find_binary,
     free_port,
+    require_binary,
 )
 
-__all__ = ["ALERTMANAGER_BINARIES", "Alertmanager", "Prometheus", "find_binary", "free_port"]
+__all__ = [
+    "ALERTMANAGER_BINARIES",
+    "Alertmanager",
+    "Prometheus",
+    "find_binary",
+    "free_port",
+    "require_binary",
+]

