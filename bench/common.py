@@ -3,25 +3,17 @@
 from __future__ import annotations
 
 import json
-import os
-import signal
-import socket
 import subprocess
-import sys
-import time
-import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from controlplane.demo.processes import AegisServer, free_port
+
+__all__ = ["ADMIN_TOKEN", "free_port", "report", "rss_bytes", "running_server"]
+
 ADMIN_TOKEN = "bench-admin-token"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def rss_bytes(pid: int, field: str = "VmRSS") -> int:
@@ -34,46 +26,19 @@ def rss_bytes(pid: int, field: str = "VmRSS") -> int:
 
 @contextmanager
 def running_server(data_dir: Path, **env: str) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
-    """`aegis serve` on a free port; stopped by PID on exit."""
-    port = free_port()
-    full_env = {
-        **os.environ,
-        "AEGIS_LISTEN": f"127.0.0.1:{port}",
+    """`aegis serve` on a free port (its log in data_dir); stopped by PID on exit."""
+    server = AegisServer({
         "AEGIS_DATA_DIR": str(data_dir),
         "AEGIS_API_TOKENS": f"admin:{ADMIN_TOKEN}",
         "AEGIS_MODEL_SIGN_KEY": "bench-sign-key",
         "AEGIS_LOG_LEVEL": "WARNING",
         **env,
-    }
-    process = subprocess.Popen(
-        [sys.executable, "-m", "controlplane.cli", "serve"], env=full_env,
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-    )
-    url = f"http://127.0.0.1:{port}"
+    }).start()
     try:
-        wait_healthy(url, process)
-        yield url, process
+        assert server.process is not None
+        yield server.url, server.process
     finally:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-
-
-def wait_healthy(url: str, process: subprocess.Popen[bytes], timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            stderr = process.stderr.read().decode() if process.stderr else ""
-            raise RuntimeError(f"aegis serve exited early: {stderr[-2000:]}")
-        try:
-            with urllib.request.urlopen(f"{url}/healthz", timeout=1):
-                return
-        except OSError:
-            time.sleep(0.1)
-    raise RuntimeError("aegis serve did not become healthy")
+        server.stop()
 
 
 def report(

@@ -33,7 +33,6 @@ import json
 import os
 import resource
 import shutil
-import signal
 import socket
 import statistics
 import subprocess
@@ -51,6 +50,7 @@ import aiohttp
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.common import ADMIN_TOKEN, free_port, report, rss_bytes, running_server
+from controlplane.demo.processes import stop
 
 # A real Envoy 1.40 poll, in the shared reference folder beside the repository.
 SAMPLE = Path(__file__).resolve().parents[2] / "shared/reference/samples/envoy-1.40-rest-poll.json"
@@ -161,12 +161,7 @@ def bare_server() -> Iterator[tuple[str, int]]:
                 time.sleep(0.05)
         yield f"http://127.0.0.1:{port}", process.pid
     finally:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop(process)
 
 
 # --- talking to Aegis -----------------------------------------------------------------

@@ -9,7 +9,6 @@ import gc
 import json
 import logging
 import os
-import secrets
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -20,7 +19,7 @@ from controlplane import ops_cli, rollout_cli
 from controlplane.app import create_app
 from controlplane.observability import configure_logging
 from controlplane.rollout.policy_files import load_policy_paths
-from controlplane.settings import Settings, SettingsError, load_settings
+from controlplane.settings import Settings, SettingsError, kept_secret, load_settings
 from modelserver import main as model_server_main
 from registry.auth import TokenTable
 from registry.folders import FolderError, VersionFolder, sign_folder, verify_folder
@@ -119,15 +118,10 @@ def _with_bootstrap_token(settings: Settings) -> Settings:
     if settings.security.tokens.entries:
         return settings
     path = settings.server.data_dir / "admin.token"
-    if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as handle:
-            handle.write(secrets.token_urlsafe(32))
+    tokens = TokenTable.parse(f"admin:{kept_secret(path)}")
     log.warning(
         "AEGIS_API_TOKENS is not set: an admin token is in %s (use it as AEGIS_TOKEN)", path
     )
-    tokens = TokenTable.parse(f"admin:{path.read_text().strip()}")
     return dataclasses.replace(
         settings, security=dataclasses.replace(settings.security, tokens=tokens)
     )

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import urllib.error
 import urllib.request
 from typing import Any
+
+from registry.http import error_message
 
 
 class ApiError(Exception):
@@ -16,6 +19,16 @@ class ApiError(Exception):
         super().__init__(message)
         self.status = status
         self.message = message
+
+
+# The exit codes scripts can trust.
+EXIT_REFUSED, EXIT_USAGE, EXIT_UNREACHABLE = 1, 2, 3
+
+
+def report(exc: ApiError) -> int:
+    """Print why the call failed and return the exit code for it."""
+    print(f"aegis: {exc.message}", file=sys.stderr)
+    return EXIT_UNREACHABLE if exc.status == 0 else EXIT_REFUSED
 
 
 class AegisClient:
@@ -34,7 +47,7 @@ class AegisClient:
             with urllib.request.urlopen(request, timeout=self.timeout) as response:
                 raw = response.read()
         except urllib.error.HTTPError as exc:
-            raise ApiError(exc.code, _error_message(exc.read(), exc.code)) from None
+            raise ApiError(exc.code, error_message(exc.read(), exc.code)) from None
         except (urllib.error.URLError, OSError) as exc:
             reason = getattr(exc, "reason", exc)
             raise ApiError(
@@ -44,9 +57,3 @@ class AegisClient:
             ) from None
         return json.loads(raw) if raw else None
 
-
-def _error_message(raw: bytes, status: int) -> str:
-    try:
-        return str(json.loads(raw)["error"]["message"])
-    except (ValueError, KeyError, TypeError):
-        return f"HTTP {status}: {raw[:200].decode(errors='replace')}"

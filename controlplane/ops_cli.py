@@ -19,10 +19,9 @@ from typing import Any
 
 import aiohttp
 
-from controlplane.client import AegisClient, ApiError
+from controlplane.client import EXIT_REFUSED, EXIT_USAGE, AegisClient, ApiError, report
 from controlplane.rollout_cli import table
-
-EXIT_REFUSED, EXIT_USAGE, EXIT_UNREACHABLE = 1, 2, 3
+from registry.http import error_message
 
 
 def add_commands(commands: Any) -> None:
@@ -61,8 +60,7 @@ def _run(args: argparse.Namespace, run: Callable[[argparse.Namespace, AegisClien
     try:
         document, text = run(args, client)
     except ApiError as exc:
-        print(f"aegis: {exc.message}", file=sys.stderr)
-        return EXIT_UNREACHABLE if exc.status == 0 else EXIT_REFUSED
+        return report(exc)
     except UsageError as exc:
         print(f"aegis: {exc}", file=sys.stderr)
         return EXIT_USAGE
@@ -250,9 +248,5 @@ async def _upload(
         except aiohttp.ClientConnectionError as exc:
             raise ApiError(0, f"cannot reach Aegis at {client.base_url}: {exc}") from None
     if response.status >= 400:
-        try:
-            message = json.loads(raw)["error"]["message"]
-        except (ValueError, KeyError, TypeError):
-            message = f"HTTP {response.status}"
-        raise ApiError(response.status, message)
+        raise ApiError(response.status, error_message(raw, response.status))
     return json.loads(raw)

@@ -8,7 +8,7 @@ import sys
 import time
 from typing import Any
 
-from controlplane.client import AegisClient, ApiError
+from controlplane.client import AegisClient, ApiError, report
 
 
 def add_commands(commands: Any) -> None:
@@ -46,8 +46,7 @@ def _status(args: argparse.Namespace) -> int:
                 return 0
             time.sleep(1)
     except ApiError as exc:
-        print(f"aegis: {exc.message}", file=sys.stderr)
-        return 3 if exc.status == 0 else 1
+        return report(exc)
     except KeyboardInterrupt:
         return 0
 
@@ -108,7 +107,6 @@ def _command(args: argparse.Namespace) -> int:
     try:
         document = AegisClient().call("POST", f"/v1/rollouts/{args.model}/{args.command}", body)
     except ApiError as exc:
-        print(f"aegis: {exc.message}", file=sys.stderr)
-        return 3 if exc.status == 0 else 1
+        return report(exc)
     print(json.dumps(document, indent=2) if args.json else describe(document))
     return 0

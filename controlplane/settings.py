@@ -172,13 +172,17 @@ def url_signing_key(settings: Settings) -> bytes:
     """The configured URL key, or one kept in the data directory so URLs survive a restart."""
     if settings.security.url_signing_key:
         return settings.security.url_signing_key
-    path = settings.server.data_dir / "url-signing.key"
+    return kept_secret(settings.server.data_dir / "url-signing.key").encode()
+
+
+def kept_secret(path: Path) -> str:
+    """A random secret kept in `path` (mode 0600), made on first use so it survives restarts."""
     if not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "w") as handle:
-            handle.write(secrets.token_hex(32))
-    return path.read_text().strip().encode()
+            handle.write(secrets.token_urlsafe(32))
+    return path.read_text().strip()
 
 
 def _secret(values: Mapping[str, str], name: str) -> str:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import json
 import logging
 import os
 import tempfile
@@ -22,6 +21,7 @@ from yarl import URL
 
 from modelserver.errors import ArtifactRejected, ArtifactUnavailable
 from modelserver.verify import VersionFacts, verify_artifact
+from registry.http import error_message
 from registry.signing import Keyring
 
 log = logging.getLogger(__name__)
@@ -124,9 +124,4 @@ async def _download(session: aiohttp.ClientSession, url: URL, data_dir: Path) ->
 
 
 async def _error_message(response: aiohttp.ClientResponse) -> str:
-    """The registry's `{"error": {"message"}}`, or the start of the body for anything else."""
-    text = await response.text()
-    try:
-        return str(json.loads(text)["error"]["message"])
-    except (ValueError, KeyError, TypeError):
-        return text[:200] or response.reason or ""
+    return error_message(await response.read(), response.status)

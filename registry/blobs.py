@@ -109,13 +109,6 @@ class BlobStore:
     def exists(self, checksum: str) -> bool:
         return self.path_for(checksum).is_file()
 
-    async def read_chunks(self, checksum: str) -> AsyncIterator[bytes]:
-        handle = await asyncio.to_thread(open, self.path_for(checksum), "rb")
-        try:
-            while chunk := await asyncio.to_thread(handle.read, CHUNK_BYTES):
-                yield chunk
-        finally:
-            handle.close()
 
 
 def _hash_and_write(digest: hashlib._Hash, fd: int, chunk: bytes) -> None:

@@ -68,6 +68,14 @@ async def read_json(request: web.Request, *, required: bool = True) -> dict[str,
     return parse_json_object(raw, what="the request body")
 
 
+def error_message(raw: bytes, status: int) -> str:
+    """What an Aegis error body (`{"error": {"message"}}`) says, or the start of any other body."""
+    try:
+        return str(json.loads(raw)["error"]["message"])
+    except (ValueError, KeyError, TypeError):
+        return raw[:300].decode(errors="replace") or f"HTTP {status}"
+
+
 def parse_json_object(raw: bytes, *, what: str) -> dict[str, Any]:
     try:
         document = json.loads(raw)

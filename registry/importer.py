@@ -15,6 +15,7 @@ from pathlib import Path
 import aiohttp
 
 from registry.folders import METADATA_FILE, FolderError, VersionFolder, find_version_folders
+from registry.http import error_message
 
 
 @dataclass(frozen=True)
@@ -73,11 +74,7 @@ class ApiError(Exception):
 async def _raise_for_error(response: aiohttp.ClientResponse) -> None:
     if response.status < 400:
         return
-    try:
-        message = (await response.json())["error"]["message"]
-    except (aiohttp.ContentTypeError, KeyError, TypeError, ValueError):
-        message = (await response.text())[:300]
-    raise ApiError(response.status, message)
+    raise ApiError(response.status, error_message(await response.read(), response.status))
 
 
 async def import_folder(client: RegistryClient, path: Path) -> ImportOutcome:

@@ -110,7 +110,7 @@ def _lock_early(engine: AsyncEngine) -> None:
         connection.exec_driver_sql("BEGIN IMMEDIATE")
 
 
-def _utc(moment: datetime) -> datetime:
+def as_utc(moment: datetime) -> datetime:
     # SQLite hands back naive datetimes; everything stored is UTC.
     return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
@@ -125,12 +125,12 @@ def _to_domain(row: VersionRow, history: list[HistoryRow]) -> ModelVersion:
         key_id=row.key_id,
         algorithm=row.algorithm,
         stage=Stage(row.stage),
-        created_at=_utc(row.created_at),
+        created_at=as_utc(row.created_at),
         created_by=row.created_by,
         metadata=dict(row.extra),
         history=tuple(
             HistoryEntry(
-                from_stage=Stage(h.from_stage), to_stage=Stage(h.to_stage), at=_utc(h.at),
+                from_stage=Stage(h.from_stage), to_stage=Stage(h.to_stage), at=as_utc(h.at),
                 actor=h.actor, reason=h.reason, action=ChangeAction(h.action),
             )
             for h in history
@@ -179,9 +179,6 @@ class RegistryStore:
             by_version.setdefault(entry.version, []).append(entry)
         return [_to_domain(row, by_version.get(row.version, [])) for row in rows]
 
-    async def model_exists(self, model_name: str) -> bool:
-        async with self.database.transaction() as session:
-            return await session.get(ModelRow, model_name) is not None
 
     async def list_models(self) -> list[tuple[str, datetime, list[tuple[str, str]]]]:
         """Each model's name, creation time and (version, stage) pairs in registration order."""
@@ -197,7 +194,7 @@ class RegistryStore:
         stages: dict[str, list[tuple[str, str]]] = {}
         for model_name, version, stage in rows:
             stages.setdefault(model_name, []).append((version, stage))
-        return [(m.name, _utc(m.created_at), stages.get(m.name, [])) for m in models]
+        return [(m.name, as_utc(m.created_at), stages.get(m.name, [])) for m in models]
 
     async def insert_version(self, version: ModelVersion) -> None:
         """Store a new version with its first history entry; Conflict when it already exists."""

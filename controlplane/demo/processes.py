@@ -233,22 +233,11 @@ class Prometheus:
     def start(self, *, timeout: float = 30) -> Prometheus:
         binary = require_binary("prometheus")
         self.workdir.mkdir(parents=True, exist_ok=True)
-        config_path = self.workdir / "prometheus.yml"
-        config_path.write_text(yaml.safe_dump(self.config(), sort_keys=False))
-        with self.log_path.open("ab") as log:
-            self.process = subprocess.Popen(
-                [
-                    binary,
-                    f"--config.file={config_path}",
-                    f"--storage.tsdb.path={self.workdir / 'data'}",
-                    f"--web.listen-address=127.0.0.1:{self.port}",
-                    "--web.enable-lifecycle",
-                    "--storage.tsdb.retention.time=1h",
-                    "--log.level=warn",
-                ],
-                stdout=log,
-                stderr=subprocess.STDOUT,
-            )
+        self.process = _start_with_config(
+            binary, self.workdir / "prometheus.yml", self.config(), self.log_path,
+            f"--storage.tsdb.path={self.workdir / 'data'}", f"--web.listen-address=127.0.0.1:{self.port}",
+            "--web.enable-lifecycle", "--storage.tsdb.retention.time=1h",
+        )
         wait_for_http(f"{self.url}/-/ready", process=self.process, timeout=timeout)
         return self
 
@@ -348,21 +337,11 @@ class Alertmanager:
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.token_path.write_text(self.bearer_token)
         self.token_path.chmod(0o600)
-        config_path = self.workdir / "alertmanager.yml"
-        config_path.write_text(yaml.safe_dump(self.config(), sort_keys=False))
-        with self.log_path.open("ab") as log:
-            self.process = subprocess.Popen(
-                [
-                    binary,
-                    f"--config.file={config_path}",
-                    f"--storage.path={self.workdir / 'data'}",
-                    f"--web.listen-address=127.0.0.1:{self.port}",
-                    "--cluster.listen-address=",
-                    "--log.level=warn",
-                ],
-                stdout=log,
-                stderr=subprocess.STDOUT,
-            )
+        self.process = _start_with_config(
+            binary, self.workdir / "alertmanager.yml", self.config(), self.log_path,
+            f"--storage.path={self.workdir / 'data'}", f"--web.listen-address=127.0.0.1:{self.port}",
+            "--cluster.listen-address=",
+        )
         wait_for_http(f"{self.url}/-/ready", process=self.process, timeout=timeout)
         return self
 
@@ -370,6 +349,18 @@ class Alertmanager:
         """SIGTERM, then SIGKILL after 10 s; returns once the PID has exited."""
         if self.process is not None:
             stop(self.process)
+
+
+def _start_with_config(
+    binary: str, config_path: Path, config: dict[str, Any], log_path: Path, *args: str
+) -> subprocess.Popen[bytes]:
+    """Write a Prometheus-family YAML config and start the binary on it, logging to `log_path`."""
+    config_path.write_text(yaml.safe_dump(config, sort_keys=False))
+    with log_path.open("ab") as log:
+        return subprocess.Popen(
+            [binary, f"--config.file={config_path}", *args, "--log.level=warn"],
+            stdout=log, stderr=subprocess.STDOUT,
+        )
 
 
 def start_model_server(

@@ -197,12 +197,7 @@ class RolloutRunner:
             await self._store(active, decision, verdicts=verdicts, command=command)
 
     def _acked(self, state: RolloutState) -> bool:
-        document = self.traffic.traffic_document(state.model_name)
-        expected = {
-            state.stable_version: 100 - state.canary_weight,
-            state.canary_version: state.canary_weight,
-        }
-        return bool(document["acked"]) and document["weights"] == expected
+        return self.traffic.runs(state.model_name, _split(state, state.canary_weight))
 
     async def _analyse(self, policy: Policy, state: RolloutState) -> tuple[Verdict, ...]:
         spec = policy.analysis
@@ -263,9 +258,7 @@ class RolloutRunner:
     async def _set_weight(self, policy: Policy | None, state: RolloutState, weight: int) -> None:
         match = [dict(m.headers) for m in policy.match] if policy is not None and weight < 100 else []
         mirror = policy.mirror_percent if policy is not None and weight < 100 else 0
-        request = TrafficRequest(
-            {state.stable_version: 100 - weight, state.canary_version: weight}, match, mirror
-        )
+        request = TrafficRequest(_split(state, weight), match, mirror)
         await self.traffic.set_traffic(state.model_name, request, actor=ACTOR, owner=ROLLOUT_OWNER)
 
     async def _store(
@@ -310,3 +303,8 @@ def _without_policy(state: RolloutState, now: float, *, command: Command | None,
         return Decision(state, (), "")
     why = f"policy {state.policy_name!r} is no longer loaded; fix the policy files, then resume"
     return Decision(replace(state, phase=Phase.PAUSED, message=why), (), why)
+
+
+def _split(state: RolloutState, canary_weight: int) -> dict[str, int]:
+    """The weights of a rollout's two versions for a canary share in percent."""
+    return {state.stable_version: 100 - canary_weight, state.canary_version: canary_weight}

@@ -65,6 +65,14 @@ def _is_header_match(entry: object) -> bool:
 
 
 @dataclass(frozen=True)
+class Acknowledgement:
+    xds_version: str
+    acked: bool
+    nodes_acked: int
+    nodes_total: int
+
+
+@dataclass(frozen=True)
 class EndpointAnnouncement:
     model_name: str
     version: str
@@ -206,14 +214,28 @@ class TrafficService:
         await self.store.delete_setting(model_name)
         await self.publish()
 
+    def weights(self, model_name: str) -> dict[str, int]:
+        """The weights that apply now, per live version."""
+        row = self.settings.get(model_name)
+        return effective_weights(self.live_stages(model_name), setting_of(row) if row else None)
+
+    def acknowledgement(self, model_name: str) -> Acknowledgement:
+        """Which route version carries the model's routes, and whether every live node runs it."""
+        known = self._model_route_versions.get(model_name)
+        rds_version = known[1] if known else ""
+        acked_nodes, total_nodes = self.publisher.routes_acked(rds_version)
+        acked = acked_nodes == total_nodes and self._serves_desired(model_name)
+        return Acknowledgement(rds_version, acked, acked_nodes, total_nodes)
+
+    def runs(self, model_name: str, weights: dict[str, int]) -> bool:
+        """Whether these are the model's weights and every live Envoy node runs them."""
+        return self.weights(model_name) == weights and self.acknowledgement(model_name).acked
+
     def traffic_document(self, model_name: str) -> dict[str, Any]:
         stages = self.live_stages(model_name)
         row = self.settings.get(model_name)
-        weights = effective_weights(stages, setting_of(row) if row else None)
-        fingerprint_version = self._model_route_versions.get(model_name)
-        rds_version = fingerprint_version[1] if fingerprint_version else ""
-        acked_nodes, total_nodes = self.publisher.routes_acked(rds_version)
-        desired_now = self._serves_desired(model_name)
+        weights = self.weights(model_name)
+        ack = self.acknowledgement(model_name)
         return {
             "model_name": model_name,
             "weights": weights,
@@ -224,10 +246,10 @@ class TrafficService:
                 for version in weights
             },
             **row_document(row),
-            "xds_version": rds_version,
-            "acked": desired_now and acked_nodes == total_nodes,
-            "nodes_acked": acked_nodes,
-            "nodes_total": total_nodes,
+            "xds_version": ack.xds_version,
+            "acked": ack.acked,
+            "nodes_acked": ack.nodes_acked,
+            "nodes_total": ack.nodes_total,
         }
 
     def _serves_desired(self, model_name: str) -> bool:

@@ -6,14 +6,14 @@ one before it about which endpoints are still alive.
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import JSON, Column, DateTime
 from sqlmodel import Field, SQLModel, col, delete, select
 
 from controlplane.xds.desired import TrafficSetting
-from registry.store import Database
+from registry.store import Database, as_utc
 
 
 class EndpointRow(SQLModel, table=True):
@@ -41,10 +41,6 @@ class TrafficRow(SQLModel, table=True):
     updated_at: datetime = Field(sa_column=Column(DateTime(timezone=True), nullable=False))
 
 
-def _utc(moment: datetime) -> datetime:
-    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
-
-
 class TrafficStore:
     def __init__(self, database: Database) -> None:
         self.database = database
@@ -53,7 +49,7 @@ class TrafficStore:
         async with self.database.transaction() as session:
             rows = list((await session.exec(select(EndpointRow))).all())
         for row in rows:
-            row.expires_at = _utc(row.expires_at)
+            row.expires_at = as_utc(row.expires_at)
         return rows
 
     async def upsert_endpoint(self, row: EndpointRow) -> None:
