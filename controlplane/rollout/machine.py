@@ -129,6 +129,21 @@ def decide(policy: Policy, state: RolloutState, inputs: Inputs) -> Decision:
     return Decision(stepped.state, stepped.actions, reason)
 
 
+def decide_without_policy(
+    state: RolloutState, now: float, *, command: Command | None, reason: str
+) -> Decision:
+    """A rollout whose policy is gone holds until it is back; abort and alerts still act (pure)."""
+    if command in (Command.ABORT, Command.ALERT):
+        # An empty policy is all an abort needs: the machine rolls back at once.
+        return decide(
+            Policy(state.policy_name, ("*",), ()), state, Inputs(now, command=command, command_reason=reason)
+        )
+    if state.phase is not Phase.PROGRESSING:
+        return Decision(state, (), "")
+    why = f"policy {state.policy_name!r} is no longer loaded; fix the policy files, then resume"
+    return Decision(replace(state, phase=Phase.PAUSED, message=why), (), why)
+
+
 def _command(policy: Policy, state: RolloutState, inputs: Inputs) -> Decision:
     why = inputs.command_reason
     match inputs.command:

@@ -28,6 +28,7 @@ from controlplane.rollout.machine import (
     RolloutState,
     analysis_due,
     decide,
+    decide_without_policy,
 )
 from controlplane.rollout.metrics import RolloutMetrics
 from controlplane.rollout.policy import Policy, first_matching
@@ -186,7 +187,7 @@ class RolloutRunner:
     ) -> None:
         state, now = active.state, self.clock()
         if policy is None:
-            decision = _without_policy(state, now, command=command, reason=reason)
+            decision = decide_without_policy(state, now, command=command, reason=reason)
         else:
             inputs = Inputs(
                 now, acked=self._acked(state), verdicts=verdicts, command=command, command_reason=reason
@@ -290,19 +291,6 @@ class RolloutRunner:
             state = replace(active.state, phase=phase, message=reason)
             await self._store(active, Decision(state, (), reason), verdicts=None, command=None)
         await self.traffic.release(active.state.model_name)
-
-
-def _without_policy(state: RolloutState, now: float, *, command: Command | None, reason: str) -> Decision:
-    """A rollout whose policy is gone holds until it is back; abort and alerts still act."""
-    if command in (Command.ABORT, Command.ALERT):
-        # An empty policy is all an abort needs: the machine rolls back at once.
-        return decide(
-            Policy(state.policy_name, ("*",), ()), state, Inputs(now, command=command, command_reason=reason)
-        )
-    if state.phase is not Phase.PROGRESSING:
-        return Decision(state, (), "")
-    why = f"policy {state.policy_name!r} is no longer loaded; fix the policy files, then resume"
-    return Decision(replace(state, phase=Phase.PAUSED, message=why), (), why)
 
 
 def _split(state: RolloutState, canary_weight: int) -> dict[str, int]:

@@ -15,6 +15,7 @@ from controlplane.rollout.machine import (
     RolloutState,
     analysis_due,
     decide,
+    decide_without_policy,
 )
 from controlplane.rollout.policy import AnalysisSpec, MetricCheck, Pause, Policy, SetWeight, ThresholdRange
 
@@ -236,3 +237,21 @@ def test_a_minimum_threshold_fails_below_it() -> None:
     recall = MetricCheck("top-k-recall", ThresholdRange(min=0.9), query="q")
     result = judge(recall, Observation(ObservationKind.VALUE, 0.7), canary_requests=None, min_requests=20)
     assert (result.kind, result.message) == (VerdictKind.FAIL, "top-k-recall 0.7 < min 0.9")
+
+
+@pytest.mark.parametrize(
+    ("phase", "command", "expected_phase", "action"),
+    [
+        (Phase.PROGRESSING, None, Phase.PAUSED, None),
+        (Phase.PAUSED, None, Phase.PAUSED, None),
+        (Phase.PROGRESSING, Command.ABORT, Phase.ROLLED_BACK, ActionKind.ROLLBACK),
+        (Phase.PAUSED, Command.ALERT, Phase.ROLLED_BACK, ActionKind.ROLLBACK),
+        (Phase.PROGRESSING, Command.RESUME, Phase.PAUSED, None),
+    ],
+)
+def test_a_rollout_without_its_policy_holds_but_can_be_rolled_back(
+    phase: Phase, command: Command | None, expected_phase: Phase, action: ActionKind | None
+) -> None:
+    decision = decide_without_policy(replace(at_weight(), phase=phase), 200, command=command, reason="why")
+    assert decision.state.phase is expected_phase
+    assert [a.kind for a in decision.actions] == ([action] if action else [])
