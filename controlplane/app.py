@@ -10,9 +10,9 @@ from collections.abc import AsyncIterator
 
 from aiohttp import web
 
-from controlplane import alerts, openapi
+from controlplane import openapi
 from controlplane.metrics.prometheus import PrometheusSource
-from controlplane.observability import METRICS_REGISTRY, metrics_endpoint, new_metrics_registry
+from controlplane.observability import METRICS_REGISTRY, new_metrics_registry
 from controlplane.rollout import api as rollout_api
 from controlplane.rollout.metrics import RolloutMetrics
 from controlplane.rollout.policy import Policy
@@ -33,6 +33,7 @@ from registry import api as registry_api
 from registry.blobs import BlobStore
 from registry.http import TOKENS, json_errors
 from registry.metrics import RegistryMetrics
+from registry.routes import add_operations
 from registry.service import RegistryService
 from registry.store import Database, RegistryStore
 
@@ -40,7 +41,7 @@ log = logging.getLogger(__name__)
 
 SETTINGS = web.AppKey("settings", Settings)
 DATABASE = web.AppKey("database", Database)
-XDS = web.AppKey("xds_server", xds_server.XdsServer)
+XDS = xds_server.SERVER
 
 ROLLOUT_METRICS = web.AppKey("rollout_metrics", RolloutMetrics)
 
@@ -70,14 +71,9 @@ def create_app(settings: Settings) -> web.Application:
     app.cleanup_ctx.append(_endpoint_expiry)
     app.cleanup_ctx.append(_policy_watch)
     app.cleanup_ctx.append(_rollout_loop)
-    app.router.add_get("/metrics", metrics_endpoint)
-    app.router.add_get("/healthz", _healthz)
-    app.router.add_get("/v1/openapi.json", openapi.openapi_endpoint)
-    registry_api.add_routes(app)
-    traffic_api.add_routes(app)
-    rollout_api.add_routes(app)
-    alerts.add_routes(app)
-    xds_server.add_routes(app, xds)
+    add_operations(app, openapi.all_operations())
+    for add_routes in openapi.LEGACY_ROUTES:
+        add_routes(app)
     return app
 
 
@@ -242,7 +238,3 @@ async def _policy_watch(app: web.Application) -> AsyncIterator[None]:
     task.cancel()
     with contextlib.suppress(asyncio.CancelledError):
         await task
-
-
-async def _healthz(_request: web.Request) -> web.Response:
-    return web.json_response({"status": "ok"})

@@ -1,4 +1,8 @@
-"""The registry's HTTP API (DESIGN section 3): handlers that translate HTTP to service calls."""
+"""The registry's HTTP API (DESIGN section 3): handlers that translate HTTP to service calls.
+
+Each handler gets its inputs parsed by the models of `registry.schemas` and returns
+one of them; `OPERATIONS` is the table routing and the OpenAPI document share.
+"""
 
 from __future__ import annotations
 
@@ -6,28 +10,42 @@ import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
 
 from aiohttp import BodyPartReader, web
 
 from registry.auth import Role
 from registry.blobs import CHUNK_BYTES, BlobStore, StagedBlob
-from registry.domain import (
-    Stage,
-    StageChange,
-    check_bounded_int,
-    check_model_name,
-    check_version,
-    parse_stage,
-)
+from registry.domain import StageChange
 from registry.download_urls import check_url_signature, url_signature
-from registry.errors import InvalidInput, MalformedRequest, NotFound, PayloadTooLarge
-from registry.http import authorize, parse_json_object, read_json
+from registry.errors import MalformedRequest, NotFound, PayloadTooLarge
+from registry.http import authorize
 from registry.metrics import RegistryMetrics
+from registry.routes import Answer, Call, Operation, Reply, parse_json_model
+from registry.schemas import (
+    CANARY,
+    MAX_URL_TTL_SECONDS,
+    MODEL,
+    MODEL_PARAM,
+    VERSION_PARAM,
+    ArtifactQuery,
+    ArtifactUrl,
+    ArtifactUrlRequest,
+    ModelDocument,
+    ModelList,
+    ModelSummary,
+    PromoteRequest,
+    ReasonRequest,
+    RegisterUpload,
+    RegistrationMetadata,
+    RollbackChange,
+    RollbackResult,
+    StagePointers,
+    ValidationReportDocument,
+    VersionDocument,
+)
 from registry.service import Registration, RegistryService, StageChangeListener
 
 MAX_METADATA_BYTES = 1 << 20
-MAX_URL_TTL_SECONDS = 7 * 24 * 3600
 
 
 @dataclass(frozen=True)
@@ -43,18 +61,6 @@ CONFIG = web.AppKey("registry_api_config", RegistryApiConfig)
 METRICS = web.AppKey("registry_metrics", RegistryMetrics)
 
 
-def add_routes(app: web.Application) -> None:
-    app.router.add_post("/v1/registry/register", register)
-    app.router.add_get("/v1/registry/models", list_models)
-    app.router.add_get("/v1/registry/{model}", get_model)
-    app.router.add_post("/v1/registry/{model}/rollback", rollback)
-    app.router.add_get("/v1/registry/{model}/{version}", get_version)
-    app.router.add_post("/v1/registry/{model}/{version}/promote", promote)
-    app.router.add_get("/v1/registry/{model}/{version}/validate", validate)
-    app.router.add_get("/v1/registry/{model}/{version}/artifact", download)
-    app.router.add_post("/v1/registry/{model}/{version}/artifact-url", artifact_url)
-
-
 def record_stage_changes(metrics: RegistryMetrics) -> StageChangeListener:
     async def listener(changes: list[StageChange]) -> None:
         for change in changes:
@@ -63,8 +69,8 @@ def record_stage_changes(metrics: RegistryMetrics) -> StageChangeListener:
     return listener
 
 
-async def register(request: web.Request) -> web.Response:
-    principal = authorize(request, Role.ADMIN)
+async def register(call: Call[None, None]) -> Answer:
+    request = call.request
     config = request.app[CONFIG]
     declared = request.content_length
     if declared is not None and declared > config.max_artifact_bytes + MAX_METADATA_BYTES:
@@ -73,11 +79,11 @@ async def register(request: web.Request) -> web.Response:
             f"{config.max_artifact_bytes} bytes (AEGIS_MAX_ARTIFACT_BYTES)"
         )
     claim, staged = await _read_upload(request)
-    result = await request.app[SERVICE].register(claim, staged, actor=principal.name)
+    result = await request.app[SERVICE].register(claim, staged, actor=call.actor)
     request.app[METRICS].registrations.labels(
         "created" if result.created else "already_registered"
     ).inc()
-    return web.json_response(result.version.as_document(), status=201 if result.created else 200)
+    return Answer(201 if result.created else 200, VersionDocument.of(result.version))
 
 
 async def _read_upload(request: web.Request) -> tuple[Registration, StagedBlob]:
@@ -94,9 +100,9 @@ async def _read_upload(request: web.Request) -> tuple[Registration, StagedBlob]:
         while (part := await reader.next()) is not None:
             if not isinstance(part, BodyPartReader):
                 raise MalformedRequest("nested multipart bodies are not supported")
-            if part.name == "metadata":
+            if part.name == "metadata" and claim is None:
                 raw = await _read_limited(part, MAX_METADATA_BYTES, what="the metadata part")
-                claim = Registration.from_document(parse_json_object(raw, what="the metadata part"))
+                claim = parse_json_model(RegistrationMetadata, raw, what="the metadata part").claim()
             elif part.name == "artifact" and staged is None:
                 staged = await blobs.stage(
                     _part_chunks(part), max_bytes=request.app[CONFIG].max_artifact_bytes
@@ -130,106 +136,61 @@ async def _read_limited(part: BodyPartReader, limit: int, *, what: str) -> bytes
     return bytes(collected)
 
 
-async def list_models(request: web.Request) -> web.Response:
-    authorize(request, Role.VIEWER)
-    models = await request.app[SERVICE].store.list_models()
-    return web.json_response(
-        {
-            "models": [
-                {
-                    "model_name": name,
-                    "created_at": created_at.isoformat(),
-                    "versions": len(stages),
-                    "stages": _stage_pointers(stages),
-                }
-                for name, created_at, stages in models
-            ]
-        }
+async def list_models(call: Call[None, None]) -> ModelList:
+    models = await call.app[SERVICE].store.list_models()
+    return ModelList(
+        models=[
+            ModelSummary(
+                model_name=name, created_at=created_at, versions=len(stages), stages=StagePointers.of(stages)
+            )
+            for name, created_at, stages in models
+        ]
     )
 
 
-def _stage_pointers(stages: list[tuple[str, str]]) -> dict[str, Any]:
-    pointers: dict[str, Any] = {Stage.PROD.value: None, Stage.CANARY.value: None}
-    for version, stage in stages:
-        if stage in pointers:
-            pointers[stage] = version
-    return pointers
-
-
-async def get_model(request: web.Request) -> web.Response:
-    authorize(request, Role.VIEWER)
-    model_name = request.match_info["model"]
-    versions = await request.app[SERVICE].list_versions(model_name)
-    return web.json_response(
-        {
-            "model_name": model_name,
-            "stages": _stage_pointers([(v.version, v.stage.value) for v in versions]),
-            "versions": [v.as_document() for v in versions],
-        }
+async def get_model(call: Call[None, None]) -> ModelDocument:
+    model_name = call.path["model"]
+    versions = await call.app[SERVICE].list_versions(model_name)
+    return ModelDocument(
+        model_name=model_name,
+        stages=StagePointers.of([(v.version, v.stage.value) for v in versions]),
+        versions=[VersionDocument.of(v) for v in versions],
     )
 
 
-async def get_version(request: web.Request) -> web.Response:
-    authorize(request, Role.VIEWER)
-    found = await request.app[SERVICE].get_version(
-        request.match_info["model"], request.match_info["version"]
+async def get_version(call: Call[None, None]) -> VersionDocument:
+    found = await call.app[SERVICE].get_version(call.path["model"], call.path["version"])
+    return VersionDocument.of(found)
+
+
+async def promote(call: Call[PromoteRequest, None]) -> VersionDocument:
+    stage = call.body.stage
+    promoted = await call.app[SERVICE].promote(
+        call.path["model"], call.path["version"], stage,
+        actor=call.actor, reason=call.body.reason or f"promoted to {stage.value}",
     )
-    return web.json_response(found.as_document())
+    return VersionDocument.of(promoted)
 
 
-async def promote(request: web.Request) -> web.Response:
-    principal = authorize(request, Role.OPERATOR)
-    body = await read_json(request)
-    stage = parse_stage(body.get("stage"))
-    reason = _reason(body, default=f"promoted to {stage.value}")
-    promoted = await request.app[SERVICE].promote(
-        request.match_info["model"], request.match_info["version"], stage,
-        actor=principal.name, reason=reason,
+async def rollback(call: Call[ReasonRequest, None]) -> RollbackResult:
+    changes = await call.app[SERVICE].rollback(
+        call.path["model"], actor=call.actor, reason=call.body.reason or "rolled back by an operator"
     )
-    return web.json_response(promoted.as_document())
+    return RollbackResult(model_name=call.path["model"], changes=[RollbackChange.of(c) for c in changes])
 
 
-async def rollback(request: web.Request) -> web.Response:
-    principal = authorize(request, Role.OPERATOR)
-    body = await read_json(request, required=False)
-    changes = await request.app[SERVICE].rollback(
-        request.match_info["model"], actor=principal.name,
-        reason=_reason(body, default="rolled back by an operator"),
-    )
-    return web.json_response(
-        {
-            "model_name": request.match_info["model"],
-            "changes": [
-                {"version": c.version, "from_stage": c.from_stage.value, "to_stage": c.to_stage.value}
-                for c in changes
-            ],
-        }
-    )
+async def validate(call: Call[None, None]) -> ValidationReportDocument:
+    report = await call.app[SERVICE].validate(call.path["model"], call.path["version"])
+    return ValidationReportDocument.of(report)
 
 
-def _reason(body: dict[str, Any], *, default: str) -> str:
-    reason = body.get("reason", default)
-    if not isinstance(reason, str) or len(reason) > 1000:
-        raise InvalidInput("reason must be a string of at most 1000 characters")
-    return reason or default
-
-
-async def validate(request: web.Request) -> web.Response:
-    authorize(request, Role.VIEWER)
-    report = await request.app[SERVICE].validate(
-        request.match_info["model"], request.match_info["version"]
-    )
-    return web.json_response(report.as_document())
-
-
-async def download(request: web.Request) -> web.StreamResponse:
-    model_name = check_model_name(request.match_info["model"])
-    version = check_version(request.match_info["version"])
-    if "sig" in request.query:
+async def download(call: Call[None, ArtifactQuery]) -> web.StreamResponse:
+    request = call.request
+    model_name, version = call.path["model"], call.path["version"]
+    if call.query.sig is not None:
         check_url_signature(
             request.app[CONFIG].download_url_key, model_name, version,
-            expires=request.query.get("expires", ""), signature=request.query["sig"],
-            now=time.time(),
+            expires=call.query.expires or "", signature=call.query.sig, now=time.time(),
         )
     else:
         authorize(request, Role.VIEWER)
@@ -252,25 +213,148 @@ async def download(request: web.Request) -> web.StreamResponse:
     )
 
 
-async def artifact_url(request: web.Request) -> web.Response:
-    authorize(request, Role.VIEWER)
-    config = request.app[CONFIG]
-    body = await read_json(request, required=False)
-    ttl = check_bounded_int(
-        body.get("ttl_seconds", config.download_url_ttl_seconds),
-        label="ttl_seconds", low=1, high=MAX_URL_TTL_SECONDS,
-    )
-    found = await request.app[SERVICE].get_version(
-        request.match_info["model"], request.match_info["version"]
-    )
+async def artifact_url(call: Call[ArtifactUrlRequest, None]) -> ArtifactUrl:
+    config = call.app[CONFIG]
+    ttl = call.body.ttl_seconds or config.download_url_ttl_seconds
+    found = await call.app[SERVICE].get_version(call.path["model"], call.path["version"])
     expires = int(time.time()) + ttl
     signature = url_signature(config.download_url_key, found.model_name, found.version, expires)
     path = f"/v1/registry/{found.model_name}/{found.version}/artifact"
-    url = request.url.origin().with_path(path).with_query(expires=str(expires), sig=signature)
-    return web.json_response(
-        {
-            "url": str(url),
-            "expires_at": datetime.fromtimestamp(expires, UTC).isoformat(),
-            "checksum": found.checksum,
-        }
-    )
+    url = call.request.url.origin().with_path(path).with_query(expires=str(expires), sig=signature)
+    return ArtifactUrl(url=str(url), expires_at=datetime.fromtimestamp(expires, UTC), checksum=found.checksum)
+
+
+_SIGNED = {
+    "model_name": MODEL,
+    "version": CANARY,
+    "checksum": "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08",
+    "signature": "3c7bd2a1b9d0e1f4a5c6b7d8e9f0a1b2c3d4e5f6a7b8c9d0e1f2a3b4c5d6e7f8",
+    "key_id": "legacy",
+}
+_UNSIGNED = {"model_name": MODEL, "version": CANARY, "metadata": {"framework": "onnx", "owner": "risk-ml"}}
+_VERSION = (MODEL_PARAM, VERSION_PARAM)
+_NAME_ERRORS = {422: "the model name or version is not valid"}
+
+OPERATIONS = (
+    Operation(
+        "post", "/v1/registry/register", "registerVersion",
+        "Register a model version (metadata and artifact bytes)", "registry", Role.ADMIN, register,
+        description=(
+            "The artifact streams to the blob store while it is hashed. Without a signature "
+            "the server signs with its key; a given checksum or signature must match the "
+            "bytes. A rejected upload leaves nothing behind."
+        ),
+        body=RegisterUpload, body_media="multipart/form-data", reads_body=True,
+        examples={
+            "server-signed": (
+                "the server hashes and signs with its key",
+                {"metadata": _UNSIGNED, "artifact": "<the artifact's bytes>"},
+            ),
+            "signed-by-ci": (
+                "CI signed it (`aegis sign`): the server re-checks both claims",
+                {"metadata": _SIGNED, "artifact": "<the artifact's bytes>"},
+            ),
+        },
+        responses={
+            201: Reply("registered", VersionDocument),
+            200: Reply("already registered with the same bytes", VersionDocument),
+        },
+        errors={
+            400: "not multipart, a part missing, repeated or unexpected, or metadata that is not JSON",
+            409: "the version is registered with other bytes (versions are immutable), "
+            "or the server has no signing key",
+            413: "the upload exceeds AEGIS_MAX_ARTIFACT_BYTES",
+            422: "a bad name or version, or a checksum, signature or key id that does not match",
+        },
+    ),
+    Operation(
+        "get", "/v1/registry/models", "listModels", "Every model with its prod and canary pointers",
+        "registry", Role.VIEWER, list_models, responses={200: Reply("the models", ModelList)},
+    ),
+    Operation(
+        "get", "/v1/registry/{model}", "getModel", "One model: its versions and stage pointers",
+        "registry", Role.VIEWER, get_model, params=(MODEL_PARAM,),
+        responses={200: Reply("the model", ModelDocument)},
+        errors={404: "the model is not registered", 422: "the model name is not valid"},
+    ),
+    Operation(
+        "post", "/v1/registry/{model}/rollback", "rollbackModel",
+        "Roll back: canary to staging, or with no canary prod to the previous prod",
+        "registry", Role.OPERATOR, rollback, params=(MODEL_PARAM,),
+        body=ReasonRequest, body_required=False,
+        examples={"with-reason": ("why, for the history", {"reason": "p99 latency regressed"})},
+        responses={200: Reply("the stage changes made", RollbackResult)},
+        errors={
+            404: "the model is not registered",
+            409: "nothing to roll back to, or the version to restore fails validation",
+            422: "a bad model name, or a reason that is not a string of at most 1000 characters",
+        },
+    ),
+    Operation(
+        "get", "/v1/registry/{model}/{version}", "getVersion",
+        "The version document, with its promotion history", "registry", Role.VIEWER, get_version,
+        params=_VERSION, responses={200: Reply("the version", VersionDocument)},
+        errors={404: "no such version", **_NAME_ERRORS},
+    ),
+    Operation(
+        "post", "/v1/registry/{model}/{version}/promote", "promoteVersion",
+        "Promote a version to canary or prod", "registry", Role.OPERATOR, promote, params=_VERSION,
+        description=(
+            "The bytes are re-hashed and the signature checked first. Promoting to prod "
+            "archives the old prod; promoting to canary starts a rollout when a policy "
+            "matches (which needs a prod version)."
+        ),
+        body=PromoteRequest,
+        examples={
+            "prod": ("make a version prod", {"stage": "prod", "reason": "first release"}),
+            "canary": ("start a canary", {"stage": "canary", "reason": "retrained on May data"}),
+        },
+        responses={200: Reply("the promoted version", VersionDocument)},
+        errors={
+            404: "no such model or version",
+            409: "already in that stage, an illegal transition, another canary running, "
+            "the version fails validation, or a policy needs a prod version first",
+            422: "a bad name, version, stage or reason",
+        },
+    ),
+    Operation(
+        "get", "/v1/registry/{model}/{version}/validate", "validateVersion",
+        "Re-hash the stored bytes and check the signature", "registry", Role.VIEWER, validate,
+        params=_VERSION, description="Tampering gives `valid: false` with the problems, never an error.",
+        responses={200: Reply("the validation report", ValidationReportDocument)},
+        errors={404: "no such version", **_NAME_ERRORS},
+    ),
+    Operation(
+        "get", "/v1/registry/{model}/{version}/artifact", "downloadArtifact",
+        "Download the artifact's bytes (a token or a signed URL)", "registry", Role.VIEWER, download,
+        params=_VERSION, query=ArtifactQuery, self_authorizing=True,
+        description="With `expires` and `sig` from POST …/artifact-url, no token is needed.",
+        responses={
+            200: Reply(
+                "the bytes", media_type="application/octet-stream",
+                schema={"type": "string", "contentMediaType": "application/octet-stream"},
+                headers={
+                    "X-Aegis-Checksum-Sha256": "SHA-256 of the bytes: check it",
+                    "X-Aegis-Signature": "the version's signature",
+                    "X-Aegis-Key-Id": "the key that signed it",
+                },
+            )
+        },
+        errors={
+            403: "the signed URL is malformed, not valid or expired",
+            404: "no such version, or its bytes are missing from the blob store",
+            **_NAME_ERRORS,
+        },
+    ),
+    Operation(
+        "post", "/v1/registry/{model}/{version}/artifact-url", "createArtifactUrl",
+        "A download URL that works without a token until it expires", "registry", Role.VIEWER,
+        artifact_url, params=_VERSION, body=ArtifactUrlRequest, body_required=False,
+        examples={"one-hour": ("valid for an hour", {"ttl_seconds": 3600})},
+        responses={200: Reply("the signed URL", ArtifactUrl)},
+        errors={
+            404: "no such version",
+            422: f"a bad name or version, or ttl_seconds outside 1..{MAX_URL_TTL_SECONDS}",
+        },
+    ),
+)

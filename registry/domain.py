@@ -75,22 +75,6 @@ def check_checksum(checksum: object) -> str:
     return checksum
 
 
-def check_bounded_int(value: object, *, label: str, low: int, high: int) -> int:
-    """An integer (not a bool, not a float) within [low, high], or a 422 naming the field."""
-    if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
-        raise InvalidInput(f"{label} must be an integer from {low} to {high}, not {value!r}")
-    return value
-
-
-def parse_stage(value: object) -> Stage:
-    try:
-        return Stage(str(value))
-    except ValueError:
-        raise InvalidInput(
-            f"stage {value!r} is unknown: use one of {', '.join(s.value for s in Stage)}"
-        ) from None
-
-
 class ChangeAction(StrEnum):
     """Why a stage changed: an explicit promotion, a rollback, or a replaced version archived."""
 
@@ -122,16 +106,6 @@ class HistoryEntry:
     reason: str
     action: ChangeAction = ChangeAction.PROMOTE
 
-    def as_document(self) -> dict[str, str]:
-        return {
-            "from_stage": self.from_stage.value,
-            "to_stage": self.to_stage.value,
-            "at": self.at.isoformat(),
-            "actor": self.actor,
-            "reason": self.reason,
-            "action": self.action.value,
-        }
-
 
 @dataclass(frozen=True)
 class ModelVersion:
@@ -149,25 +123,6 @@ class ModelVersion:
     created_by: str
     metadata: dict[str, Any] = field(default_factory=dict)
     history: tuple[HistoryEntry, ...] = ()
-
-    def as_document(self) -> dict[str, Any]:
-        metadata = dict(self.metadata)
-        metadata["_registry"] = {
-            "promotion_history": [entry.as_document() for entry in self.history],
-        }
-        return {
-            "model_name": self.model_name,
-            "version": self.version,
-            "checksum": self.checksum,
-            "size_bytes": self.size_bytes,
-            "signature": self.signature,
-            "key_id": self.key_id,
-            "algorithm": self.algorithm,
-            "stage": self.stage.value,
-            "created_at": self.created_at.isoformat(),
-            "created_by": self.created_by,
-            "metadata": metadata,
-        }
 
 
 def plan_promotion(

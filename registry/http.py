@@ -54,18 +54,14 @@ def authorize(request: web.Request, role: Role) -> Principal:
     return principal
 
 
-async def read_json(request: web.Request, *, required: bool = True) -> dict[str, Any]:
-    """The request body as a JSON object, or a 400 that says what is wrong with it."""
+async def read_body(request: web.Request) -> bytes:
+    """The whole request body, up to MAX_JSON_BODY_BYTES, or a 400 that says it is too large."""
     if request.content_length is not None and request.content_length > MAX_JSON_BODY_BYTES:
         raise MalformedRequest(f"the JSON body is larger than {MAX_JSON_BODY_BYTES} bytes")
     raw = await request.content.read(MAX_JSON_BODY_BYTES + 1)
     if len(raw) > MAX_JSON_BODY_BYTES:
         raise MalformedRequest(f"the JSON body is larger than {MAX_JSON_BODY_BYTES} bytes")
-    if not raw.strip():
-        if required:
-            raise MalformedRequest("the request needs a JSON object body")
-        return {}
-    return parse_json_object(raw, what="the request body")
+    return raw
 
 
 def error_message(raw: bytes, status: int) -> str:
@@ -74,6 +70,16 @@ def error_message(raw: bytes, status: int) -> str:
         return str(json.loads(raw)["error"]["message"])
     except (ValueError, KeyError, TypeError):
         return raw[:300].decode(errors="replace") or f"HTTP {status}"
+
+
+async def read_json(request: web.Request, *, required: bool = True) -> dict[str, Any]:
+    """The request body as a JSON object, or a 400 that says what is wrong with it (untyped callers)."""
+    raw = await read_body(request)
+    if not raw.strip():
+        if required:
+            raise MalformedRequest("the request needs a JSON object body")
+        return {}
+    return parse_json_object(raw, what="the request body")
 
 
 def parse_json_object(raw: bytes, *, what: str) -> dict[str, Any]:

@@ -21,7 +21,6 @@ from registry.domain import (
     ModelVersion,
     Stage,
     StageChange,
-    check_checksum,
     check_model_name,
     check_version,
     plan_promotion,
@@ -49,30 +48,6 @@ class Registration:
     key_id: str | None = None
     metadata: dict[str, Any] = field(default_factory=dict)
 
-    @classmethod
-    def from_document(cls, document: object) -> Registration:
-        if not isinstance(document, dict):
-            raise InvalidInput("metadata must be a JSON object with model_name and version")
-        extra = document.get("metadata", {})
-        if not isinstance(extra, dict):
-            raise InvalidInput("metadata.metadata must be a JSON object")
-        if "_registry" in extra:
-            raise InvalidInput("metadata._registry is reserved for the registry's own records")
-        checksum = document.get("checksum")
-        signature = document.get("signature")
-        key_id = document.get("key_id")
-        for label, value in (("signature", signature), ("key_id", key_id)):
-            if value is not None and not isinstance(value, str):
-                raise InvalidInput(f"{label} must be a string")
-        return cls(
-            model_name=check_model_name(document.get("model_name")),
-            version=check_version(document.get("version")),
-            checksum=None if checksum is None else check_checksum(checksum),
-            signature=signature,
-            key_id=key_id,
-            metadata=extra,
-        )
-
 
 @dataclass(frozen=True)
 class ValidationReport:
@@ -83,17 +58,6 @@ class ValidationReport:
     actual_checksum: str | None
     key_id: str
     problems: tuple[str, ...]
-
-    def as_document(self) -> dict[str, Any]:
-        return {
-            "valid": self.valid,
-            "checksum_ok": self.checksum_ok,
-            "signature_ok": self.signature_ok,
-            "checksum": self.checksum,
-            "actual_checksum": self.actual_checksum,
-            "key_id": self.key_id,
-            "problems": list(self.problems),
-        }
 
 
 @dataclass(frozen=True)

@@ -32,7 +32,6 @@ def add_routes(app: web.Application) -> None:
     app.router.add_post("/v1/rollouts", start_rollout)
     app.router.add_get("/v1/rollouts/{model}", get_rollout)
     app.router.add_post("/v1/rollouts/{model}/{command}", command_rollout)
-    app.router.add_get("/v1/policies", list_policies)
 
 
 def rollout_document(
@@ -130,11 +129,3 @@ async def get_rollout_after(request: web.Request, model_name: str, *, status: in
     found = await runner.store.latest(model_name)
     assert found is not None
     return web.json_response(rollout_document(found[0], found[1], runner), status=status)
-
-
-async def list_policies(request: web.Request) -> web.Response:
-    authorize(request, Role.VIEWER)
-    policies = request.app[POLICIES]
-    if policies is None:
-        return web.json_response({"path": None, "ok": True, "policies": [], "files": [], "errors": []})
-    return web.json_response(policies.status_document())

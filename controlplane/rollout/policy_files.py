@@ -10,10 +10,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from controlplane.rollout.policy import Policy, PolicyError
-from controlplane.rollout.policy_loader import error_document, parse_policy_text, policy_document
+from controlplane.rollout.policy_loader import parse_policy_text
 
 POLICY_FILE_SUFFIXES = (".yaml", ".yml")
 
@@ -154,18 +153,3 @@ class PolicyRegistry:
         changed = fingerprint != self._fingerprint
         self._fingerprint = fingerprint
         return changed
-
-    def status_document(self) -> dict[str, Any]:
-        """`GET /v1/policies`: the policies in force (with their source) and the current errors."""
-        return {
-            "path": str(self.path),
-            "ok": self._current.ok,
-            "policies": [policy_document(policy) for policy in self.policies],
-            "files": [
-                {"file": str(file.path), "policies": [policy.name for policy in file.policies],
-                 "stale": file.stale, "errors": len(file.errors)}
-                for file in self._current.files
-            ],
-            "errors": [error_document(error) for error in self.errors],
-        }
-

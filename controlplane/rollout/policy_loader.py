@@ -451,8 +451,3 @@ def _step_document(step: Step) -> dict[str, Any]:
     if step.duration_seconds is None:
         return {"pause": {}}
     return {"pause": {"duration": prometheus_duration(step.duration_seconds)}}
-
-
-def error_document(error: PolicyError) -> dict[str, Any]:
-    return {"file": error.file, "line": error.line, "field": error.field, "message": error.message,
-            "text": str(error)}

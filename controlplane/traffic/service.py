@@ -7,18 +7,17 @@ reject (or that is inconsistent) is undone and reported.
 
 from __future__ import annotations
 
-import ipaddress
 import logging
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from controlplane.traffic.store import EndpointRow, TrafficRow, TrafficStore, row_document, setting_of
+from controlplane.traffic.store import EndpointRow, TrafficRow, TrafficStore, setting_of
 from controlplane.xds.cache import Publisher, PublishResult
 from controlplane.xds.desired import ModelStages, desired_state, effective_weights, model_route
 from controlplane.xds.resources import DesiredState, Endpoint, ListenerAddress, RdsPolling, model_routes
 from controlplane.xds.snapshot import ResourceType, Snapshot, content_version
-from registry.domain import StageChange, check_bounded_int, check_model_name, check_version
+from registry.domain import StageChange, check_model_name
 from registry.errors import Conflict, InvalidInput, NotFound
 from registry.store import RegistryStore
 
@@ -36,33 +35,6 @@ class TrafficRequest:
     match: list[dict[str, str]] = field(default_factory=list)
     mirror_percent: int = 0
 
-    @classmethod
-    def from_document(cls, body: dict[str, Any]) -> TrafficRequest:
-        weights = body.get("weights")
-        if not isinstance(weights, dict) or not weights:
-            raise InvalidInput('give "weights" as an object of version -> integer weight')
-        for version, weight in weights.items():
-            check_bounded_int(weight, label=f"weight of {version!r}", low=0, high=MAX_WEIGHT)
-        if sum(weights.values()) <= 0:
-            raise InvalidInput("weights must sum to more than 0")
-        match = body.get("match", [])
-        if not isinstance(match, list) or not all(_is_header_match(m) for m in match):
-            raise InvalidInput('"match" must be a list of {"headers": {name: value}} objects')
-        mirror = body.get("mirror", {"percent": 0})
-        if not isinstance(mirror, dict):
-            raise InvalidInput('"mirror" must be {"percent": 0-100}')
-        percent = check_bounded_int(mirror.get("percent", 0), label="mirror percent", low=0, high=100)
-        return cls(dict(weights), [dict(m["headers"]) for m in match], percent)
-
-
-def _is_header_match(entry: object) -> bool:
-    if not isinstance(entry, dict) or set(entry) != {"headers"} or not isinstance(entry["headers"], dict):
-        return False
-    headers = entry["headers"]
-    return bool(headers) and all(
-        isinstance(k, str) and k and isinstance(v, str) for k, v in headers.items()
-    )
-
 
 @dataclass(frozen=True)
 class Acknowledgement:
@@ -79,24 +51,6 @@ class EndpointAnnouncement:
     address: str
     port: int
     ttl_seconds: int = DEFAULT_TTL_SECONDS
-
-    @classmethod
-    def from_document(cls, body: dict[str, Any], *, need_ttl: bool = True) -> EndpointAnnouncement:
-        address = body.get("address")
-        try:
-            ip = ipaddress.ip_address(str(address))
-        except ValueError:
-            raise InvalidInput(
-                f"address {address!r} must be an IP address (Envoy's STATIC clusters resolve no names)"
-            ) from None
-        port = check_bounded_int(body.get("port"), label="port", low=1, high=65535)
-        ttl = body.get("ttl_seconds", DEFAULT_TTL_SECONDS)
-        if need_ttl:
-            check_bounded_int(ttl, label="ttl_seconds", low=1, high=MAX_TTL_SECONDS)
-        return cls(
-            check_model_name(body.get("model_name")), check_version(body.get("version")),
-            str(ip), port, ttl if isinstance(ttl, int) else DEFAULT_TTL_SECONDS,
-        )
 
 
 class TrafficService:
@@ -231,27 +185,6 @@ class TrafficService:
         """Whether these are the model's weights and every live Envoy node runs them."""
         return self.weights(model_name) == weights and self.acknowledgement(model_name).acked
 
-    def traffic_document(self, model_name: str) -> dict[str, Any]:
-        stages = self.live_stages(model_name)
-        row = self.settings.get(model_name)
-        weights = self.weights(model_name)
-        ack = self.acknowledgement(model_name)
-        return {
-            "model_name": model_name,
-            "weights": weights,
-            "prod": stages.prod,
-            "canary": stages.canary,
-            "endpoints": {
-                version: [f"{a}:{p}" for a, p in sorted(self.endpoints.get((model_name, version), {}))]
-                for version in weights
-            },
-            **row_document(row),
-            "xds_version": ack.xds_version,
-            "acked": ack.acked,
-            "nodes_acked": ack.nodes_acked,
-            "nodes_total": ack.nodes_total,
-        }
-
     def _serves_desired(self, model_name: str) -> bool:
         """Whether the published routes are the ones the current inputs call for.
 
@@ -330,14 +263,6 @@ class TrafficService:
             await self.store.delete_expired(now)
             await self.publish()
         return expired
-
-    def endpoint_documents(self) -> list[dict[str, Any]]:
-        return [
-            {"model_name": model_name, "version": version, "address": address, "port": port,
-             "expires_at": expires_at.isoformat()}
-            for (model_name, version), members in sorted(self.endpoints.items())
-            for (address, port), expires_at in sorted(members.items())
-        ]
 
 
 def _stages_of(model_name: str, versions: list[tuple[str, str]]) -> ModelStages:

@@ -7,7 +7,6 @@ one before it about which endpoints are still alive.
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
 
 from sqlalchemy import JSON, Column, DateTime
 from sqlmodel import Field, SQLModel, col, delete, select
@@ -105,13 +104,3 @@ def setting_of(row: TrafficRow) -> TrafficSetting:
         match=tuple(dict(m) for m in row.match),
         mirror_percent=row.mirror_percent,
     )
-
-
-def row_document(row: TrafficRow | None) -> dict[str, Any]:
-    if row is None:
-        return {"match": [], "mirror": {"percent": 0}, "owner": None}
-    return {
-        "match": [{"headers": headers} for headers in row.match],
-        "mirror": {"percent": row.mirror_percent},
-        "owner": row.owner,
-    }

@@ -49,23 +49,6 @@ class NodeState:
     def type_state(self, resource_type: ResourceType) -> TypeState:
         return self.types.setdefault(resource_type, TypeState())
 
-    def as_document(self, *, live: bool) -> dict[str, object]:
-        return {
-            "node_id": self.node_id,
-            "cluster": self.cluster,
-            "live": live,
-            "first_seen": self.first_seen,
-            "last_seen": self.last_seen,
-            "types": {
-                kind.name.lower(): {
-                    "acked_version": state.acked_version,
-                    "served_version": state.served_version,
-                    "rejected_versions": list(state.rejected_versions),
-                }
-                for kind, state in sorted(self.types.items())
-            },
-        }
-
 
 @dataclass(frozen=True)
 class PollOutcome:

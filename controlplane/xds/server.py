@@ -14,6 +14,7 @@ import json
 import logging
 import time
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 from aiohttp import web
@@ -21,9 +22,11 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from controlplane.xds.cache import Publisher, XdsCache
 from controlplane.xds.nodes import NodeTracker, PollKind
+from controlplane.xds.schemas import DiscoveryNode, DiscoveryRequest, DiscoveryResponse, XdsNode, XdsNodes
 from controlplane.xds.snapshot import ResourceType, Snapshot
 from registry.auth import Role
-from registry.http import authorize
+from registry.errors import MalformedRequest, RegistryError
+from registry.routes import Call, Operation, PathParam, Reply, parse_json_model
 
 log = logging.getLogger(__name__)
 
@@ -71,16 +74,13 @@ class XdsServer:
         self._bodies: dict[tuple[str, ResourceType, tuple[str, ...]], bytes] = {}
         self._background: set[asyncio.Task[Any]] = set()
 
-    async def discovery(self, request: web.Request) -> web.StreamResponse:
-        resource_type = TYPES_BY_PATH.get(request.match_info["type"])
-        type_label = request.match_info["type"]
-        if resource_type is None:
-            raise web.HTTPNotFound(text=f"unknown xDS type {type_label!r}")
+    async def discovery(self, request: web.Request, type_label: str) -> web.StreamResponse:
+        resource_type = TYPES_BY_PATH[type_label]
         try:
             poll = _parse_poll(await request.content.read(MAX_POLL_BYTES + 1))
-        except ValueError as exc:
+        except RegistryError:
             self.metrics.requests.labels(type_label, "bad_request").inc()
-            return web.json_response({"error": {"code": "bad_request", "message": str(exc)}}, status=400)
+            raise
         outcome = self.nodes.observe(
             poll.node_id, poll.cluster, resource_type, poll.version_info, now=time.monotonic()
         )
@@ -144,24 +144,20 @@ class XdsServer:
         self._background.add(task)
         task.add_done_callback(self._background.discard)
 
-    async def list_nodes(self, request: web.Request) -> web.Response:
-        authorize(request, Role.VIEWER)
+    def node_view(self) -> XdsNodes:
         now = time.monotonic()
         wall_offset = time.time() - now
-        nodes = []
-        for node in sorted(self.nodes.nodes.values(), key=lambda n: n.node_id):
-            document = node.as_document(live=self.nodes.is_live(node, now=now))
-            document["first_seen"] = node.first_seen + wall_offset
-            document["last_seen"] = node.last_seen + wall_offset
-            nodes.append(document)
-        snapshot = self.cache.current
-        return web.json_response(
-            {
-                "nodes": nodes,
-                "current": {kind.name.lower(): version for kind, version in snapshot.versions.items()},
-                "last_publish_error": self.publisher.last_error,
-                "last_publish_error_at": self.publisher.last_error_at,
-            }
+        return XdsNodes(
+            nodes=[
+                XdsNode.of(node, live=self.nodes.is_live(node, now=now), wall_offset=wall_offset)
+                for node in sorted(self.nodes.nodes.values(), key=lambda n: n.node_id)
+            ],
+            current={kind.name.lower(): version for kind, version in self.cache.current.versions.items()},  # type: ignore[misc]
+            last_publish_error=self.publisher.last_error,
+            last_publish_error_at=(
+                None if self.publisher.last_error_at is None
+                else datetime.fromtimestamp(self.publisher.last_error_at, UTC)
+            ),
         )
 
 
@@ -175,28 +171,63 @@ class _Poll:
 
 def _parse_poll(raw: bytes) -> _Poll:
     if len(raw) > MAX_POLL_BYTES:
-        raise ValueError(f"discovery request larger than {MAX_POLL_BYTES} bytes")
-    try:
-        document = json.loads(raw or b"{}")
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ValueError(f"discovery request is not JSON: {exc}") from None
-    if not isinstance(document, dict):
-        raise ValueError("discovery request must be a JSON object")
-    node = document.get("node") or {}
-    if not isinstance(node, dict) or not isinstance(node.get("id", ""), str):
-        raise ValueError("node must be an object with a string id")
-    names = document.get("resource_names") or []
-    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
-        raise ValueError("resource_names must be a list of strings")
-    version = document.get("version_info") or ""
-    if not isinstance(version, str):
-        raise ValueError("version_info must be a string")
+        raise MalformedRequest(f"discovery request larger than {MAX_POLL_BYTES} bytes")
+    request = parse_json_model(DiscoveryRequest, raw or b"{}", what="the discovery request")
+    node = request.node or DiscoveryNode()
     return _Poll(
-        node_id=node.get("id") or "unknown", cluster=str(node.get("cluster") or ""),
-        version_info=version, resource_names=tuple(names),
+        node_id=node.id or "unknown", cluster=node.cluster or "",
+        version_info=request.version_info or "", resource_names=tuple(request.resource_names or ()),
     )
 
 
-def add_routes(app: web.Application, server: XdsServer) -> None:
-    app.router.add_post("/v3/discovery:{type}", server.discovery)
-    app.router.add_get("/v1/xds/nodes", server.list_nodes)
+SERVER = web.AppKey("xds_server", XdsServer)
+XDS_TYPE = PathParam(
+    "type", str, description="the resource type Envoy polls: LDS, CDS, RDS or EDS", enum=tuple(TYPES_BY_PATH)
+)
+
+
+async def discover(call: Call[None, None]) -> web.StreamResponse:
+    return await call.app[SERVER].discovery(call.request, call.path["type"])
+
+
+async def list_nodes(call: Call[None, None]) -> XdsNodes:
+    return call.app[SERVER].node_view()
+
+
+OPERATIONS = (
+    Operation(
+        "post", "/v3/discovery:{type}", "discover", "Envoy's REST-JSON xDS poll (LDS, CDS, RDS, EDS)",
+        "xds", None, discover, params=(XDS_TYPE,), body=DiscoveryRequest, reads_body=True,
+        description=(
+            "No token: Envoy's REST client sends none; the endpoints are read-only and belong "
+            "on an internal interface. A poll that already has the current version is held "
+            "open (AEGIS_XDS_HOLD_SECONDS) until the config changes, else answered 304. A "
+            "node that polls again on an older version rejected the newer one."
+        ),
+        examples={
+            "first-cds-poll": (
+                "Envoy's first CDS poll",
+                {
+                    "version_info": "",
+                    "node": {"id": "aegis-envoy-1", "cluster": "model-gateway"},
+                    "resource_names": [],
+                    "type_url": "type.googleapis.com/envoy.config.cluster.v3.Cluster",
+                },
+            )
+        },
+        responses={
+            200: Reply("a newer config", DiscoveryResponse),
+            304: Reply("the node already runs the current version (after the hold)"),
+        },
+        errors={
+            400: "not a discovery request (not JSON)",
+            404: "an unknown resource type",
+            422: "a bad node, resource_names or version_info",
+        },
+    ),
+    Operation(
+        "get", "/v1/xds/nodes", "listXdsNodes",
+        "Each Envoy node: live or not, acknowledged, served and rejected versions",
+        "xds", Role.VIEWER, list_nodes, responses={200: Reply("the nodes", XdsNodes)},
+    ),
+)

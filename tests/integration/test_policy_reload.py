@@ -11,6 +11,7 @@ import pytest
 
 from controlplane.rollout.policy import Pause, SetWeight, Step
 from controlplane.rollout.policy_files import PolicyRegistry, load_policy_paths
+from controlplane.rollout.policy_schemas import PolicyStatus
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -96,7 +97,7 @@ def test_broken_file_keeps_its_old_policies_until_it_is_fixed(folder: Path) -> N
         f'{alpha}:10: policies[1].steps[0].pause.duration: must be a duration above 0 such as "30s", "1m", '
         '"500ms" or "1h30m", got 5',
     ]
-    status = registry.status_document()
+    status = PolicyStatus.of(registry).model_dump(mode="json")
     assert status["ok"] is False
     assert [policy["name"] for policy in status["policies"]] == ["alpha", "beta"]
     assert status["policies"][0]["source"] == f"{alpha}:2"
@@ -112,7 +113,7 @@ def test_broken_file_keeps_its_old_policies_until_it_is_fixed(folder: Path) -> N
     assert names(registry) == ["alpha", "alpha-two", "beta"]
     assert steps_of(registry, "alpha") == (SetWeight(20), Pause(None))
     assert registry.errors == ()
-    assert registry.status_document()["files"][0]["stale"] is False
+    assert PolicyStatus.of(registry).files[0].stale is False
 
 
 def test_a_file_broken_before_it_ever_loaded_contributes_nothing(folder: Path) -> None:

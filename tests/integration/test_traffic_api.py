@@ -59,9 +59,9 @@ async def test_put_sets_weights_match_and_mirror(client: TestClient[Any, Any], r
     ("body", "status", "message"),
     [
         ({"weights": {"1": 50, "3": 50}}, 422, "only its prod and canary"),
-        ({"weights": {"1": -1, "2": 5}}, 422, "integer from 0"),
+        ({"weights": {"1": -1, "2": 5}}, 422, "weights.1: Input should be greater than or equal to 0"),
         ({"weights": {"1": 0, "2": 0}}, 422, "sum to more than 0"),
-        ({"weights": {"1": 1.5}}, 422, "integer from 0"),
+        ({"weights": {"1": 1.5}}, 422, "weights.1: Input should be a valid integer"),
         ({"weights": {}}, 422, "weights"),
         ({"weights": {"1": 50}, "mirror": {"percent": 101}}, 422, "mirror"),
         ({"weights": {"1": 50}, "match": [{"path": "/x"}]}, 422, "match"),

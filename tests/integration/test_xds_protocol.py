@@ -127,12 +127,21 @@ async def test_a_rejected_version_is_recorded_counted_and_not_sent_again(
 
 
 @pytest.mark.parametrize(
-    "body", [b"{not json", b"[]", b'{"node": "x"}', b'{"resource_names": "x"}', b'{"version_info": 5}']
+    ("body", "status", "names"),
+    [
+        (b"{not json", 400, "not valid JSON"),
+        (b"[]", 400, "must be a JSON object"),
+        (b'{"node": "x"}', 422, "node:"),
+        (b'{"resource_names": "x"}', 422, "resource_names:"),
+        (b'{"version_info": 5}', 422, "version_info:"),
+    ],
 )
-async def test_malformed_polls_are_400(client: TestClient[Any, Any], body: bytes) -> None:
+async def test_malformed_polls_are_refused_naming_the_field(
+    client: TestClient[Any, Any], body: bytes, status: int, names: str
+) -> None:
     response = await client.post("/v3/discovery:routes", data=body)
-    assert response.status == 400
-    assert (await response.json())["error"]["message"]
+    assert response.status == status
+    assert names in (await response.json())["error"]["message"]
 
 
 async def test_unknown_xds_type_is_404(client: TestClient[Any, Any]) -> None:

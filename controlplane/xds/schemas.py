@@ -1,0 +1,87 @@
+"""Models of the xDS REST poll Envoy sends and of the node view operators read."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+from pydantic import Field
+
+from controlplane.xds.nodes import NodeState
+from registry.fields import Timestamp
+from registry.routes import ForeignRequest, ResponseModel
+
+# Generous bounds: Envoy's own values are far shorter; longer ones are not Envoy.
+MAX_ID_CHARS = 1024
+MAX_RESOURCE_NAMES = 10_000
+
+TypeName = Literal["listener", "cluster", "route", "endpoint"]
+
+
+class DiscoveryNode(ForeignRequest):
+    """Envoy's node description; Aegis reads `id` and `cluster` and ignores the rest."""
+
+    id: str | None = Field(default=None, max_length=MAX_ID_CHARS)
+    cluster: str | None = Field(default=None, max_length=MAX_ID_CHARS)
+
+
+class DiscoveryRequest(ForeignRequest):
+    version_info: str | None = Field(
+        default=None, max_length=MAX_ID_CHARS, description="the version the node runs; empty first"
+    )
+    node: DiscoveryNode | None = None
+    resource_names: list[str] | None = Field(default=None, max_length=MAX_RESOURCE_NAMES)
+    type_url: str | None = None
+    response_nonce: str | None = None
+    error_detail: dict[str, Any] | None = None
+
+
+class DiscoveryResource(ResponseModel):
+    model_config = ResponseModel.model_config | {"extra": "allow"}
+
+    type: str = Field(alias="@type")
+
+
+class DiscoveryResponse(ResponseModel):
+    version_info: str = Field(description="SHA-256 of the canonical config")
+    type_url: str
+    resources: list[DiscoveryResource]
+    nonce: str
+
+
+class TypeDocument(ResponseModel):
+    acked_version: str
+    served_version: str
+    rejected_versions: list[str]
+
+
+class XdsNode(ResponseModel):
+    node_id: str
+    cluster: str
+    live: bool
+    first_seen: Timestamp
+    last_seen: Timestamp
+    types: dict[TypeName, TypeDocument]
+
+    @classmethod
+    def of(cls, node: NodeState, *, live: bool, wall_offset: float) -> XdsNode:
+        """`wall_offset` turns the tracker's monotonic seconds into wall-clock time."""
+        return cls(
+            node_id=node.node_id, cluster=node.cluster, live=live,
+            first_seen=datetime.fromtimestamp(node.first_seen + wall_offset, UTC),
+            last_seen=datetime.fromtimestamp(node.last_seen + wall_offset, UTC),
+            types={
+                kind.name.lower(): TypeDocument(  # type: ignore[misc]
+                    acked_version=state.acked_version, served_version=state.served_version,
+                    rejected_versions=list(state.rejected_versions),
+                )
+                for kind, state in sorted(node.types.items())
+            },
+        )
+
+
+class XdsNodes(ResponseModel):
+    nodes: list[XdsNode]
+    current: dict[TypeName, str]
+    last_publish_error: str = Field(description="empty when the last publish worked")
+    last_publish_error_at: Timestamp | None

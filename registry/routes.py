@@ -1,0 +1,254 @@
+"""The typed HTTP boundary: one table of operations that routing, parsing, answers and OpenAPI share.
+
+Each `Operation` carries its method, path, least role, request and query models,
+the response model per status and its documentation. The kit checks the token,
+parses the path, query and body through the models (a 422 naming the field, or a
+400 for a body that is not JSON), calls the handler with the parsed `Call`, and
+serialises what it returns through the documented response model.
+`registry.openapi` turns the same table into the OpenAPI document.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Generic, TypeVar
+
+from aiohttp import web
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+
+from registry.auth import Principal, Role
+from registry.errors import InvalidInput, MalformedRequest, NotFound
+from registry.http import authorize, read_body
+
+JSON = "application/json"
+# At most this many field errors are listed in one message, each cut to this length.
+MAX_LISTED_ERRORS = 5
+MAX_ERROR_CHARS = 300
+
+BodyT = TypeVar("BodyT")
+QueryT = TypeVar("QueryT")
+
+
+class RequestModel(BaseModel):
+    """A body Aegis's own clients send: strict types, and an unknown field is refused.
+
+    `extra="forbid"` because a misspelt optional field ("reson") silently ignored
+    would do something other than the caller asked. Formats other programs send
+    (Envoy, Alertmanager) subclass `ForeignRequest` instead.
+    """
+
+    model_config = ConfigDict(strict=True, extra="forbid")
+
+
+class ForeignRequest(BaseModel):
+    """A body another program sends (Envoy, Alertmanager): strict on the fields Aegis reads,
+    unknown fields ignored, since those programs add fields between releases."""
+
+    model_config = ConfigDict(strict=True, extra="ignore", populate_by_name=True)
+
+
+class ResponseModel(BaseModel):
+    """An answer: built by a handler from trusted values, serialised by the model."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class ErrorDetail(ResponseModel):
+    code: str = Field(examples=["not_found", "invalid_input"])
+    message: str = Field(description="what went wrong and what to fix")
+
+
+class Error(ResponseModel):
+    """Every error Aegis answers: `{"error": {"code", "message"}}`; the message says what to fix."""
+
+    error: ErrorDetail
+
+
+@dataclass(frozen=True)
+class PathParam:
+    """A path segment with its type: validated like a body field, documented once."""
+
+    name: str
+    type: Any
+    description: str = ""
+    example: str | None = None
+    enum: tuple[str, ...] = ()
+
+    def parse(self, raw: str) -> Any:
+        if self.enum and raw not in self.enum:
+            # A path outside the enum names no resource: 404, as for any unknown path.
+            raise NotFound(f"{self.name} {raw[:64]!r} is unknown: use one of {', '.join(self.enum)}")
+        try:
+            return _adapter(self.type).validate_python(raw)
+        except ValidationError as exc:
+            raise InvalidInput(describe(exc, what=f"the path's {self.name}")) from None
+
+    def schema(self) -> dict[str, Any]:
+        if self.enum:
+            return {"type": "string", "enum": list(self.enum)}
+        return dict(_adapter(self.type).json_schema())
+
+
+@dataclass(frozen=True)
+class Reply:
+    """One documented answer: a JSON model, or another media type with its schema."""
+
+    description: str
+    model: type[BaseModel] | None = None
+    media_type: str = JSON
+    schema: Mapping[str, Any] | None = None
+    headers: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Answer:
+    """A handler's answer with a status other than 200."""
+
+    status: int
+    body: BaseModel
+
+
+@dataclass(frozen=True)
+class Call(Generic[BodyT, QueryT]):
+    """What a handler receives: the request, who sent it, and the parsed inputs."""
+
+    request: web.Request
+    principal: Principal | None
+    body: BodyT
+    query: QueryT
+    path: Mapping[str, Any]
+
+    @property
+    def app(self) -> web.Application:
+        return self.request.app
+
+    @property
+    def actor(self) -> str:
+        return self.principal.name if self.principal is not None else "anonymous"
+
+
+Handler = Callable[[Call[Any, Any]], Awaitable[BaseModel | Answer | web.StreamResponse]]
+
+
+@dataclass(frozen=True)
+class Operation:
+    method: str
+    path: str
+    operation_id: str
+    summary: str
+    tag: str
+    role: Role | None  # None: no token (Envoy, probes, this document)
+    handler: Handler
+    responses: Mapping[int, Reply]
+    errors: Mapping[int, str] = field(default_factory=dict)
+    params: Sequence[PathParam] = ()
+    body: type[BaseModel] | None = None
+    body_required: bool = True
+    body_media: str = JSON
+    # The handler reads the body itself: multipart uploads stream, xDS polls count their errors.
+    reads_body: bool = False
+    examples: Mapping[str, tuple[str, Any]] = field(default_factory=dict)
+    query: type[BaseModel] | None = None
+    description: str | None = None
+    # A token or another credential (a signed URL): the handler checks which.
+    self_authorizing: bool = False
+
+
+def add_operations(app: web.Application, operations: Sequence[Operation]) -> None:
+    for operation in operations:
+        app.router.add_route(operation.method.upper(), operation.path, _bind(operation))
+
+
+def _bind(operation: Operation) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
+    async def handle(request: web.Request) -> web.StreamResponse:
+        principal = None
+        if operation.role is not None and not operation.self_authorizing:
+            principal = authorize(request, operation.role)
+        path = {param.name: param.parse(request.match_info[param.name]) for param in operation.params}
+        query = None
+        if operation.query is not None:
+            query = parse_model(operation.query, dict(request.query), what="the query")
+        body = None
+        if operation.body is not None and not operation.reads_body:
+            body = await _read_body(request, operation.body, required=operation.body_required)
+        result = await operation.handler(Call(request, principal, body, query, path))
+        if isinstance(result, web.StreamResponse):
+            return result
+        answer = result if isinstance(result, Answer) else Answer(200, result)
+        return respond(operation, answer)
+
+    return handle
+
+
+def respond(operation: Operation, answer: Answer) -> web.Response:
+    """Serialise through the documented model: an undocumented answer is a bug, not a reply."""
+    reply = operation.responses.get(answer.status)
+    if reply is None or reply.model is not type(answer.body):
+        raise TypeError(
+            f"{operation.operation_id} answered {answer.status} with {type(answer.body).__name__}, "
+            "which its operation does not document"
+        )
+    return web.Response(
+        body=answer.body.model_dump_json(by_alias=True), status=answer.status, content_type=JSON
+    )
+
+
+async def _read_body(request: web.Request, model: type[BaseModel], *, required: bool) -> BaseModel:
+    raw = await read_body(request)
+    if not raw.strip():
+        if required:
+            raise MalformedRequest("the request needs a JSON object body")
+        raw = b"{}"
+    return parse_json_model(model, raw, what="the request body")
+
+
+ModelT = TypeVar("ModelT", bound=BaseModel)
+
+
+def parse_json_model(model: type[ModelT], raw: bytes, *, what: str) -> ModelT:
+    """Raw JSON through a model. pydantic's parser bounds nesting and integer size itself,
+    so 5,000 nested arrays or a 5,000-digit number is a 400, never a crash."""
+    try:
+        return model.model_validate_json(raw)
+    except ValidationError as exc:
+        if any(error["type"] == "json_invalid" for error in exc.errors()):
+            reason = exc.errors()[0]["msg"].removeprefix("Invalid JSON: ")
+            raise MalformedRequest(f"{what} is not valid JSON: {reason}") from None
+        if any(error["loc"] == () and error["type"] == "model_type" for error in exc.errors()):
+            raise MalformedRequest(f"{what} must be a JSON object") from None
+        raise InvalidInput(describe(exc, what=what)) from None
+
+
+def parse_model(model: type[ModelT], values: Mapping[str, Any], *, what: str) -> ModelT:
+    try:
+        return model.model_validate(values)
+    except ValidationError as exc:
+        raise InvalidInput(describe(exc, what=what)) from None
+
+
+def describe(exc: ValidationError, *, what: str) -> str:
+    """`the request body is not valid: port: Input should be less than or equal to 65535`."""
+    problems = []
+    for error in exc.errors(include_url=False)[:MAX_LISTED_ERRORS]:
+        where = ".".join(str(part) for part in error["loc"])
+        message = error["msg"].removeprefix("Value error, ")
+        if error["type"] == "missing":
+            message = "is required"
+        elif error["type"] == "extra_forbidden":
+            message = "is not a field of this request; check its spelling"
+        text = f"{where}: {message}" if where else message
+        problems.append(text[:MAX_ERROR_CHARS])
+    more = len(exc.errors()) - MAX_LISTED_ERRORS
+    suffix = f" (and {more} more)" if more > 0 else ""
+    return f"{what} is not valid: " + "; ".join(problems) + suffix
+
+
+_ADAPTERS: dict[int, TypeAdapter[Any]] = {}
+
+
+def _adapter(annotation: Any) -> TypeAdapter[Any]:
+    adapter = _ADAPTERS.get(id(annotation))
+    if adapter is None:
+        adapter = _ADAPTERS[id(annotation)] = TypeAdapter(annotation)
+    return adapter
