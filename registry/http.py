@@ -42,7 +42,10 @@ async def json_errors(request: web.Request, handler: Handler) -> web.StreamRespo
             message = f"{request.method} is not allowed on {request.path}"
         elif exc.status == 413:
             message = "the request body is too large"
-        return error_response(exc.status, code, message)
+        response = error_response(exc.status, code, message)
+        if "Allow" in exc.headers:  # a 405 says which methods would work (RFC 9110)
+            response.headers["Allow"] = exc.headers["Allow"]
+        return response
     except Exception:
         log.exception("unhandled error in %s %s", request.method, request.path)
         return error_response(500, "internal_error", "internal error; the server log has details")
