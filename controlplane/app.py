@@ -72,8 +72,6 @@ def create_app(settings: Settings) -> web.Application:
     app.cleanup_ctx.append(_policy_watch)
     app.cleanup_ctx.append(_rollout_loop)
     add_operations(app, openapi.all_operations())
-    for add_routes in openapi.LEGACY_ROUTES:
-        add_routes(app)
     return app
 
 

@@ -93,7 +93,9 @@ def all_operations() -> tuple[Operation, ...]:
     return (
         *registry_api.OPERATIONS,
         *traffic_api.OPERATIONS,
+        *rollout_api.OPERATIONS,
         *policy_api.OPERATIONS,
+        *alerts.OPERATIONS,
         *xds_server.OPERATIONS,
         *PROCESS_OPERATIONS,
     )
@@ -116,7 +118,3 @@ def _package_version() -> str:
         return metadata.version("aegis")
     except metadata.PackageNotFoundError:
         return "0+unknown"
-
-
-# Not yet on the table: these still register their own routes.
-LEGACY_ROUTES = (rollout_api.add_routes, alerts.add_routes)

@@ -85,7 +85,9 @@ def run_schemathesis(url: str, report_dir: Path) -> dict[str, Any]:
         "--request-timeout", "30",
         "--report", "json", "--report-dir", str(report_dir),
     ]
-    finished = subprocess.run(command, capture_output=True, text=True, timeout=RUN_TIMEOUT_SECONDS, check=False)
+    finished = subprocess.run(
+        command, capture_output=True, text=True, timeout=RUN_TIMEOUT_SECONDS, check=False
+    )
     reports = sorted(report_dir.glob("*.json"))
     assert reports, f"schemathesis wrote no report:\n{finished.stdout[-4000:]}\n{finished.stderr[-4000:]}"
     report: dict[str, Any] = json.loads(reports[-1].read_text())

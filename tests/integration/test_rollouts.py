@@ -299,7 +299,8 @@ async def test_a_firing_alert_rolls_back_at_once_and_intake_is_idempotent(
     )
     assert (await resolved.json())["outcomes"][0]["action"] == "recorded_resolved"
     malformed = await client.post("/v1/alerts/alertmanager", json={"alerts": "no"}, headers=auth("operator"))
-    assert malformed.status == 400
+    assert malformed.status == 422
+    assert "alerts: " in (await malformed.json())["error"]["message"]
     metrics = await (await client.get("/metrics")).text()
     assert 'aegis_alerts_received_total{action="rollback",status="firing"} 1.0' in metrics
 
