@@ -10,6 +10,7 @@ from typing import Any
 from aiohttp import web
 
 from registry.auth import Principal, Role, TokenTable, require
+from registry.boundary import JSON, Error, ErrorDetail
 from registry.errors import MalformedRequest, RegistryError
 
 log = logging.getLogger(__name__)
@@ -21,7 +22,8 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 def error_response(status: int, code: str, message: str) -> web.Response:
-    return web.json_response({"error": {"code": code, "message": message}}, status=status)
+    body = Error(error=ErrorDetail(code=code, message=message))
+    return web.Response(body=body.model_dump_json(), status=status, content_type=JSON)
 
 
 @web.middleware

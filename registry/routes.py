@@ -15,54 +15,35 @@ from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
 from aiohttp import web
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from registry.auth import Principal, Role
+from registry.boundary import JSON, Error, ErrorDetail, ForeignRequest, RequestModel, ResponseModel
 from registry.errors import InvalidInput, MalformedRequest, NotFound
 from registry.http import authorize, read_body
 
-JSON = "application/json"
 # At most this many field errors are listed in one message, each cut to this length.
 MAX_LISTED_ERRORS = 5
 MAX_ERROR_CHARS = 300
 
+__all__ = [
+    "JSON",
+    "Answer",
+    "Call",
+    "Error",
+    "ErrorDetail",
+    "ForeignRequest",
+    "Operation",
+    "PathParam",
+    "Reply",
+    "RequestModel",
+    "ResponseModel",
+    "add_operations",
+    "parse_json_model",
+]
+
 BodyT = TypeVar("BodyT")
 QueryT = TypeVar("QueryT")
-
-
-class RequestModel(BaseModel):
-    """A body Aegis's own clients send: strict types, and an unknown field is refused.
-
-    `extra="forbid"` because a misspelt optional field ("reson") silently ignored
-    would do something other than the caller asked. Formats other programs send
-    (Envoy, Alertmanager) subclass `ForeignRequest` instead.
-    """
-
-    model_config = ConfigDict(strict=True, extra="forbid")
-
-
-class ForeignRequest(BaseModel):
-    """A body another program sends (Envoy, Alertmanager): strict on the fields Aegis reads,
-    unknown fields ignored, since those programs add fields between releases."""
-
-    model_config = ConfigDict(strict=True, extra="ignore", populate_by_name=True)
-
-
-class ResponseModel(BaseModel):
-    """An answer: built by a handler from trusted values, serialised by the model."""
-
-    model_config = ConfigDict(extra="forbid")
-
-
-class ErrorDetail(ResponseModel):
-    code: str = Field(examples=["not_found", "invalid_input"])
-    message: str = Field(description="what went wrong and what to fix")
-
-
-class Error(ResponseModel):
-    """Every error Aegis answers: `{"error": {"code", "message"}}`; the message says what to fix."""
-
-    error: ErrorDetail
 
 
 @dataclass(frozen=True)

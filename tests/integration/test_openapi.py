@@ -7,6 +7,7 @@ the document is then a description a client can rely on, not a wish.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -17,7 +18,7 @@ import pytest
 from aiohttp.test_utils import TestClient
 
 from controlplane.app import create_app
-from controlplane.openapi import CANARY, MODEL, ROLES, STABLE, openapi_document
+from controlplane.openapi import CANARY, MODEL, ROLES, STABLE, all_operations, openapi_document
 from controlplane.settings import Settings
 from tests.conftest import auth
 from tests.integration.conftest import Register, StartClient, upload_form
@@ -165,6 +166,28 @@ def test_every_request_example_matches_its_schema() -> None:
             validator(document, parameter["schema"]).validate(parameter["example"])
 
     assert checked >= 12
+
+
+def test_every_request_example_passes_the_model_the_server_parses_it_with() -> None:
+    checked = 0
+
+    for operation in all_operations():
+        for _summary, value in operation.examples.values():
+            assert operation.body is not None, f"{operation.operation_id} has examples but no body"
+            operation.body.model_validate_json(json.dumps(value))
+            checked += 1
+
+    assert checked >= 12
+
+
+def test_every_json_answer_is_a_named_model() -> None:
+    document = openapi_document()
+
+    for (method, path), operation in operations(document).items():
+        for status, response in operation["responses"].items():
+            schema = response.get("content", {}).get(JSON, {}).get("schema")
+            if schema is not None and path != "/v1/openapi.json":
+                assert schema["$ref"].startswith("#/components/schemas/"), f"{method} {path} {status}"
 
 
 @pytest.mark.parametrize(

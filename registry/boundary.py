@@ -1,0 +1,45 @@
+"""The base classes of every API model, and the one error answer (pure: pydantic only).
+
+Each class decides its `extra` policy once, for every model built on it.
+"""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field
+
+JSON = "application/json"
+
+
+class RequestModel(BaseModel):
+    """A body Aegis's own clients send: strict types, and an unknown field is refused.
+
+    `extra="forbid"` because a misspelt optional field ("reson") silently ignored
+    would do something other than the caller asked. Formats other programs send
+    (Envoy, Alertmanager) subclass `ForeignRequest` instead.
+    """
+
+    model_config = ConfigDict(strict=True, extra="forbid")
+
+
+class ForeignRequest(BaseModel):
+    """A body another program sends (Envoy, Alertmanager): strict on the fields Aegis reads,
+    unknown fields ignored, since those programs add fields between releases."""
+
+    model_config = ConfigDict(strict=True, extra="ignore", populate_by_name=True)
+
+
+class ResponseModel(BaseModel):
+    """An answer: built by a handler from trusted values, serialised by the model."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class ErrorDetail(ResponseModel):
+    code: str = Field(examples=["not_found", "invalid_input"])
+    message: str = Field(description="what went wrong and what to fix")
+
+
+class Error(ResponseModel):
+    """Every error Aegis answers: `{"error": {"code", "message"}}`; the message says what to fix."""
+
+    error: ErrorDetail
