@@ -11,7 +11,7 @@ from typing import Literal
 
 from pydantic import Field
 
-from registry.routes import ForeignRequest, ResponseModel
+from registry.boundary import ForeignRequest, ResponseModel
 
 MAX_ALERTS = 10_000
 MAX_LABEL_CHARS = 1024

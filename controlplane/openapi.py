@@ -22,8 +22,9 @@ from controlplane.traffic import api as traffic_api
 from controlplane.xds import server as xds_server
 from registry import api as registry_api
 from registry import openapi
+from registry.boundary import ResponseModel
 from registry.openapi import ROLES
-from registry.routes import Call, Operation, Reply, ResponseModel
+from registry.routes import Call, Operation, Reply
 from registry.schemas import CANARY, MODEL, STABLE
 
 __all__ = ["CANARY", "MODEL", "ROLES", "STABLE", "all_operations", "openapi_document"]

@@ -14,7 +14,8 @@ from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
 from registry.auth import Role
-from registry.routes import JSON, Error, Operation, PathParam, Reply
+from registry.boundary import JSON, Error
+from registry.routes import Operation, PathParam, Reply
 
 Document = dict[str, Any]
 REF_TEMPLATE = "#/components/schemas/{model}"

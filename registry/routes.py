@@ -18,29 +18,13 @@ from aiohttp import web
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from registry.auth import Principal, Role
-from registry.boundary import JSON, Error, ErrorDetail, ForeignRequest, RequestModel, ResponseModel
+from registry.boundary import JSON
 from registry.errors import InvalidInput, MalformedRequest, NotFound
 from registry.http import authorize, read_body
 
 # At most this many field errors are listed in one message, each cut to this length.
 MAX_LISTED_ERRORS = 5
 MAX_ERROR_CHARS = 300
-
-__all__ = [
-    "JSON",
-    "Answer",
-    "Call",
-    "Error",
-    "ErrorDetail",
-    "ForeignRequest",
-    "Operation",
-    "PathParam",
-    "Reply",
-    "RequestModel",
-    "ResponseModel",
-    "add_operations",
-    "parse_json_model",
-]
 
 BodyT = TypeVar("BodyT")
 QueryT = TypeVar("QueryT")

@@ -10,9 +10,10 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, Field, WithJsonSchema
 
+from registry.boundary import RequestModel, ResponseModel
 from registry.domain import ChangeAction, HistoryEntry, ModelVersion, Stage, StageChange
 from registry.fields import Checksum, ModelName, Timestamp, Version
-from registry.routes import PathParam, RequestModel, ResponseModel
+from registry.routes import PathParam
 from registry.service import Registration, ValidationReport
 from registry.signing import Algorithm
 

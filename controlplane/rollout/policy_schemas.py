@@ -9,7 +9,7 @@ from pydantic import Field
 from controlplane.rollout.policy import PolicyError
 from controlplane.rollout.policy_files import PolicyRegistry
 from controlplane.rollout.policy_loader import policy_document
-from registry.routes import ResponseModel
+from registry.boundary import ResponseModel
 
 
 class PolicyDocument(ResponseModel):

@@ -10,8 +10,8 @@ from controlplane.rollout.analysis import VerdictKind
 from controlplane.rollout.machine import Phase
 from controlplane.rollout.runner import RolloutRunner
 from controlplane.rollout.store import DecisionRow, RolloutRow, state_from_json
+from registry.boundary import RequestModel, ResponseModel
 from registry.fields import ModelName, Timestamp
-from registry.routes import RequestModel, ResponseModel
 from registry.schemas import Reason
 
 MAX_POLICY_NAME_CHARS = 128

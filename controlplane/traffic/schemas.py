@@ -15,8 +15,8 @@ from controlplane.traffic.service import (
     TrafficRequest,
     TrafficService,
 )
+from registry.boundary import RequestModel, ResponseModel
 from registry.fields import ModelName, Timestamp, Version
-from registry.routes import RequestModel, ResponseModel
 
 MAX_HEADER_MATCHES = 16
 MAX_HEADERS_PER_MATCH = 16

@@ -8,8 +8,8 @@ from typing import Any, Literal
 from pydantic import Field
 
 from controlplane.xds.nodes import NodeState
+from registry.boundary import ForeignRequest, ResponseModel
 from registry.fields import Timestamp
-from registry.routes import ForeignRequest, ResponseModel
 
 # Generous bounds: Envoy's own values are far shorter; longer ones are not Envoy.
 MAX_ID_CHARS = 1024

@@ -17,7 +17,7 @@ import time
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -165,11 +165,8 @@ class Load:
 
 
 def decision_time(decision: dict[str, Any]) -> float:
-    """A decision's `at` as epoch seconds (SQLite may hand back a naive UTC time)."""
-    at = datetime.fromisoformat(str(decision["at"]))
-    if at.tzinfo is None:
-        at = at.replace(tzinfo=UTC)
-    return at.timestamp()
+    """A decision's `at` (RFC 3339 with an offset, whatever the database) as epoch seconds."""
+    return datetime.fromisoformat(str(decision["at"])).timestamp()
 
 
 async def wait_for_phase(
