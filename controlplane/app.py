@@ -41,6 +41,8 @@ log = logging.getLogger(__name__)
 SETTINGS = web.AppKey("settings", Settings)
 DATABASE = web.AppKey("database", Database)
 XDS = web.AppKey("xds_server", xds_server.XdsServer)
+# Where the separate xDS listener is bound ((host, port) per socket), when AEGIS_XDS_LISTEN is set.
+XDS_ADDRESSES = web.AppKey("xds_addresses", list[tuple[str, int]])
 
 ROLLOUT_METRICS = web.AppKey("rollout_metrics", RolloutMetrics)
 
@@ -56,17 +58,20 @@ def create_app(settings: Settings) -> web.Application:
     metrics_registry = new_metrics_registry()
     app[METRICS_REGISTRY] = metrics_registry
     app[registry_api.METRICS] = RegistryMetrics(metrics_registry)
-    nodes = NodeTracker(stale_after=settings.xds.node_stale_seconds)
+    nodes = NodeTracker(stale_after=settings.xds.node_stale_seconds, max_nodes=settings.xds.max_nodes)
     cache = XdsCache(_empty_snapshot(_listener_of(settings), _rds_of(settings)))
     publisher = Publisher(cache, nodes, validator=_envoy_validator() if settings.xds.validate else None)
     xds = xds_server.XdsServer(
-        cache, nodes, publisher, xds_server.XdsMetrics(metrics_registry), settings.xds.hold_seconds
+        cache, nodes, publisher, xds_server.XdsMetrics(metrics_registry), settings.xds.hold_seconds,
+        credentials=settings.xds.node_credentials,
     )
     app[XDS] = xds
     app[ROLLOUT_METRICS] = RolloutMetrics(metrics_registry)
     policies_path = settings.integrations.policies_path
     app[rollout_api.POLICIES] = PolicyRegistry(policies_path) if policies_path else None
     app.cleanup_ctx.append(_storage)
+    # After storage: the stored routing is published before any Envoy is answered.
+    app.cleanup_ctx.append(_xds_listener)
     app.cleanup_ctx.append(_endpoint_expiry)
     app.cleanup_ctx.append(_policy_watch)
     app.cleanup_ctx.append(_rollout_loop)
@@ -77,8 +82,27 @@ def create_app(settings: Settings) -> web.Application:
     traffic_api.add_routes(app)
     rollout_api.add_routes(app)
     alerts.add_routes(app)
-    xds_server.add_routes(app, xds)
+    xds_server.add_routes(app, xds, discovery=settings.xds.listen is None)
     return app
+
+
+async def _xds_listener(app: web.Application) -> AsyncIterator[None]:
+    """With AEGIS_XDS_LISTEN, the discovery endpoints on their own address, and only there."""
+    listen = app[SETTINGS].xds.listen
+    if listen is None:
+        yield
+        return
+    xds_app = web.Application(middlewares=[json_errors])
+    xds_server.add_discovery_routes(xds_app, app[XDS])
+    # Held long-polls end within the hold time; do not wait longer for them on shutdown.
+    runner = web.AppRunner(xds_app, access_log=None, shutdown_timeout=2.0)
+    await runner.setup()
+    site = web.TCPSite(runner, listen[0], listen[1], backlog=4096)
+    await site.start()
+    app[XDS_ADDRESSES] = [address[:2] for address in runner.addresses]
+    log.info("xDS discovery on %s:%d (not on the API listener)", listen[0], app[XDS_ADDRESSES][0][1])
+    yield
+    await runner.cleanup()
 
 
 def _empty_snapshot(listener: ListenerAddress, rds_polling: RdsPolling) -> Snapshot:

@@ -5,6 +5,12 @@ published snapshot in memory, never from the database. A poll that already runs
 the current version is held open (long-poll) until the config changes or the
 hold time passes, then answered 200 or an empty 304. A version a node rejected is
 not sent to it again: it gets 304 on the version it accepted.
+
+With node tokens configured (AEGIS_XDS_NODE_TOKENS), a poll without a valid
+`Authorization: Bearer` token for its node id is refused (401/403) before its
+body is read and leaves no trace in the node table. Without them, polls are
+taken from anyone, but a version a node cannot have from us is ignored (see
+nodes.py), so a made-up version neither holds nor steers a rollout.
 """
 
 from __future__ import annotations
@@ -13,14 +19,22 @@ import asyncio
 import json
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from controlplane.xds.cache import Publisher, XdsCache
-from controlplane.xds.nodes import NodeTracker, PollKind
+from controlplane.xds.credentials import NodeCredentials, TokenCheck, Verdict
+from controlplane.xds.nodes import (
+    NODE_CLUSTER_MAX_CHARS,
+    NODE_ID_MAX_CHARS,
+    VERSION_MAX_CHARS,
+    EvictionReason,
+    NodeTracker,
+    PollKind,
+)
 from controlplane.xds.snapshot import ResourceType, Snapshot
 from registry.auth import Role
 from registry.http import authorize
@@ -37,19 +51,39 @@ TYPES_BY_PATH = {
 MAX_POLL_BYTES = 4 << 20
 # Serialised responses kept: a few versions of each type, for a few resource-name sets.
 BODY_CACHE_SIZE = 32
+# Seconds between warnings about refused polls: a misconfigured Envoy is reported,
+# a client hammering the endpoint does not flood the log.
+REFUSAL_LOG_INTERVAL = 60.0
 
 
 class XdsMetrics:
     def __init__(self, registry: CollectorRegistry) -> None:
         self.requests = Counter(
-            "aegis_xds_requests", "xDS polls by resource type and result (ok, not_modified, bad_request).",
+            "aegis_xds_requests",
+            "xDS polls by resource type and result (ok, not_modified, bad_request, unauthorized, forbidden).",
             ["type", "result"], registry=registry,
+        )
+        self.unknown_versions = Counter(
+            "aegis_xds_unknown_versions",
+            "Polls reporting a version this server never served that node: ignored, not an ack or rejection.",
+            ["type"], registry=registry,
+        )
+        self.node_evictions = Counter(
+            "aegis_xds_node_evictions",
+            "Nodes forgotten: stale (silent past the node timeout) or capacity (AEGIS_XDS_MAX_NODES full).",
+            ["reason"], registry=registry,
+        )
+        self.tracked_nodes = Gauge(
+            "aegis_xds_tracked_nodes", "Envoy nodes in the node table.", registry=registry
         )
         self.rejected = Counter(
             "aegis_xds_rejected", "Versions an Envoy node rejected (polled again on an older version).",
             ["type"], registry=registry,
         )
-        self.live_nodes = Gauge("aegis_xds_live_nodes", "Envoy nodes seen recently.", registry=registry)
+        self.live_nodes = Gauge(
+            "aegis_xds_live_nodes", "Envoy nodes that must acknowledge changes (polling, genuine versions).",
+            registry=registry,
+        )
         self.publish_failures = Counter(
             "aegis_xds_publish_failures",
             "Snapshots not published: inconsistent or rejected by envoy --mode validate.",
@@ -64,9 +98,13 @@ class XdsServer:
     publisher: Publisher
     metrics: XdsMetrics
     hold_seconds: float
+    credentials: NodeCredentials = field(default_factory=NodeCredentials)
 
     def __post_init__(self) -> None:
         self.metrics.live_nodes.set_function(lambda: len(self.nodes.live_nodes(now=time.monotonic())))
+        self.metrics.tracked_nodes.set_function(lambda: len(self.nodes))
+        self.nodes.on_evict = self._count_eviction
+        self._last_refusal_log = -REFUSAL_LOG_INTERVAL
         self._rebuild_pending = False
         self._bodies: dict[tuple[str, ResourceType, tuple[str, ...]], bytes] = {}
         self._background: set[asyncio.Task[Any]] = set()
@@ -76,15 +114,27 @@ class XdsServer:
         type_label = request.match_info["type"]
         if resource_type is None:
             raise web.HTTPNotFound(text=f"unknown xDS type {type_label!r}")
+        # The token is checked before the body is read: a client without one costs
+        # no JSON parsing and leaves nothing in the node table.
+        token = self.credentials.check(request.headers.get("Authorization"))
+        if token.verdict in (Verdict.MISSING, Verdict.UNKNOWN):
+            return self._refuse(type_label, token, node_id=None)
         try:
             poll = _parse_poll(await request.content.read(MAX_POLL_BYTES + 1))
+            _check_limits(poll)
         except ValueError as exc:
             self.metrics.requests.labels(type_label, "bad_request").inc()
             return web.json_response({"error": {"code": "bad_request", "message": str(exc)}}, status=400)
+        if not token.allows(poll.node_id):
+            return self._refuse(type_label, token, node_id=poll.node_id)
         outcome = self.nodes.observe(
-            poll.node_id, poll.cluster, resource_type, poll.version_info, now=time.monotonic()
+            poll.node_id, poll.cluster, resource_type, poll.version_info, now=time.monotonic(),
+            published=self.cache.was_published(resource_type, poll.version_info),
+            authenticated=token.verdict is Verdict.ACCEPTED,
         )
         log.debug("poll %s %s at %s: %s", poll.node_id, type_label, poll.version_info[:8], outcome.kind)
+        if outcome.kind is PollKind.UNKNOWN:
+            self.metrics.unknown_versions.labels(type_label).inc()
         if outcome.kind is PollKind.REJECT:
             self.metrics.rejected.labels(type_label).inc()
             log.warning(
@@ -93,9 +143,42 @@ class XdsServer:
             )
         if outcome.ack_changed and resource_type in (ResourceType.CLUSTER, ResourceType.ROUTE):
             self._schedule_rebuild()
-        return await self._answer(resource_type, type_label, poll)
+        believed = outcome.kind is not PollKind.UNKNOWN
+        return await self._answer(resource_type, type_label, poll, believed=believed)
 
-    async def _answer(self, resource_type: ResourceType, type_label: str, poll: _Poll) -> web.StreamResponse:
+    def _refuse(self, type_label: str, token: TokenCheck, *, node_id: str | None) -> web.Response:
+        """401 without a token, 403 with a wrong one or one not given to this node id."""
+        if token.verdict is Verdict.MISSING:
+            status, code = 401, "unauthorized"
+            message = (
+                "this xDS endpoint needs a node token: send 'Authorization: Bearer <token>' "
+                "(envoy/envoy.yaml adds it from AEGIS_XDS_NODE_TOKEN in Envoy's environment)"
+            )
+        elif node_id is None:
+            status, code = 403, "forbidden"
+            message = "the node token is not one of AEGIS_XDS_NODE_TOKENS"
+        else:
+            status, code = 403, "forbidden"
+            message = (
+                "the node token is not valid for this node id "
+                "(AEGIS_XDS_NODE_TOKENS pairs node ids with tokens)"
+            )
+        self.metrics.requests.labels(type_label, code).inc()
+        now = time.monotonic()
+        if now - self._last_refusal_log >= REFUSAL_LOG_INTERVAL:
+            self._last_refusal_log = now
+            log.warning("refused an xDS poll (%s): %s; further refusals are only counted for a minute",
+                        status, message)
+        headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
+        document = {"error": {"code": code, "message": message}}
+        return web.json_response(document, status=status, headers=headers)
+
+    def _count_eviction(self, reason: EvictionReason) -> None:
+        self.metrics.node_evictions.labels(reason.value).inc()
+
+    async def _answer(
+        self, resource_type: ResourceType, type_label: str, poll: _Poll, *, believed: bool
+    ) -> web.StreamResponse:
         deadline = time.monotonic() + (self.hold_seconds if poll.version_info else 0)
         while True:
             snapshot = self.cache.current
@@ -104,7 +187,7 @@ class XdsServer:
                 poll.node_id, resource_type, version
             ):
                 body = self._body(snapshot, resource_type, poll.resource_names)
-                self.nodes.record_served(poll.node_id, resource_type, version)
+                self.nodes.record_served(poll.node_id, resource_type, version, awaiting_ack=believed)
                 self.metrics.requests.labels(type_label, "ok").inc()
                 return web.Response(body=body, content_type="application/json")
             remaining = deadline - time.monotonic()
@@ -149,7 +232,7 @@ class XdsServer:
         now = time.monotonic()
         wall_offset = time.time() - now
         nodes = []
-        for node in sorted(self.nodes.nodes.values(), key=lambda n: n.node_id):
+        for node in sorted(self.nodes.all_nodes(now=now), key=lambda n: n.node_id):
             document = node.as_document(live=self.nodes.is_live(node, now=now))
             document["first_seen"] = node.first_seen + wall_offset
             document["last_seen"] = node.last_seen + wall_offset
@@ -197,6 +280,26 @@ def _parse_poll(raw: bytes) -> _Poll:
     )
 
 
-def add_routes(app: web.Application, server: XdsServer) -> None:
-    app.router.add_post("/v3/discovery:{type}", server.discovery)
+def _check_limits(poll: _Poll) -> None:
+    """Node fields are kept per node: refuse (never cut) ones too long to be real."""
+    if len(poll.node_id) > NODE_ID_MAX_CHARS:
+        raise ValueError(f"node.id is longer than {NODE_ID_MAX_CHARS} characters: give Envoy a shorter id")
+    if len(poll.cluster) > NODE_CLUSTER_MAX_CHARS:
+        raise ValueError(
+            f"node.cluster is longer than {NODE_CLUSTER_MAX_CHARS} characters: give Envoy a shorter cluster"
+        )
+    if len(poll.version_info) > VERSION_MAX_CHARS:
+        raise ValueError(
+            f"version_info is longer than {VERSION_MAX_CHARS} characters: not a version this server sent"
+        )
+
+
+def add_routes(app: web.Application, server: XdsServer, *, discovery: bool = True) -> None:
+    """The node view, and the discovery endpoints unless they have their own listener."""
+    if discovery:
+        add_discovery_routes(app, server)
     app.router.add_get("/v1/xds/nodes", server.list_nodes)
+
+
+def add_discovery_routes(app: web.Application, server: XdsServer) -> None:
+    app.router.add_post("/v3/discovery:{type}", server.discovery)
