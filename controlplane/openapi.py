@@ -1076,10 +1076,13 @@ def _xds_paths() -> Document:
                 "discover", "Envoy's REST-JSON xDS poll (LDS, CDS, RDS, EDS)",
                 role="none", tag="xds", parameters=("xdsType",),
                 description=(
-                    "No token: Envoy's REST client sends none; the endpoints are read-only and belong "
-                    "on an internal interface. A poll that already has the current version is held "
+                    "No API token. With AEGIS_XDS_NODE_TOKENS set, a node token in 'Authorization: "
+                    "Bearer' (added by envoy/envoy.yaml from AEGIS_XDS_NODE_TOKEN) valid for the poll's "
+                    "node id; without it 401/403 and the poll is not recorded. With AEGIS_XDS_LISTEN set, "
+                    "served only on that listener. A poll that already has the current version is held "
                     "open (AEGIS_XDS_HOLD_SECONDS) until the config changes, else answered 304. A "
-                    "node that polls again on an older version rejected the newer one."
+                    "node that polls again on an older version rejected the newer one; a version never "
+                    "served to the node is ignored."
                 ),
                 body=_json_body(
                     _ref("DiscoveryRequest"), {"first-cds-poll": ("Envoy's first CDS poll", first_poll)}
@@ -1089,8 +1092,9 @@ def _xds_paths() -> Document:
                     304: {"description": "the node already runs the current version (after the hold)"},
                 },
                 errors={
-                    400: "not a discovery request (not JSON, bad node, resource_names or version_info)",
-                    404: "an unknown resource type",
+                    # 401/403 with AEGIS_XDS_NODE_TOKENS: a node token, not an API role (see description).
+                    400: "not a discovery request (not JSON; too long or bad node, resource_names, version)",
+                    404: "an unknown resource type, or discovery is on AEGIS_XDS_LISTEN",
                 },
             )
         },
@@ -1137,7 +1141,8 @@ def _xds_schemas() -> Document:
             {
                 "node_id": {"type": "string"},
                 "cluster": {"type": "string"},
-                "live": {"type": "boolean"},
+                "live": {"type": "boolean", "description": "polls and must acknowledge changes"},
+                "authenticated": {"type": "boolean", "description": "its last poll had a valid node token"},
                 "first_seen": {"type": "number", "description": "Unix time"},
                 "last_seen": {"type": "number", "description": "Unix time"},
                 "types": {
@@ -1152,7 +1157,7 @@ def _xds_schemas() -> Document:
                     ),
                 },
             },
-            required=("node_id", "cluster", "live", "first_seen", "last_seen", "types"),
+            required=("node_id", "cluster", "live", "authenticated", "first_seen", "last_seen", "types"),
         ),
         "XdsNodes": _object(
             {
