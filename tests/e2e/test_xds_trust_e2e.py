@@ -22,7 +22,7 @@ from tests.e2e.stack import NODE_TOKEN, Stack
 from tests.e2e.traffic import send
 
 MODEL = "fraud"
-INTRUDER = {"node": {"id": "intruder", "cluster": "model-gateway"}, "version_info": "bogus"}
+INTRUDER: dict[str, object] = {"node": {"id": "intruder"}, "version_info": "bogus"}
 
 
 def serve_prod_and_canary(stack: Stack) -> None:
