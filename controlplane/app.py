@@ -41,8 +41,6 @@ log = logging.getLogger(__name__)
 SETTINGS = web.AppKey("settings", Settings)
 DATABASE = web.AppKey("database", Database)
 XDS = web.AppKey("xds_server", xds_server.XdsServer)
-# Where the separate xDS listener is bound ((host, port) per socket), when AEGIS_XDS_LISTEN is set.
-XDS_ADDRESSES = web.AppKey("xds_addresses", list[tuple[str, int]])
 
 ROLLOUT_METRICS = web.AppKey("rollout_metrics", RolloutMetrics)
 
@@ -58,11 +56,15 @@ def create_app(settings: Settings) -> web.Application:
     metrics_registry = new_metrics_registry()
     app[METRICS_REGISTRY] = metrics_registry
     app[registry_api.METRICS] = RegistryMetrics(metrics_registry)
-    nodes = NodeTracker(stale_after=settings.xds.node_stale_seconds, max_nodes=settings.xds.max_nodes)
+    xds_metrics = xds_server.XdsMetrics(metrics_registry)
+    nodes = NodeTracker(
+        stale_after=settings.xds.node_stale_seconds, max_nodes=settings.xds.max_nodes,
+        on_evict=xds_metrics.count_eviction,
+    )
     cache = XdsCache(_empty_snapshot(_listener_of(settings), _rds_of(settings)))
     publisher = Publisher(cache, nodes, validator=_envoy_validator() if settings.xds.validate else None)
     xds = xds_server.XdsServer(
-        cache, nodes, publisher, xds_server.XdsMetrics(metrics_registry), settings.xds.hold_seconds,
+        cache, nodes, publisher, xds_metrics, settings.xds.hold_seconds,
         credentials=settings.xds.node_credentials,
     )
     app[XDS] = xds
@@ -99,8 +101,7 @@ async def _xds_listener(app: web.Application) -> AsyncIterator[None]:
     await runner.setup()
     site = web.TCPSite(runner, listen[0], listen[1], backlog=4096)
     await site.start()
-    app[XDS_ADDRESSES] = [address[:2] for address in runner.addresses]
-    log.info("xDS discovery on %s:%d (not on the API listener)", listen[0], app[XDS_ADDRESSES][0][1])
+    log.info("xDS discovery on %s (not on the API listener)", site.name)
     yield
     await runner.cleanup()
 

@@ -90,6 +90,9 @@ class XdsMetrics:
             registry=registry,
         )
 
+    def count_eviction(self, reason: EvictionReason) -> None:
+        self.node_evictions.labels(reason.value).inc()
+
 
 @dataclass
 class XdsServer:
@@ -103,7 +106,6 @@ class XdsServer:
     def __post_init__(self) -> None:
         self.metrics.live_nodes.set_function(lambda: len(self.nodes.live_nodes(now=time.monotonic())))
         self.metrics.tracked_nodes.set_function(lambda: len(self.nodes))
-        self.nodes.on_evict = self._count_eviction
         self._last_refusal_log = -REFUSAL_LOG_INTERVAL
         self._rebuild_pending = False
         self._bodies: dict[tuple[str, ResourceType, tuple[str, ...]], bytes] = {}
@@ -172,9 +174,6 @@ class XdsServer:
         headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
         document = {"error": {"code": code, "message": message}}
         return web.json_response(document, status=status, headers=headers)
-
-    def _count_eviction(self, reason: EvictionReason) -> None:
-        self.metrics.node_evictions.labels(reason.value).inc()
 
     async def _answer(
         self, resource_type: ResourceType, type_label: str, poll: _Poll, *, believed: bool
