@@ -71,13 +71,15 @@ class TypeState:
             return (self.acked_version, self.served_version)
         return (self.acked_version,)
 
-    def could_report(self, version: str, *, published: bool) -> bool:
+    def could_report(self, version: str, *, published: bool, authenticated: bool) -> bool:
         """Whether a poll reporting `version` can be this node telling the truth (pure)."""
         if version == self.acked_version or version in self.served_recent:
             return True
         # A node we know nothing about (this process restarted, or the node was
-        # forgotten while silent) may run what this process has published.
-        return published and not self.acked_version and not self.served_recent
+        # forgotten while silent) may run what this process has published; so may an
+        # authenticated node at any time (another replica behind the same xds_cluster
+        # may have served it).
+        return published and (authenticated or (not self.acked_version and not self.served_recent))
 
     def remember_served(self, version: str) -> None:
         if version in self.served_recent:
@@ -169,7 +171,8 @@ class NodeTracker:
         self.expire(now=now)
         node = self.get(node_id) or self._add(node_id, cluster, now)
         state = node.type_state(resource_type)
-        if version_info and not state.could_report(version_info, published=published):
+        believable = state.could_report(version_info, published=published, authenticated=authenticated)
+        if version_info and not believable:
             # Neither ack nor rejection, and not a sign of life: a client making
             # versions up must not hold or steer a rollout, nor keep a dead node live.
             return PollOutcome(PollKind.UNKNOWN)

@@ -153,6 +153,18 @@ def test_at_capacity_nodes_that_never_acknowledged_go_first_then_the_least_recen
     assert evictions == [EvictionReason.CAPACITY] * 101
 
 
+def test_an_authenticated_node_may_report_any_published_version_an_open_one_only_what_it_was_served() -> None:
+    tracker = NodeTracker(stale_after=30)
+    for node, authenticated in (("token", True), ("open", False)):
+        tracker.observe(node, "c", RDS, "", now=0, authenticated=authenticated)
+        tracker.record_served(node, RDS, "v1")
+        assert tracker.observe(node, "c", RDS, "v1", now=1, authenticated=authenticated).kind is PollKind.ACK
+        # Another replica behind the same xds_cluster served v2 (same content, same version).
+        outcome = tracker.observe(node, "c", RDS, "v2", now=2, published=True, authenticated=authenticated)
+        assert outcome.kind is (PollKind.STEADY if authenticated else PollKind.UNKNOWN), node
+    assert tracker.acked_versions(RDS, now=3) == ["v2", "v1"]
+
+
 def test_node_documents_say_whether_the_node_authenticated() -> None:
     tracker = NodeTracker(stale_after=30)
     tracker.observe("envoy", "c", RDS, "", now=0, authenticated=True)
