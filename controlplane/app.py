@@ -57,22 +57,52 @@ def create_app(settings: Settings) -> web.Application:
     metrics_registry = new_metrics_registry()
     app[METRICS_REGISTRY] = metrics_registry
     app[registry_api.METRICS] = RegistryMetrics(metrics_registry)
-    nodes = NodeTracker(stale_after=settings.xds.node_stale_seconds)
+    xds_metrics = xds_server.XdsMetrics(metrics_registry)
+    nodes = NodeTracker(
+        stale_after=settings.xds.node_stale_seconds, max_nodes=settings.xds.max_nodes,
+        on_evict=xds_metrics.count_eviction,
+    )
     cache = XdsCache(_empty_snapshot(_listener_of(settings), _rds_of(settings)))
     publisher = Publisher(cache, nodes, validator=_envoy_validator() if settings.xds.validate else None)
     xds = xds_server.XdsServer(
-        cache, nodes, publisher, xds_server.XdsMetrics(metrics_registry), settings.xds.hold_seconds
+        cache, nodes, publisher, xds_metrics, settings.xds.hold_seconds,
+        credentials=settings.xds.node_credentials,
     )
     app[XDS] = xds
     app[ROLLOUT_METRICS] = RolloutMetrics(metrics_registry)
     policies_path = settings.integrations.policies_path
     app[rollout_api.POLICIES] = PolicyRegistry(policies_path) if policies_path else None
     app.cleanup_ctx.append(_storage)
+    # After storage: the stored routing is published before any Envoy is answered.
+    app.cleanup_ctx.append(_xds_listener)
     app.cleanup_ctx.append(_endpoint_expiry)
     app.cleanup_ctx.append(_policy_watch)
     app.cleanup_ctx.append(_rollout_loop)
-    add_operations(app, openapi.all_operations())
+    # With AEGIS_XDS_LISTEN, discovery is served on its own listener (_xds_listener) only.
+    on_api = openapi.all_operations()
+    if settings.xds.listen is not None:
+        on_api = tuple(op for op in on_api if op is not xds_server.DISCOVER)
+    add_operations(app, on_api)
     return app
+
+
+async def _xds_listener(app: web.Application) -> AsyncIterator[None]:
+    """With AEGIS_XDS_LISTEN, the discovery endpoints on their own address, and only there."""
+    listen = app[SETTINGS].xds.listen
+    if listen is None:
+        yield
+        return
+    xds_app = web.Application(middlewares=[json_errors])
+    xds_app[xds_server.SERVER] = app[XDS]
+    add_operations(xds_app, [xds_server.DISCOVER])
+    # Held long-polls end within the hold time; do not wait longer for them on shutdown.
+    runner = web.AppRunner(xds_app, access_log=None, shutdown_timeout=2.0)
+    await runner.setup()
+    site = web.TCPSite(runner, listen[0], listen[1], backlog=4096)
+    await site.start()
+    log.info("xDS discovery on %s (not on the API listener)", site.name)
+    yield
+    await runner.cleanup()
 
 
 def _empty_snapshot(listener: ListenerAddress, rds_polling: RdsPolling) -> Snapshot:

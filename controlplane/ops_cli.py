@@ -160,7 +160,7 @@ def _parse_weights(text: str) -> dict[str, int]:
 def _nodes(args: argparse.Namespace, client: AegisClient) -> tuple[Any, str]:
     document = client.call("GET", "/v1/xds/nodes")
     current = document["current"]
-    rows: list[tuple[str, ...]] = [("NODE", "LIVE", "LISTENERS", "CLUSTERS", "ROUTES", "REJECTED")]
+    rows: list[tuple[str, ...]] = [("NODE", "LIVE", "TOKEN", "LISTENERS", "CLUSTERS", "ROUTES", "REJECTED")]
     for node in document["nodes"]:
         types = node["types"]
 
@@ -173,6 +173,7 @@ def _nodes(args: argparse.Namespace, client: AegisClient) -> tuple[Any, str]:
             (
                 node["node_id"],
                 "yes" if node["live"] else "no",
+                "yes" if node.get("authenticated") else "no",
                 state("listener"),
                 state("cluster"),
                 state("route"),

@@ -15,6 +15,8 @@ from typing import Any
 
 import yaml
 
+from controlplane.xds.credentials import NodeCredentials, NodeTokenConfigError
+from controlplane.xds.nodes import DEFAULT_MAX_NODES
 from registry.auth import TokenTable
 from registry.signing import Keyring, keyring_from_env
 
@@ -70,6 +72,15 @@ class XdsSettings:
     rds_request_timeout_ms: int = 10000
     # Run `envoy --mode validate` on structurally new configs when the binary is there.
     validate: bool = True
+    # (host, port) of a separate listener for /v3/discovery:* (AEGIS_XDS_LISTEN), so
+    # discovery can stay on an internal interface; None: served on AEGIS_LISTEN.
+    listen: tuple[str, int] | None = None
+    # Which bearer token may speak for which node (AEGIS_XDS_NODE_TOKENS); empty:
+    # polls are taken from anyone and no node counts as authenticated.
+    node_credentials: NodeCredentials = field(repr=False, default_factory=NodeCredentials)
+    # Nodes tracked at most; past it the least recently seen is forgotten. Above any
+    # real fleet, low enough that made-up node ids cannot grow memory without bound.
+    max_nodes: int = DEFAULT_MAX_NODES
 
 
 @dataclass(frozen=True)
@@ -128,10 +139,10 @@ def load_settings(env: Mapping[str, str] | None = None, config_file: Path | None
         rollout_tick_seconds=_non_negative_float(merged, "AEGIS_ROLLOUT_TICK_SECONDS", 1.0) or 1.0,
         policy_reload_seconds=_non_negative_float(merged, "AEGIS_POLICY_RELOAD_SECONDS", 2.0) or 2.0,
     )
-    return Settings(server, registry, security, integrations, _xds_settings(merged))
+    return Settings(server, registry, security, integrations, _xds_settings(merged, server))
 
 
-def _xds_settings(values: Mapping[str, str]) -> XdsSettings:
+def _xds_settings(values: Mapping[str, str], server: ServerSettings) -> XdsSettings:
     hold = _non_negative_float(values, "AEGIS_XDS_HOLD_SECONDS", 5.0)
     timeout_ms = _positive_int(values, "AEGIS_XDS_RDS_REQUEST_TIMEOUT_MS", 10000)
     if hold * 1000 >= timeout_ms:
@@ -139,12 +150,25 @@ def _xds_settings(values: Mapping[str, str]) -> XdsSettings:
             f"AEGIS_XDS_HOLD_SECONDS ({hold}) must be shorter than Envoy's request_timeout "
             f"({timeout_ms} ms), or every held poll fails"
         )
+    listen_text = values.get("AEGIS_XDS_LISTEN", "")
+    listen = parse_listen(listen_text, "AEGIS_XDS_LISTEN") if listen_text else None
+    if listen is not None and listen[1] != 0 and listen == (server.host, server.port):
+        raise SettingsError(
+            "AEGIS_XDS_LISTEN must differ from AEGIS_LISTEN: unset it to serve xDS on the API listener"
+        )
+    try:
+        credentials = NodeCredentials.parse(_secret(values, "AEGIS_XDS_NODE_TOKENS"))
+    except NodeTokenConfigError as exc:
+        raise SettingsError(str(exc)) from exc
     return XdsSettings(
         hold_seconds=hold,
         node_stale_seconds=_non_negative_float(values, "AEGIS_XDS_NODE_STALE_SECONDS", 30.0),
         rds_refresh_delay_ms=_positive_int(values, "AEGIS_XDS_RDS_REFRESH_DELAY_MS", 1000),
         rds_request_timeout_ms=timeout_ms,
         validate=values.get("AEGIS_XDS_VALIDATE", "true").lower() not in ("0", "false", "no", "off"),
+        listen=listen,
+        node_credentials=credentials,
+        max_nodes=_positive_int(values, "AEGIS_XDS_MAX_NODES", DEFAULT_MAX_NODES),
     )
 
 

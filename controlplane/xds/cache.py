@@ -62,6 +62,9 @@ class XdsCache:
         self._cluster_sets: OrderedDict[str, frozenset[str]] = OrderedDict()
         self._routed_sets: OrderedDict[str, frozenset[str]] = OrderedDict()
         self._sequences: OrderedDict[str, int] = OrderedDict()
+        self._published: dict[ResourceType, OrderedDict[str, None]] = {
+            kind: OrderedDict() for kind in ResourceType
+        }
         self._remember(snapshot)
 
     def publish(self, snapshot: Snapshot) -> bool:
@@ -84,6 +87,8 @@ class XdsCache:
         ))
         _bounded_put(self._routed_sets, rds, routed_clusters(snapshot))
         _bounded_put(self._sequences, rds, self.sequence)
+        for kind, version in snapshot.versions.items():
+            _bounded_put(self._published[kind], version, None)
 
     async def wait_for_change(self, seconds: float) -> bool:
         """True when a new snapshot was published within `seconds`."""
@@ -93,6 +98,10 @@ class XdsCache:
         except TimeoutError:
             return False
         return True
+
+    def was_published(self, resource_type: ResourceType, version: str) -> bool:
+        """Whether this process published `version` of `resource_type` (among the last HISTORY_SIZE)."""
+        return version in self._published[resource_type]
 
     def clusters_in(self, cds_version: str) -> frozenset[str] | None:
         return self._cluster_sets.get(cds_version)
@@ -194,21 +203,22 @@ class Publisher:
         now = self.clock()
         routable: frozenset[str] | None = None
         still_routed: set[str] = set()
-        for node in self.nodes.live_nodes(now=now):
+        for node in self.nodes.nodes_holding(ResourceType.CLUSTER, now=now):
             for cds_version in node.type_state(ResourceType.CLUSTER).possible_versions():
                 clusters = self.cache.clusters_in(cds_version)
                 if clusters is not None:
                     routable = clusters if routable is None else routable & clusters
+        for node in self.nodes.nodes_holding(ResourceType.ROUTE, now=now):
             for rds_version in node.type_state(ResourceType.ROUTE).possible_versions():
                 still_routed |= self.cache.routed_by(rds_version) or frozenset()
         retained = clusters_to_retain(self.cache.current, still_routed=frozenset(still_routed))
         return build_snapshot(desired, routable_clusters=routable, retained_clusters=retained)
 
     def routes_acked(self, rds_version: str) -> tuple[int, int]:
-        """(live nodes surely running `rds_version` or a later one, live nodes)."""
+        """(nodes surely running `rds_version` or a later one, nodes that must acknowledge routes)."""
         now = self.clock()
         wanted = self.cache.route_sequence(rds_version)
-        live = self.nodes.live_nodes(now=now)
+        live = self.nodes.nodes_holding(ResourceType.ROUTE, now=now)
         if wanted is None:
             return 0, len(live)
         acked = 0

@@ -3,16 +3,42 @@
 REST xDS has no NACK: a node that was served version V and polls again still
 reporting an older version has rejected V. This module turns polls into those
 facts; it keeps state in memory and does no I/O (time is passed in).
+
+Anyone who can reach the discovery endpoints can send a poll, so a poll is only
+believed when what it reports could be true:
+
+- a version this server never served to that node (and, for a node it knows
+  nothing about yet, never published) is ignored: it is neither an
+  acknowledgement nor a rejection, and it does not keep the node live;
+- a node holds a rollout (must acknowledge a weight) only for the types it has
+  genuinely acknowledged, and only while it keeps polling (`stale_after`);
+- memory is bounded: ids and clusters are capped in length by the caller
+  (`NODE_ID_MAX_CHARS`), at most `max_nodes` nodes are kept (the least recently
+  seen go first, nodes that never acknowledged anything before those that did),
+  and a node silent for `stale_after` is forgotten.
 """
 
 from __future__ import annotations
 
+from collections import OrderedDict
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from enum import StrEnum
 
 from controlplane.xds.snapshot import ResourceType
 
 MAX_REMEMBERED_REJECTIONS = 16
+# Versions served to a node that it may still report: a node reports the last
+# version it applied, which is among the last few served unless it rejected
+# every one of them (then it is its acked version, kept apart).
+MAX_REMEMBERED_SERVED = 8
+# Envoy node ids are host or pod names (Istio's `sidecar~ip~pod.ns~ns.svc.cluster.local`
+# is ~100 characters); longer ones are refused rather than cut, so two nodes never merge.
+NODE_ID_MAX_CHARS = 512
+NODE_CLUSTER_MAX_CHARS = 256
+# Our versions are short hex digests; anything longer is not one of ours.
+VERSION_MAX_CHARS = 128
+DEFAULT_MAX_NODES = 4096
 
 
 class PollKind(StrEnum):
@@ -20,15 +46,23 @@ class PollKind(StrEnum):
     ACK = "ack"              # it runs what we served it last
     REJECT = "reject"        # it was served a version and still runs an older one
     STEADY = "steady"        # nothing new was served since its last poll
+    UNKNOWN = "unknown"      # it reports a version it cannot have from us: ignored
+
+
+class EvictionReason(StrEnum):
+    STALE = "stale"          # silent for longer than stale_after
+    CAPACITY = "capacity"    # max_nodes reached; the least recently seen went
 
 
 @dataclass
 class TypeState:
     acked_version: str = ""
     served_version: str = ""
+    served_recent: list[str] = field(default_factory=list)
     rejected_versions: list[str] = field(default_factory=list)
-    acked_at: float = 0.0
-
+    # Last poll that reported a genuine, non-empty version: the node holds rollouts
+    # for this type only while this is recent.
+    confirmed_at: float | None = None
 
     def possible_versions(self) -> tuple[str, ...]:
         """What the node may be running: a version served but not yet confirmed by its
@@ -37,6 +71,22 @@ class TypeState:
             return (self.acked_version, self.served_version)
         return (self.acked_version,)
 
+    def could_report(self, version: str, *, published: bool, authenticated: bool) -> bool:
+        """Whether a poll reporting `version` can be this node telling the truth (pure)."""
+        if version == self.acked_version or version in self.served_recent:
+            return True
+        # A node we know nothing about (this process restarted, or the node was
+        # forgotten while silent) may run what this process has published; so may an
+        # authenticated node at any time (another replica behind the same xds_cluster
+        # may have served it).
+        return published and (authenticated or (not self.acked_version and not self.served_recent))
+
+    def remember_served(self, version: str) -> None:
+        if version in self.served_recent:
+            self.served_recent.remove(version)
+        self.served_recent.append(version)
+        del self.served_recent[:-MAX_REMEMBERED_SERVED]
+
 
 @dataclass
 class NodeState:
@@ -44,10 +94,21 @@ class NodeState:
     cluster: str
     first_seen: float
     last_seen: float
+    authenticated: bool = False
     types: dict[ResourceType, TypeState] = field(default_factory=dict)
 
     def type_state(self, resource_type: ResourceType) -> TypeState:
         return self.types.setdefault(resource_type, TypeState())
+
+    def holds(self, resource_type: ResourceType, *, now: float, stale_after: float) -> bool:
+        """Whether this node must acknowledge `resource_type` changes before they count as applied."""
+        state = self.types.get(resource_type)
+        return (
+            state is not None
+            and bool(state.acked_version)
+            and state.confirmed_at is not None
+            and now - state.confirmed_at <= stale_after
+        )
 
 
 @dataclass(frozen=True)
@@ -58,54 +119,131 @@ class PollOutcome:
 
 
 class NodeTracker:
-    """Per-node acknowledgement state; a node not seen for `stale_after` seconds is not live."""
+    """Per-node acknowledgement state, bounded in count and forgotten after `stale_after` seconds."""
 
-    def __init__(self, *, stale_after: float) -> None:
+    def __init__(
+        self, *, stale_after: float, max_nodes: int = DEFAULT_MAX_NODES,
+        on_evict: Callable[[EvictionReason], None] | None = None,
+    ) -> None:
         self.stale_after = stale_after
-        self.nodes: dict[str, NodeState] = {}
+        self.max_nodes = max_nodes
+        self.on_evict = on_evict
+        # Two pools, each ordered by last_seen (oldest first): nodes that never
+        # reported a genuine version are evicted before nodes that did, so a flood of
+        # made-up node ids cannot push a real Envoy out.
+        self._confirmed: OrderedDict[str, NodeState] = OrderedDict()
+        self._provisional: OrderedDict[str, NodeState] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._confirmed) + len(self._provisional)
+
+    def get(self, node_id: str) -> NodeState | None:
+        return self._confirmed.get(node_id) or self._provisional.get(node_id)
+
+    def all_nodes(self, *, now: float) -> Iterator[NodeState]:
+        self.expire(now=now)
+        yield from self._confirmed.values()
+        yield from self._provisional.values()
 
     def observe(
-        self, node_id: str, cluster: str, resource_type: ResourceType, version_info: str, *, now: float
+        self, node_id: str, cluster: str, resource_type: ResourceType, version_info: str, *,
+        now: float, published: bool = False, authenticated: bool = False,
     ) -> PollOutcome:
-        node = self.nodes.get(node_id)
-        if node is None:
-            node = self.nodes[node_id] = NodeState(node_id, cluster, now, now)
-        node.last_seen = now
+        """Record one poll. `published`: this process published `version_info` for this type."""
+        self.expire(now=now)
+        node = self.get(node_id) or self._add(node_id, cluster, now)
         state = node.type_state(resource_type)
+        believable = state.could_report(version_info, published=published, authenticated=authenticated)
+        if version_info and not believable:
+            # Neither ack nor rejection, and not a sign of life: a client making
+            # versions up must not hold or steer a rollout, nor keep a dead node live.
+            return PollOutcome(PollKind.UNKNOWN)
+        node.last_seen = now
+        node.cluster = cluster
+        node.authenticated = authenticated
+        self._touch(node)
         changed = version_info != state.acked_version
-        if changed:
-            state.acked_version = version_info
-            state.acked_at = now
+        state.acked_version = version_info
         if not version_info:
-            # A restarted Envoy starts over; what we served its predecessor says nothing.
+            # A restarted Envoy starts over: what we served its predecessor says
+            # nothing, and it can no longer report any of those versions.
             state.served_version = ""
+            state.served_recent.clear()
+            state.confirmed_at = None
             return PollOutcome(PollKind.FIRST, ack_changed=changed)
+        state.confirmed_at = now
+        self._confirm(node)
         served = state.served_version
+        state.served_version = ""
         if served and version_info != served:
-            state.served_version = ""
             if served not in state.rejected_versions:
                 state.rejected_versions.append(served)
                 del state.rejected_versions[:-MAX_REMEMBERED_REJECTIONS]
             return PollOutcome(PollKind.REJECT, rejected_version=served, ack_changed=changed)
-        kind = PollKind.ACK if served else PollKind.STEADY
-        state.served_version = ""
-        return PollOutcome(kind, ack_changed=changed)
+        return PollOutcome(PollKind.ACK if served else PollKind.STEADY, ack_changed=changed)
 
     def has_rejected(self, node_id: str, resource_type: ResourceType, version: str) -> bool:
-        node = self.nodes.get(node_id)
+        node = self.get(node_id)
         return node is not None and version in node.type_state(resource_type).rejected_versions
 
-    def record_served(self, node_id: str, resource_type: ResourceType, version: str) -> None:
-        node = self.nodes.get(node_id)
-        if node is not None:
-            node.type_state(resource_type).served_version = version
+    def record_served(
+        self, node_id: str, resource_type: ResourceType, version: str, *, awaiting_ack: bool = True
+    ) -> None:
+        """`version` was sent to the node. `awaiting_ack=False` after an ignored poll: the
+        sender may not be the node we know, so its next honest poll is no rejection."""
+        node = self.get(node_id)
+        if node is None:
+            return
+        state = node.type_state(resource_type)
+        state.remember_served(version)
+        if awaiting_ack:
+            state.served_version = version
 
     def is_live(self, node: NodeState, *, now: float) -> bool:
-        return now - node.last_seen <= self.stale_after
+        """Whether the node holds rollouts for any type."""
+        return any(node.holds(kind, now=now, stale_after=self.stale_after) for kind in node.types)
 
     def live_nodes(self, *, now: float) -> list[NodeState]:
-        return [node for node in self.nodes.values() if self.is_live(node, now=now)]
+        return [node for node in self.all_nodes(now=now) if self.is_live(node, now=now)]
+
+    def nodes_holding(self, resource_type: ResourceType, *, now: float) -> list[NodeState]:
+        """The nodes that must acknowledge a change of `resource_type` before it counts as applied."""
+        self.expire(now=now)
+        return [
+            node for node in self._confirmed.values()
+            if node.holds(resource_type, now=now, stale_after=self.stale_after)
+        ]
 
     def acked_versions(self, resource_type: ResourceType, *, now: float) -> list[str]:
-        """The version of `resource_type` each live node runs (empty string: none yet)."""
-        return [node.type_state(resource_type).acked_version for node in self.live_nodes(now=now)]
+        """The version of `resource_type` each node that holds rollouts runs."""
+        holding = self.nodes_holding(resource_type, now=now)
+        return [node.type_state(resource_type).acked_version for node in holding]
+
+    def expire(self, *, now: float) -> None:
+        """Forget nodes silent for longer than stale_after (both pools are oldest first)."""
+        for pool in (self._confirmed, self._provisional):
+            while pool:
+                oldest = next(iter(pool.values()))
+                if now - oldest.last_seen <= self.stale_after:
+                    break
+                pool.popitem(last=False)
+                self._evicted(EvictionReason.STALE)
+
+    def _add(self, node_id: str, cluster: str, now: float) -> NodeState:
+        while len(self) >= self.max_nodes:
+            (self._provisional or self._confirmed).popitem(last=False)
+            self._evicted(EvictionReason.CAPACITY)
+        node = self._provisional[node_id] = NodeState(node_id, cluster, now, now)
+        return node
+
+    def _touch(self, node: NodeState) -> None:
+        pool = self._confirmed if node.node_id in self._confirmed else self._provisional
+        pool.move_to_end(node.node_id)
+
+    def _confirm(self, node: NodeState) -> None:
+        if self._provisional.pop(node.node_id, None) is not None:
+            self._confirmed[node.node_id] = node
+
+    def _evicted(self, reason: EvictionReason) -> None:
+        if self.on_evict is not None:
+            self.on_evict(reason)

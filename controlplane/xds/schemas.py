@@ -7,12 +7,12 @@ from typing import Any, Literal
 
 from pydantic import Field
 
-from controlplane.xds.nodes import NodeState
+from controlplane.xds.nodes import NODE_CLUSTER_MAX_CHARS, NODE_ID_MAX_CHARS, VERSION_MAX_CHARS, NodeState
 from registry.boundary import ForeignRequest, ResponseModel
 from registry.fields import Timestamp
 
-# Generous bounds: Envoy's own values are far shorter; longer ones are not Envoy.
-MAX_ID_CHARS = 1024
+# Node fields are kept per node: ones too long to be real are refused, never cut
+# (nodes.py says why each bound is what it is).
 MAX_RESOURCE_NAMES = 10_000
 
 TypeName = Literal["listener", "cluster", "route", "endpoint"]
@@ -21,13 +21,13 @@ TypeName = Literal["listener", "cluster", "route", "endpoint"]
 class DiscoveryNode(ForeignRequest):
     """Envoy's node description; Aegis reads `id` and `cluster` and ignores the rest."""
 
-    id: str | None = Field(default=None, max_length=MAX_ID_CHARS)
-    cluster: str | None = Field(default=None, max_length=MAX_ID_CHARS)
+    id: str | None = Field(default=None, max_length=NODE_ID_MAX_CHARS)
+    cluster: str | None = Field(default=None, max_length=NODE_CLUSTER_MAX_CHARS)
 
 
 class DiscoveryRequest(ForeignRequest):
     version_info: str | None = Field(
-        default=None, max_length=MAX_ID_CHARS, description="the version the node runs; empty first"
+        default=None, max_length=VERSION_MAX_CHARS, description="the version the node runs; empty first"
     )
     node: DiscoveryNode | None = None
     resource_names: list[str] | None = Field(default=None, max_length=MAX_RESOURCE_NAMES)
@@ -58,7 +58,8 @@ class TypeDocument(ResponseModel):
 class XdsNode(ResponseModel):
     node_id: str
     cluster: str
-    live: bool
+    live: bool = Field(description="polls and must acknowledge changes")
+    authenticated: bool = Field(description="its last poll had a valid node token")
     first_seen: Timestamp
     last_seen: Timestamp
     types: dict[TypeName, TypeDocument]
@@ -67,7 +68,7 @@ class XdsNode(ResponseModel):
     def of(cls, node: NodeState, *, live: bool, wall_offset: float) -> XdsNode:
         """`wall_offset` turns the tracker's monotonic seconds into wall-clock time."""
         return cls(
-            node_id=node.node_id, cluster=node.cluster, live=live,
+            node_id=node.node_id, cluster=node.cluster, live=live, authenticated=node.authenticated,
             first_seen=datetime.fromtimestamp(node.first_seen + wall_offset, UTC),
             last_seen=datetime.fromtimestamp(node.last_seen + wall_offset, UTC),
             types={

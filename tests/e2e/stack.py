@@ -91,11 +91,19 @@ class AegisApi:
         raise TimeoutError(f"traffic for {model} not acknowledged: {document}")
 
 
+# Envoy's xDS node token in every stack: the shipped bootstrap sends it, Aegis requires it.
+NODE_TOKEN = "e2e-xds-node-token"
+
+
 class Stack(AegisApi):
-    def __init__(self, root: Path, *, hold_seconds: float = 5.0) -> None:
+    def __init__(
+        self, root: Path, *, hold_seconds: float = 5.0, xds_listener: bool = False, node_tokens: bool = True
+    ) -> None:
         self.root = root
         self.hold_seconds = hold_seconds
         self.listener_port = free_port()
+        # With xds_listener, discovery is served on its own port (AEGIS_XDS_LISTEN), not the API's.
+        self.xds_port: int | None = free_port() if xds_listener else None
         super().__init__(
             AegisServer(
                 {
@@ -105,6 +113,8 @@ class Stack(AegisApi):
                     "AEGIS_ENVOY_LISTENER": f"127.0.0.1:{self.listener_port}",
                     "AEGIS_XDS_HOLD_SECONDS": str(hold_seconds),
                     "AEGIS_XDS_NODE_STALE_SECONDS": "15",
+                    **({"AEGIS_XDS_NODE_TOKENS": f"*:{NODE_TOKEN}"} if node_tokens else {}),
+                    **({"AEGIS_XDS_LISTEN": f"127.0.0.1:{self.xds_port}"} if self.xds_port else {}),
                 }
             )
         )
@@ -117,7 +127,9 @@ class Stack(AegisApi):
 
     def start(self) -> Stack:
         self.aegis.start()
-        self.envoy = Envoy(self.root / "envoy", xds_port=self.aegis.port).start()
+        self.envoy = Envoy(
+            self.root / "envoy", xds_port=self.xds_port or self.aegis.port, node_token=NODE_TOKEN
+        ).start()
         return self
 
     def close(self) -> None:

@@ -19,6 +19,7 @@ import pytest
 import yaml
 
 from controlplane.openapi import openapi_document
+from controlplane.xds.credentials import NodeCredentials
 from registry.auth import Role, TokenTable
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -162,6 +163,14 @@ def test_envoy_finds_aegis_and_prometheus_finds_envoys_admin(services: dict[str,
 
     assert xds_address == aegis_listen(services) == ("127.0.0.1", 8080)
     assert scrape_targets(load_yaml("deploy/prometheus.yml"), "envoy") == {admin} == {("127.0.0.1", 9901)}
+
+
+def test_envoys_xds_node_token_is_one_aegis_requires_for_its_node(services: dict[str, Any]) -> None:
+    required = NodeCredentials.parse(with_defaults(services["aegis"]["environment"]["AEGIS_XDS_NODE_TOKENS"]))
+    token = with_defaults(services["envoy"]["environment"]["AEGIS_XDS_NODE_TOKEN"])
+    bootstrap = load_yaml("envoy/envoy.yaml")
+    assert required.required
+    assert required.check(f"Bearer {token}").allows(bootstrap["node"]["id"])
 
 
 def test_prometheus_scrapes_aegis_and_the_model_servers_where_they_listen(services: dict[str, Any]) -> None:

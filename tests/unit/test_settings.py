@@ -33,6 +33,19 @@ def test_secrets_come_from_files(tmp_path: Path) -> None:
     assert settings.security.tokens.authenticate("Bearer from-file").name == "admin"
 
 
+def test_xds_listener_and_node_tokens(tmp_path: Path) -> None:
+    default = load_settings({})
+    assert (default.xds.listen, default.xds.node_credentials.required) == (None, False)
+    tokens = tmp_path / "xds-tokens"
+    tokens.write_text("envoy-1:node-secret\n")
+    settings = load_settings(
+        {"AEGIS_XDS_LISTEN": "10.0.0.5:18080", "AEGIS_XDS_NODE_TOKENS_FILE": str(tokens)}
+    )
+    assert settings.xds.listen == ("10.0.0.5", 18080)
+    assert settings.xds.node_credentials.check("Bearer node-secret").allows("envoy-1")
+    assert "node-secret" not in repr(settings)
+
+
 def test_postgres_urls_get_the_async_driver() -> None:
     settings = load_settings({"AEGIS_DATABASE_URL": "postgresql://u@h:5432/db"})
     assert settings.server.database_url == "postgresql+asyncpg://u@h:5432/db"
@@ -47,6 +60,10 @@ def test_postgres_urls_get_the_async_driver() -> None:
         ({"AEGIS_DATABASE_URL": "mysql://secretpw@h/db"}, "AEGIS_DATABASE_URL"),
         ({"AEGIS_API_TOKENS": "king:secretpw"}, "AEGIS_API_TOKENS"),
         ({"AEGIS_MODEL_SIGN_KEYS": "secretpw"}, "AEGIS_MODEL_SIGN_KEYS"),
+        ({"AEGIS_XDS_NODE_TOKENS": "secretpw"}, "AEGIS_XDS_NODE_TOKENS"),
+        ({"AEGIS_XDS_LISTEN": "internal"}, "AEGIS_XDS_LISTEN"),
+        ({"AEGIS_XDS_LISTEN": "127.0.0.1:8080"}, "AEGIS_XDS_LISTEN must differ from AEGIS_LISTEN"),
+        ({"AEGIS_XDS_MAX_NODES": "0"}, "AEGIS_XDS_MAX_NODES"),
     ],
 )
 def test_bad_settings_name_the_setting_and_hide_the_secret(env: dict[str, str], message: str) -> None:

@@ -23,7 +23,7 @@ def test_a_node_that_polls_again_on_the_served_version_acknowledged_it() -> None
 
 def test_a_node_that_polls_again_on_an_older_version_rejected_the_served_one() -> None:
     tracker = NodeTracker(stale_after=30)
-    tracker.observe("n1", "c", RDS, "v1", now=0)
+    tracker.observe("n1", "c", RDS, "v1", now=0, published=True)
     tracker.record_served("n1", RDS, "v2")
     outcome = tracker.observe("n1", "c", RDS, "v1", now=1)
     assert (outcome.kind, outcome.rejected_version) == (PollKind.REJECT, "v2")
@@ -35,7 +35,7 @@ def test_a_node_that_polls_again_on_an_older_version_rejected_the_served_one() -
 
 def test_a_restarted_envoy_is_not_taken_for_a_rejection() -> None:
     tracker = NodeTracker(stale_after=30)
-    tracker.observe("n1", "c", RDS, "v1", now=0)
+    tracker.observe("n1", "c", RDS, "v1", now=0, published=True)
     tracker.record_served("n1", RDS, "v2")
     assert tracker.observe("n1", "c", RDS, "", now=1).kind is PollKind.FIRST
     assert not tracker.has_rejected("n1", RDS, "v2")
@@ -43,8 +43,8 @@ def test_a_restarted_envoy_is_not_taken_for_a_rejection() -> None:
 
 def test_nodes_not_seen_for_a_while_stop_counting() -> None:
     tracker = NodeTracker(stale_after=10)
-    tracker.observe("old", "c", RDS, "v1", now=0)
-    tracker.observe("new", "c", RDS, "v2", now=8)
+    tracker.observe("old", "c", RDS, "v1", now=0, published=True)
+    tracker.observe("new", "c", RDS, "v2", now=8, published=True)
     assert [n.node_id for n in tracker.live_nodes(now=12)] == ["new"]
     assert tracker.acked_versions(RDS, now=12) == ["v2"]
 

@@ -17,9 +17,16 @@ def state(canary_weight: int | None) -> DesiredState:
     return DesiredState(LISTENER, (ModelRoute("m", Arm("1", 100 - (canary_weight or 0), E1), canary),))
 
 
+def ack(nodes: NodeTracker, cache: XdsCache, node_id: str, kind: ResourceType, now: float) -> None:
+    """The node is served the current version of `kind` and polls again reporting it."""
+    version = cache.current.versions[kind]
+    nodes.record_served(node_id, kind, version)
+    nodes.observe(node_id, "c", kind, version, now=now, published=cache.was_published(kind, version))
+
+
 def ack_everything(nodes: NodeTracker, cache: XdsCache, node_id: str, now: float) -> None:
     for kind in (ResourceType.CLUSTER, ResourceType.ROUTE):
-        nodes.observe(node_id, "c", kind, cache.current.versions[kind], now=now)
+        ack(nodes, cache, node_id, kind, now)
 
 
 async def test_a_new_cluster_is_routed_only_after_every_live_node_acknowledged_it() -> None:
@@ -33,11 +40,11 @@ async def test_a_new_cluster_is_routed_only_after_every_live_node_acknowledged_i
     assert V2 in {c["name"] for c in cache.current.clusters}
     assert routed_clusters(cache.current) == {V1}, "routes must wait for the CDS acknowledgement"
 
-    nodes.observe("envoy-a", "c", ResourceType.CLUSTER, cache.current.versions[ResourceType.CLUSTER], now=0.9)
+    ack(nodes, cache, "envoy-a", ResourceType.CLUSTER, 0.9)
     await publisher.publish()
     assert routed_clusters(cache.current) == {V1}, "one node still lacks the cluster"
 
-    nodes.observe("envoy-b", "c", ResourceType.CLUSTER, cache.current.versions[ResourceType.CLUSTER], now=0.9)
+    ack(nodes, cache, "envoy-b", ResourceType.CLUSTER, 0.9)
     await publisher.publish()
     assert routed_clusters(cache.current) == {V1, V2}
 
@@ -52,7 +59,7 @@ async def test_a_removed_cluster_stays_in_cds_until_no_acknowledged_route_uses_i
     assert routed_clusters(cache.current) == {V1}
     assert V2 in {c["name"] for c in cache.current.clusters}, "envoy-a still routes to v2"
 
-    nodes.observe("envoy-a", "c", ResourceType.ROUTE, cache.current.versions[ResourceType.ROUTE], now=0.9)
+    ack(nodes, cache, "envoy-a", ResourceType.ROUTE, 0.9)
     await publisher.publish()
     assert {c["name"] for c in cache.current.clusters} == {V1}
 
@@ -61,7 +68,7 @@ async def test_with_no_live_node_there_is_nothing_to_wait_for() -> None:
     nodes = NodeTracker(stale_after=30)
     cache = XdsCache(build_snapshot(state(None)))
     publisher = Publisher(cache, nodes, validator=None, clock=lambda: 100.0)
-    nodes.observe("gone", "c", ResourceType.CLUSTER, cache.current.versions[ResourceType.CLUSTER], now=1)
+    ack(nodes, cache, "gone", ResourceType.CLUSTER, 1)
     await publisher.publish(state(10))
     assert routed_clusters(cache.current) == {V1, V2}
 
@@ -94,7 +101,7 @@ async def test_an_arm_that_lost_its_endpoints_keeps_them_in_cds_until_routes_mov
     assert routed_clusters(cache.current) == {V1}
     v2 = next(c for c in cache.current.clusters if c["name"] == V2)
     assert v2["load_assignment"]["endpoints"], "envoy-a still sends half its traffic to v2"
-    nodes.observe("envoy-a", "c", ResourceType.ROUTE, cache.current.versions[ResourceType.ROUTE], now=0.9)
+    ack(nodes, cache, "envoy-a", ResourceType.ROUTE, 0.9)
     await publisher.publish()
     v2 = next(c for c in cache.current.clusters if c["name"] == V2)
     assert v2["load_assignment"]["endpoints"] == []
