@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator
 from aiohttp import web
 
 from controlplane import alerts, openapi
+from controlplane.alert_store import AlertStore
 from controlplane.metrics.prometheus import PrometheusSource
 from controlplane.observability import METRICS_REGISTRY, metrics_endpoint, new_metrics_registry
 from controlplane.rollout import api as rollout_api
@@ -153,6 +154,7 @@ async def _storage(app: web.Application) -> AsyncIterator[None]:
     service.guard_stage_change(runner.guard_promotion)
     service.on_stage_change(runner.on_stage_change)
     app[rollout_api.RUNNER] = runner
+    app[alerts.INTAKE] = alerts.AlertIntake(AlertStore(database))
     result = await traffic.start()
     if not result.published:
         log.error("the stored routing could not be published: %s", result.error)
