@@ -138,8 +138,7 @@ async def _storage(app: web.Application) -> AsyncIterator[None]:
         await asyncio.to_thread(policies.reload)
         app[ROLLOUT_METRICS].policy_errors.set_function(lambda: len(policies.errors))
         app[ROLLOUT_METRICS].policies_loaded.set_function(lambda: len(policies.policies))
-        for error in policies.errors:
-            log.error("policy error: %s", error)
+        _log_policies(policies, "loaded")
     prometheus = PrometheusSource(
         settings.integrations.prometheus_url, timeout_seconds=settings.integrations.prometheus_timeout_seconds
     )
@@ -223,27 +222,36 @@ async def _policy_watch(app: web.Application) -> AsyncIterator[None]:
         loop.add_signal_handler(signal.SIGHUP, wake.set)
 
     async def watch() -> None:
+        # This loop must outlive every bad file: a dead watcher ignores every later edit and
+        # SIGHUP until a restart, while GET /v1/policies still shows the last state.
         while True:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(wake.wait(), app[SETTINGS].integrations.policy_reload_seconds)
             forced = wake.is_set()
             wake.clear()
-            if forced or await asyncio.to_thread(policies.changed_since_last_check):
-                ok = await asyncio.to_thread(policies.reload)
-                log.log(
-                    logging.INFO if ok else logging.ERROR,
-                    "policies reloaded: %d in force, %d error(s)",
-                    len(policies.policies),
-                    len(policies.errors),
-                )
-                for error in policies.errors:
-                    log.error("policy error: %s", error)
+            try:
+                if forced or await asyncio.to_thread(policies.changed_since_last_check):
+                    await asyncio.to_thread(policies.reload)
+                    _log_policies(policies, "reloaded")
+            except Exception:
+                log.exception("policy reload failed; the policies in force stay, the next edit retries")
 
     task = loop.create_task(watch())
     yield
     task.cancel()
     with contextlib.suppress(asyncio.CancelledError):
         await task
+
+
+def _log_policies(policies: PolicyRegistry, what: str) -> None:
+    """One line for the outcome, then one per error with its file:line (GET /v1/policies lists them too)."""
+    log.log(
+        logging.ERROR if policies.errors else logging.INFO,
+        "policies %s from %s: %d in force, %d error(s)",
+        what, policies.path, len(policies.policies), len(policies.errors),
+    )
+    for error in policies.errors:
+        log.error("policy error: %s", error)
 
 
 async def _healthz(_request: web.Request) -> web.Response:
