@@ -139,6 +139,7 @@ async def _storage(app: web.Application) -> AsyncIterator[None]:
         app[ROLLOUT_METRICS].policy_errors.set_function(lambda: len(policies.errors))
         app[ROLLOUT_METRICS].policies_loaded.set_function(lambda: len(policies.policies))
         _log_policies(policies, "loaded")
+    _warn_what_is_missing(settings, policies)
     prometheus = PrometheusSource(
         settings.integrations.prometheus_url, timeout_seconds=settings.integrations.prometheus_timeout_seconds
     )
@@ -241,6 +242,26 @@ async def _policy_watch(app: web.Application) -> AsyncIterator[None]:
     task.cancel()
     with contextlib.suppress(asyncio.CancelledError):
         await task
+
+
+def _warn_what_is_missing(settings: Settings, policies: PolicyRegistry | None) -> None:
+    """A first start runs without a signing key or policies; say what that means and what to set."""
+    if settings.security.keyring.signing_key_id is None:
+        log.warning(
+            "no model signing key: every registration is refused until one is set; set "
+            "AEGIS_MODEL_SIGN_KEY (a secret) or AEGIS_MODEL_SIGN_KEYS (kid:secret,..., the first signs), "
+            "or AEGIS_MODEL_SIGN_KEY_FILE, and restart"
+        )
+    if policies is None:
+        log.warning(
+            "no rollout policies: AEGIS_POLICIES is not set, so promoting a version to canary starts "
+            "no rollout; set AEGIS_POLICIES to a policy file or folder (deploy/policies/ has one)"
+        )
+    elif not policies.policies:
+        log.warning(
+            "no rollout policy in force from %s: promoting a version to canary starts no rollout "
+            "until a policy there matches the model (`aegis policy validate` checks a file)", policies.path
+        )
 
 
 def _log_policies(policies: PolicyRegistry, what: str) -> None:
