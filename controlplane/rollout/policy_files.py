@@ -94,7 +94,7 @@ def _read_file(path: Path) -> tuple[tuple[Policy, ...], list[PolicyError]]:
         return (), [PolicyError(str(path), 0, "", f"cannot read: {exc}")]
     try:
         return parse_policy_text(text, source=str(path))
-    except (Exception, RecursionError, MemoryError) as exc:
+    except Exception as exc:  # RecursionError and MemoryError included
         # The parser answers every input it was tested with; should one still escape, it is
         # this file's error, not the end of the reload loop or of the process starting.
         return (), [PolicyError(str(path), 0, "", f"could not be parsed ({type(exc).__name__}: {exc})")]
@@ -158,7 +158,7 @@ class PolicyRegistry:
         try:
             self._fingerprint = _fingerprint(self.path)  # taken first: an edit while reading shows next time
             self._current = load_policy_paths(self.path, previous=self._current)
-        except (Exception, RecursionError, MemoryError) as exc:
+        except Exception as exc:  # a folder that cannot be listed, or worse: never the end of reloading
             error = PolicyError(str(self.path), 0, "", f"reload failed ({type(exc).__name__}: {exc}); "
                                 "the policies in force stay")
             kept = tuple(FileLoad(f.path, f.policies, stale=True) for f in self._current.files if f.policies)
