@@ -1,26 +1,73 @@
 """Alertmanager's webhook (version 4): a firing alert about a model's canary rolls it back at once.
 
 Intake is idempotent: Alertmanager retries on 5xx and re-sends on every group
-interval, so each (fingerprint, startsAt, status) is acted on once and recorded.
+interval, so each delivery (model, fingerprint, startsAt, status) is acted on once.
+The order makes a failure harmless: the whole webhook is checked first (a bad alert is
+a 4xx and nothing is recorded), an alert is recorded only after its action completed,
+and an action that did not complete is a 503 with no record, so Alertmanager's retry
+acts. One lock covers check, action and record, so a concurrent re-send waits and then
+finds the record.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from datetime import UTC, datetime
 from typing import Any
 
 from aiohttp import web
 
+from controlplane.alert_store import AlertRow, AlertStore
+from controlplane.alert_webhook import Alert, parse_webhook
 from controlplane.rollout.api import RUNNER
 from controlplane.rollout.machine import Command
 from controlplane.rollout.runner import RolloutRunner
-from controlplane.rollout.store import AlertRow
 from registry.auth import Role
-from registry.errors import InvalidInput, MalformedRequest, NotFound
+from registry.errors import NotFound, RegistryError
 from registry.http import authorize, read_json
 
 log = logging.getLogger(__name__)
+
+
+class RollbackIncomplete(RegistryError):
+    """The rollback an alert asked for did not complete; Alertmanager retries a 5xx."""
+
+    status = 503
+    code = "rollback_incomplete"
+
+
+class AlertIntake:
+    """Turns received alerts into rollbacks and records, in the order that makes retries safe."""
+
+    def __init__(self, store: AlertStore) -> None:
+        self.store = store
+        self._lock = asyncio.Lock()
+
+    async def receive(self, runner: RolloutRunner, alert: Alert) -> str:
+        """What was done about one alert; raises (recording nothing) when the action failed."""
+        key = alert.dedupe_key()
+        async with self._lock:
+            if await self.store.seen(key):
+                return "duplicate"
+            action = _action_for(runner, alert)
+            if action == "rollback":
+                action = await _roll_back(runner, alert)
+            row = AlertRow(
+                dedupe_key=key,
+                fingerprint=alert.fingerprint,
+                starts_at=alert.starts_at,
+                status=alert.status,
+                alertname=alert.alertname,
+                model_name=alert.model_name,
+                received_at=datetime.now(UTC),
+                action=action,
+            )
+            recorded = await self.store.record(row)
+        return action if recorded else "duplicate"
+
+
+INTAKE = web.AppKey("alert_intake", AlertIntake)
 
 
 def add_routes(app: web.Application) -> None:
@@ -29,59 +76,46 @@ def add_routes(app: web.Application) -> None:
 
 async def receive(request: web.Request) -> web.Response:
     authorize(request, Role.OPERATOR)
-    payload = await read_json(request)
-    alerts = payload.get("alerts")
-    if not isinstance(alerts, list) or not all(isinstance(a, dict) for a in alerts):
-        raise MalformedRequest('expected Alertmanager\'s webhook: {"version": "4", "alerts": [...]}')
-    if str(payload.get("version", "4")) != "4":
-        raise InvalidInput(
-            f"webhook version {payload.get('version')!r} is not supported; Aegis reads version 4"
+    webhook = parse_webhook(await read_json(request))
+    runner, intake = request.app[RUNNER], request.app[INTAKE]
+    outcomes: list[dict[str, Any]] = []
+    for alert in webhook.alerts:
+        action = await intake.receive(runner, alert)
+        runner.metrics.alerts.labels(alert.status, action).inc()
+        outcomes.append({"alertname": alert.alertname, "model": alert.model_name,
+                         "status": alert.status, "action": action})
+    return web.json_response({"received": len(webhook.alerts), "outcomes": outcomes})
+
+
+async def _roll_back(runner: RolloutRunner, alert: Alert) -> str:
+    model_name = alert.model_name
+    assert model_name is not None
+    summary = alert.annotations.get("summary", "")
+    reason = f"alert {alert.alertname} firing" + (f": {summary}" if summary else "")
+    try:
+        state = await runner.command(model_name, Command.ALERT, reason=reason)
+    except NotFound:
+        return "recorded_no_active_rollout"  # it ended between the check and the command
+    if state.active:
+        # The runner holds a rollout whose rollback failed (paused, with the reason).
+        raise RollbackIncomplete(
+            f"alert {alert.alertname} asked to roll back {model_name}, which did not complete: "
+            f"{state.message}"
         )
-    outcomes = [await _handle(request.app, alert) for alert in alerts]
-    return web.json_response({"received": len(alerts), "outcomes": outcomes})
+    log.warning("rolled back %s: %s", model_name, reason)
+    return "rollback"
 
 
-async def _handle(app: web.Application, alert: dict[str, Any]) -> dict[str, Any]:
-    runner = app[RUNNER]
-    labels = alert.get("labels") if isinstance(alert.get("labels"), dict) else {}
-    assert isinstance(labels, dict)
-    status = str(alert.get("status", ""))
-    alertname = str(labels.get("alertname", "unnamed alert"))
-    model_name = labels.get("model") or labels.get("model_name")
-    action = _action_for(runner, status, model_name, labels.get("version"))
-    row = AlertRow(
-        fingerprint=str(alert.get("fingerprint", ""))[:64],
-        starts_at=str(alert.get("startsAt", ""))[:64],
-        status=status[:16],
-        alertname=alertname,
-        model_name=str(model_name) if model_name else None,
-        received_at=datetime.now(UTC),
-        action=action,
-    )
-    if not await runner.store.record_alert(row):
-        action = "duplicate"
-    elif action == "rollback":
-        summary = (alert.get("annotations") or {}).get("summary", "")
-        reason = f"alert {alertname} firing" + (f": {summary}" if summary else "")
-        try:
-            await runner.command(str(model_name), Command.ALERT, reason=reason)
-            log.warning("rolled back %s: %s", model_name, reason)
-        except NotFound:
-            action = "recorded_no_active_rollout"  # it ended between the check and the command
-    runner.metrics.alerts.labels(status or "unknown", action).inc()
-    return {"alertname": alertname, "model": model_name, "status": status, "action": action}
-
-
-def _action_for(runner: RolloutRunner, status: str, model_name: object, version: object) -> str:
+def _action_for(runner: RolloutRunner, alert: Alert) -> str:
     """What a received alert means: only a firing alert about an active canary rolls back."""
-    if status != "firing":
+    if alert.status != "firing":
         return "recorded_resolved"
-    if not isinstance(model_name, str) or not model_name:
+    if alert.model_name is None:
         return "recorded_no_model_label"
-    active = runner.active.get(model_name)
+    active = runner.active.get(alert.model_name)
     if active is None:
         return "recorded_no_active_rollout"
-    if version and version != active.state.canary_version:
+    if alert.version is not None and alert.version != active.state.canary_version:
         return "recorded_other_version"
     policy = runner.policy(active.state.policy_name)
     if policy is not None and not policy.rollback_on_alert:

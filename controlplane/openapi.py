@@ -994,7 +994,9 @@ def _alert_paths() -> Document:
                 description=(
                     "A firing alert whose labels name a model (`model` or `model_name`, and `version` if "
                     "present) with an active rollout rolls its canary back at once; the rest are recorded. "
-                    "Idempotent on (fingerprint, startsAt, status): Alertmanager retries."
+                    "Idempotent on (model, fingerprint or labels, startsAt, status): Alertmanager retries. "
+                    "The whole webhook is checked before anything is recorded; an alert is recorded once "
+                    "its rollback completed, so a retry after a 5xx acts."
                 ),
                 body=_json_body(
                     _ref("AlertmanagerWebhook"), {"canary-errors": ("a canary alert fires", webhook)}
@@ -1002,7 +1004,9 @@ def _alert_paths() -> Document:
                 responses={200: _json_response("what was done with each alert", _ref("AlertIntake"))},
                 errors={
                     400: "not Alertmanager's webhook (`alerts` is not a list of objects)",
-                    422: "a webhook version other than 4",
+                    422: "a webhook version other than 4, or an alert whose fields are malformed "
+                         "(the message names it, e.g. `alerts[1].annotations`); nothing is recorded",
+                    503: "a rollback an alert asked for did not complete; nothing is recorded, retry",
                 },
             )
         }
