@@ -19,7 +19,11 @@ RUN pip install --no-cache-dir /src \
 # Not root; the data directory (SQLite and blobs) is the user's home, a volume in compose.
 USER aegis
 WORKDIR /var/lib/aegis
+# Inside a container 127.0.0.1 is the container's own loopback, which a published port
+# never reaches: listen on all of its interfaces (outside a container the default stays
+# 127.0.0.1; compose, on the host network, sets AEGIS_LISTEN back to 127.0.0.1).
 ENV AEGIS_DATA_DIR=/var/lib/aegis \
+    AEGIS_LISTEN=0.0.0.0:8080 \
     PYTHONUNBUFFERED=1
 EXPOSE 8080
 ENTRYPOINT ["aegis"]

@@ -1,75 +1,118 @@
 """Alertmanager's webhook (version 4): a firing alert about a model's canary rolls it back at once.
 
 Intake is idempotent: Alertmanager retries on 5xx and re-sends on every group
-interval, so each (fingerprint, startsAt, status) is acted on once and recorded.
+interval, so each delivery (model, fingerprint, startsAt, status) is acted on once.
+The order makes a failure harmless: the whole webhook is checked first (a bad alert is
+a 4xx and nothing is recorded), an alert is recorded only after its action completed,
+and an action that did not complete is a 503 with no record, so Alertmanager's retry
+acts. One lock covers check, action and record, so a concurrent re-send waits and then
+finds the record.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from datetime import UTC, datetime
 
 from aiohttp import web
 
-from controlplane.alert_schemas import Alert, AlertIntake, AlertmanagerWebhook, AlertOutcome
+from controlplane.alert_store import AlertRow, AlertStore
+from controlplane.alert_webhook import Alert, AlertmanagerWebhook, AlertOutcome, AlertsReceived
 from controlplane.rollout.api import RUNNER
 from controlplane.rollout.machine import Command
 from controlplane.rollout.runner import RolloutRunner
-from controlplane.rollout.store import AlertRow
 from registry.auth import Role
-from registry.errors import NotFound
+from registry.errors import NotFound, RegistryError
 from registry.routes import Call, Operation, Reply
 from registry.schemas import CANARY, MODEL
 
 log = logging.getLogger(__name__)
 
 
-async def receive(call: Call[AlertmanagerWebhook, None]) -> AlertIntake:
-    alerts = call.body.alerts
-    outcomes = [await _handle(call.app, alert) for alert in alerts]
-    return AlertIntake(received=len(alerts), outcomes=outcomes)
+class RollbackIncomplete(RegistryError):
+    """The rollback an alert asked for did not complete; Alertmanager retries a 5xx."""
+
+    status = 503
+    code = "rollback_incomplete"
 
 
-async def _handle(app: web.Application, alert: Alert) -> AlertOutcome:
-    runner = app[RUNNER]
-    labels = alert.labels
-    status = alert.status
-    alertname = labels.get("alertname", "unnamed alert")
-    model_name = labels.get("model") or labels.get("model_name")
-    action = _action_for(runner, status, model_name, labels.get("version"))
-    row = AlertRow(
-        fingerprint=alert.fingerprint,
-        starts_at=alert.startsAt,
-        status=status,
-        alertname=alertname,
-        model_name=model_name or None,
-        received_at=datetime.now(UTC),
-        action=action,
-    )
-    if not await runner.store.record_alert(row):
-        action = "duplicate"
-    elif action == "rollback":
-        summary = alert.annotations.get("summary", "")
-        reason = f"alert {alertname} firing" + (f": {summary}" if summary else "")
-        try:
-            await runner.command(str(model_name), Command.ALERT, reason=reason)
-            log.warning("rolled back %s: %s", model_name, reason)
-        except NotFound:
-            action = "recorded_no_active_rollout"  # it ended between the check and the command
-    runner.metrics.alerts.labels(status, action).inc()
-    return AlertOutcome(alertname=alertname, model=model_name or None, status=status, action=action)
+class AlertIntake:
+    """Turns received alerts into rollbacks and records, in the order that makes retries safe."""
+
+    def __init__(self, store: AlertStore) -> None:
+        self.store = store
+        self._lock = asyncio.Lock()
+
+    async def receive(self, runner: RolloutRunner, alert: Alert) -> str:
+        """What was done about one alert; raises (recording nothing) when the action failed."""
+        key = alert.dedupe_key()
+        async with self._lock:
+            if await self.store.seen(key):
+                return "duplicate"
+            action = _action_for(runner, alert)
+            if action == "rollback":
+                action = await _roll_back(runner, alert)
+            row = AlertRow(
+                dedupe_key=key,
+                fingerprint=alert.fingerprint,
+                starts_at=alert.starts_at,
+                status=alert.status,
+                alertname=alert.alertname,
+                model_name=alert.model_name,
+                received_at=datetime.now(UTC),
+                action=action,
+            )
+            recorded = await self.store.record(row)
+        return action if recorded else "duplicate"
 
 
-def _action_for(runner: RolloutRunner, status: str, model_name: str | None, version: str | None) -> str:
+INTAKE = web.AppKey("alert_intake", AlertIntake)
+
+
+async def receive(call: Call[AlertmanagerWebhook, None]) -> AlertsReceived:
+    # The kit validated the whole webhook before this runs: a bad alert anywhere is a 4xx
+    # and nothing is recorded.
+    runner, intake = call.app[RUNNER], call.app[INTAKE]
+    outcomes: list[AlertOutcome] = []
+    for alert in call.body.alerts:
+        action = await intake.receive(runner, alert)
+        runner.metrics.alerts.labels(alert.status, action).inc()
+        outcomes.append(AlertOutcome(
+            alertname=alert.alertname, model=alert.model_name, status=alert.status, action=action
+        ))
+    return AlertsReceived(received=len(call.body.alerts), outcomes=outcomes)
+
+
+async def _roll_back(runner: RolloutRunner, alert: Alert) -> str:
+    model_name = alert.model_name
+    assert model_name is not None
+    summary = alert.annotations.get("summary", "")
+    reason = f"alert {alert.alertname} firing" + (f": {summary}" if summary else "")
+    try:
+        state = await runner.command(model_name, Command.ALERT, reason=reason)
+    except NotFound:
+        return "recorded_no_active_rollout"  # it ended between the check and the command
+    if state.active:
+        # The runner holds a rollout whose rollback failed (paused, with the reason).
+        raise RollbackIncomplete(
+            f"alert {alert.alertname} asked to roll back {model_name}, which did not complete: "
+            f"{state.message}"
+        )
+    log.warning("rolled back %s: %s", model_name, reason)
+    return "rollback"
+
+
+def _action_for(runner: RolloutRunner, alert: Alert) -> str:
     """What a received alert means: only a firing alert about an active canary rolls back."""
-    if status != "firing":
+    if alert.status != "firing":
         return "recorded_resolved"
-    if not model_name:
+    if alert.model_name is None:
         return "recorded_no_model_label"
-    active = runner.active.get(model_name)
+    active = runner.active.get(alert.model_name)
     if active is None:
         return "recorded_no_active_rollout"
-    if version and version != active.state.canary_version:
+    if alert.version is not None and alert.version != active.state.canary_version:
         return "recorded_other_version"
     policy = runner.policy(active.state.policy_name)
     if policy is not None and not policy.rollback_on_alert:
@@ -107,14 +150,17 @@ OPERATIONS = (
         description=(
             "A firing alert whose labels name a model (`model` or `model_name`, and `version` if "
             "present) with an active rollout rolls its canary back at once; the rest are recorded. "
-            "Idempotent on (fingerprint, startsAt, status): Alertmanager retries. The whole batch is "
-            "validated before any alert is recorded."
+            "Idempotent on (model, fingerprint or labels, startsAt, status): Alertmanager retries. "
+            "The whole webhook is checked before anything is recorded; an alert is recorded once "
+            "its rollback completed, so a retry after a 5xx acts."
         ),
         examples={"canary-errors": ("a canary alert fires", _WEBHOOK)},
-        responses={200: Reply("what was done with each alert", AlertIntake)},
+        responses={200: Reply("what was done with each alert", AlertsReceived)},
         errors={
             400: "not JSON",
-            422: "not Alertmanager's webhook version 4 (the message names the field)",
+            422: "not Alertmanager's webhook version 4, or an alert whose fields are malformed "
+            "(the message names it, e.g. `alerts[1].annotations`); nothing is recorded",
+            503: "a rollback an alert asked for did not complete; nothing is recorded, retry",
         },
     ),
 )

@@ -10,7 +10,8 @@ from collections.abc import AsyncIterator
 
 from aiohttp import web
 
-from controlplane import openapi
+from controlplane import alerts, openapi
+from controlplane.alert_store import AlertStore
 from controlplane.metrics.prometheus import PrometheusSource
 from controlplane.observability import METRICS_REGISTRY, new_metrics_registry
 from controlplane.rollout import api as rollout_api
@@ -161,8 +162,8 @@ async def _storage(app: web.Application) -> AsyncIterator[None]:
         await asyncio.to_thread(policies.reload)
         app[ROLLOUT_METRICS].policy_errors.set_function(lambda: len(policies.errors))
         app[ROLLOUT_METRICS].policies_loaded.set_function(lambda: len(policies.policies))
-        for error in policies.errors:
-            log.error("policy error: %s", error)
+        _log_policies(policies, "loaded")
+    _warn_what_is_missing(settings, policies)
     prometheus = PrometheusSource(
         settings.integrations.prometheus_url, timeout_seconds=settings.integrations.prometheus_timeout_seconds
     )
@@ -177,6 +178,7 @@ async def _storage(app: web.Application) -> AsyncIterator[None]:
     service.guard_stage_change(runner.guard_promotion)
     service.on_stage_change(runner.on_stage_change)
     app[rollout_api.RUNNER] = runner
+    app[alerts.INTAKE] = alerts.AlertIntake(AlertStore(database))
     result = await traffic.start()
     if not result.published:
         log.error("the stored routing could not be published: %s", result.error)
@@ -245,24 +247,53 @@ async def _policy_watch(app: web.Application) -> AsyncIterator[None]:
         loop.add_signal_handler(signal.SIGHUP, wake.set)
 
     async def watch() -> None:
+        # This loop must outlive every bad file: a dead watcher ignores every later edit and
+        # SIGHUP until a restart, while GET /v1/policies still shows the last state.
         while True:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(wake.wait(), app[SETTINGS].integrations.policy_reload_seconds)
             forced = wake.is_set()
             wake.clear()
-            if forced or await asyncio.to_thread(policies.changed_since_last_check):
-                ok = await asyncio.to_thread(policies.reload)
-                log.log(
-                    logging.INFO if ok else logging.ERROR,
-                    "policies reloaded: %d in force, %d error(s)",
-                    len(policies.policies),
-                    len(policies.errors),
-                )
-                for error in policies.errors:
-                    log.error("policy error: %s", error)
+            try:
+                if forced or await asyncio.to_thread(policies.changed_since_last_check):
+                    await asyncio.to_thread(policies.reload)
+                    _log_policies(policies, "reloaded")
+            except Exception:
+                log.exception("policy reload failed; the policies in force stay, the next edit retries")
 
     task = loop.create_task(watch())
     yield
     task.cancel()
     with contextlib.suppress(asyncio.CancelledError):
         await task
+
+
+def _warn_what_is_missing(settings: Settings, policies: PolicyRegistry | None) -> None:
+    """A first start runs without a signing key or policies; say what that means and what to set."""
+    if settings.security.keyring.signing_key_id is None:
+        log.warning(
+            "no model signing key: every registration is refused until one is set; set "
+            "AEGIS_MODEL_SIGN_KEY (a secret) or AEGIS_MODEL_SIGN_KEYS (kid:secret,..., the first signs), "
+            "or AEGIS_MODEL_SIGN_KEY_FILE, and restart"
+        )
+    if policies is None:
+        log.warning(
+            "no rollout policies: AEGIS_POLICIES is not set, so promoting a version to canary starts "
+            "no rollout; set AEGIS_POLICIES to a policy file or folder (deploy/policies/ has one)"
+        )
+    elif not policies.policies:
+        log.warning(
+            "no rollout policy in force from %s: promoting a version to canary starts no rollout "
+            "until a policy there matches the model (`aegis policy validate` checks a file)", policies.path
+        )
+
+
+def _log_policies(policies: PolicyRegistry, what: str) -> None:
+    """One line for the outcome, then one per error with its file:line (GET /v1/policies lists them too)."""
+    log.log(
+        logging.ERROR if policies.errors else logging.INFO,
+        "policies %s from %s: %d in force, %d error(s)",
+        what, policies.path, len(policies.policies), len(policies.errors),
+    )
+    for error in policies.errors:
+        log.error("policy error: %s", error)

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sys
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from typing import Any
 
 from registry.http import error_message
@@ -27,8 +29,44 @@ EXIT_REFUSED, EXIT_USAGE, EXIT_UNREACHABLE = 1, 2, 3
 
 def report(exc: ApiError) -> int:
     """Print why the call failed and return the exit code for it."""
-    print(f"aegis: {exc.message}", file=sys.stderr)
+    print(f"aegis: {cli_message(exc.message)}", file=sys.stderr)
     return EXIT_UNREACHABLE if exc.status == 0 else EXIT_REFUSED
+
+
+_NAME = r"[A-Za-z0-9][A-Za-z0-9._+-]*"
+# The API's messages point API users at HTTP calls; a CLI user gets the command that makes
+# that call. Most specific first: a later pattern would match a prefix of an earlier one.
+_CLI_COMMANDS: tuple[tuple[re.Pattern[str], str], ...] = tuple(
+    (re.compile(pattern), command)
+    for pattern, command in (
+        (rf"^(?P<m>{_NAME}) has no rollout; GET /v1/rollouts lists them$",
+         "no rollout for {m}; start one with `aegis promote {m} VERSION --to canary` "
+         "(a rollout starts when a policy matches {m}); `aegis rollout status` lists rollouts"),
+        (rf"POST /v1/rollouts/(?P<m>{_NAME})/(?P<c>[a-z|]+)", "`aegis rollout {c} {m}`"),
+        (rf"GET /v1/rollouts/(?P<m>{_NAME})", "`aegis rollout status {m}`"),
+        (r"GET /v1/rollouts\b", "`aegis rollout status`"),
+        (r"GET /v1/registry/models\b", "`aegis models`"),
+        (rf"POST /v1/registry/(?P<m>{_NAME})/(?P<v>{_NAME})/promote", "`aegis promote {m} {v} --to STAGE`"),
+        (rf"POST /v1/registry/(?P<m>{_NAME})/rollback", "`aegis rollback {m}`"),
+        (rf"GET /v1/registry/(?P<m>{_NAME})/(?P<v>{_NAME})/validate", "`aegis validate {m} {v}`"),
+        (rf"GET /v1/registry/(?P<m>{_NAME})\b(?!/)", "`aegis versions {m}`"),
+        (rf"(?:GET|PUT) /v1/traffic/(?P<m>{_NAME})", "`aegis traffic {m}`"),
+        (r"GET /v1/xds/nodes\b", "`aegis nodes`"),
+        (r"^no such endpoint: (?P<call>.+)$",
+         "this server has no endpoint for that ({call}): is AEGIS_URL an Aegis of this CLI's version?"),
+    )
+)
+
+
+def cli_message(message: str) -> str:
+    """An API error message in the CLI's words: HTTP calls it suggests become `aegis` commands."""
+    for pattern, command in _CLI_COMMANDS:
+        message = pattern.sub(_filled(command), message)
+    return message
+
+
+def _filled(command: str) -> Callable[[re.Match[str]], str]:
+    return lambda match: command.format(**match.groupdict())
 
 
 class AegisClient:

@@ -193,10 +193,11 @@ def parse_model(model: type[ModelT], values: Mapping[str, Any], *, what: str) ->
 
 
 def describe(exc: ValidationError, *, what: str) -> str:
-    """`the request body is not valid: port: Input should be less than or equal to 65535`."""
+    """`the request body was not accepted and nothing was recorded: port: Input should be less
+    than or equal to 65535`: validation runs before anything is done, so nothing was."""
     problems = []
     for error in exc.errors(include_url=False)[:MAX_LISTED_ERRORS]:
-        where = ".".join(str(part) for part in error["loc"])
+        where = _field_path(error["loc"])
         message = error["msg"].removeprefix("Value error, ")
         if error["type"] == "missing":
             message = "is required"
@@ -206,7 +207,15 @@ def describe(exc: ValidationError, *, what: str) -> str:
         problems.append(text[:MAX_ERROR_CHARS])
     more = len(exc.errors()) - MAX_LISTED_ERRORS
     suffix = f" (and {more} more)" if more > 0 else ""
-    return f"{what} is not valid: " + "; ".join(problems) + suffix
+    return f"{what} was not accepted and nothing was recorded: " + "; ".join(problems) + suffix
+
+
+def _field_path(location: tuple[int | str, ...]) -> str:
+    """("alerts", 1, "annotations") -> "alerts[1].annotations"."""
+    path = ""
+    for part in location:
+        path += f"[{part}]" if isinstance(part, int) else (f".{part}" if path else str(part))
+    return path
 
 
 _ADAPTERS: dict[int, TypeAdapter[Any]] = {}

@@ -15,6 +15,8 @@ from controlplane.rollout.policy import Policy, PolicyError
 from controlplane.rollout.policy_loader import parse_policy_text
 
 POLICY_FILE_SUFFIXES = (".yaml", ".yml")
+# A policy folder is a few kilobytes; a larger file is a mistake, and reading it whole would cost memory.
+MAX_POLICY_FILE_BYTES = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -83,10 +85,18 @@ def load_policy_paths(path: Path, *, previous: PolicySet | None = None) -> Polic
 
 def _read_file(path: Path) -> tuple[tuple[Policy, ...], list[PolicyError]]:
     try:
+        if path.stat().st_size > MAX_POLICY_FILE_BYTES:
+            return (), [PolicyError(str(path), 0, "", f"larger than {MAX_POLICY_FILE_BYTES} bytes: "
+                                    "is this a policy file?")]
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         return (), [PolicyError(str(path), 0, "", f"cannot read: {exc}")]
-    return parse_policy_text(text, source=str(path))
+    try:
+        return parse_policy_text(text, source=str(path))
+    except Exception as exc:  # RecursionError and MemoryError included
+        # The parser answers every input it was tested with; should one still escape, it is
+        # this file's error, not the end of the reload loop or of the process starting.
+        return (), [PolicyError(str(path), 0, "", f"could not be parsed ({type(exc).__name__}: {exc})")]
 
 
 def _duplicates(policies: tuple[Policy, ...], defined_at: dict[str, str]) -> list[PolicyError]:
@@ -142,9 +152,16 @@ class PolicyRegistry:
         return self._current
 
     def reload(self) -> bool:
-        """Read every file again; True when all of them loaded without an error."""
-        self._fingerprint = _fingerprint(self.path)  # taken first: an edit while reading shows next time
-        self._current = load_policy_paths(self.path, previous=self._current)
+        """Read every file again; True when all of them loaded without an error. Never raises:
+        whatever goes wrong is in `errors`, and the policies in force stay."""
+        try:
+            self._fingerprint = _fingerprint(self.path)  # taken first: an edit while reading shows next time
+            self._current = load_policy_paths(self.path, previous=self._current)
+        except Exception as exc:  # a folder that cannot be listed, or worse: never the end of reloading
+            error = PolicyError(str(self.path), 0, "", f"reload failed ({type(exc).__name__}: {exc}); "
+                                "the policies in force stay")
+            kept = tuple(FileLoad(f.path, f.policies, stale=True) for f in self._current.files if f.policies)
+            self._current = PolicySet(self.path, kept, (error,))
         return self._current.ok
 
     def changed_since_last_check(self) -> bool:

@@ -44,6 +44,16 @@ _TAG_INT = "tag:yaml.org,2002:int"
 _TAG_FLOAT = "tag:yaml.org,2002:float"
 _TAG_BOOL = "tag:yaml.org,2002:bool"
 _TAG_STR = "tag:yaml.org,2002:str"
+# A policy is nested a handful of levels; PyYAML's composer recurses once per level and
+# would die of a RecursionError past ~1,000, so deeper text is refused before composing.
+MAX_NESTING = 64
+# Longer than any pause or analysis window, and finite: PromQL and the clock need a number.
+MAX_DURATION_SECONDS = 365 * 24 * 3600.0
+_NESTING_STARTS = (
+    yaml.BlockMappingStartToken, yaml.BlockSequenceStartToken,
+    yaml.FlowMappingStartToken, yaml.FlowSequenceStartToken,
+)
+_NESTING_ENDS = (yaml.BlockEndToken, yaml.FlowMappingEndToken, yaml.FlowSequenceEndToken)
 
 
 def parse_duration(text: str) -> float | None:
@@ -103,9 +113,13 @@ class _Reader:
         return list(node.value)
 
     def scalar(self, node: Node) -> Any:
+        """The scalar's value, or None when it has none Python can hold (an int of 5,000 digits)."""
         if not isinstance(node, ScalarNode):
             return None
-        return self._constructor.construct_object(node)
+        try:
+            return self._constructor.construct_object(node)
+        except (ValueError, OverflowError):
+            return None
 
     def string(self, node: Node, field: str) -> str | None:
         if not (isinstance(node, ScalarNode) and node.tag == _TAG_STR) or not node.value.strip():
@@ -123,9 +137,16 @@ class _Reader:
 
     def number(self, node: Node, field: str) -> float | None:
         is_number = isinstance(node, ScalarNode) and node.tag in (_TAG_INT, _TAG_FLOAT)
-        value = float(self.scalar(node)) if is_number else math.nan
+        scalar = self.scalar(node) if is_number else None
+        try:
+            value = math.nan if scalar is None else float(scalar)
+        except OverflowError:  # an integer of hundreds of digits
+            value = math.inf
         if math.isnan(value):
             self.error(node, field, f"must be a number, got {_shown(node)}")
+            return None
+        if math.isinf(value):  # an infinite bound is no bound: leave it out
+            self.error(node, field, f"must be a finite number, got {_shown(node)}")
             return None
         return value
 
@@ -141,6 +162,9 @@ class _Reader:
         if seconds is None or seconds <= 0:
             self.error(node, field, f'must be a duration above 0 such as "30s", "1m", "500ms" or "1h30m", '
                        f"got {_shown(node)}")
+            return None
+        if seconds > MAX_DURATION_SECONDS:
+            self.error(node, field, f"must be at most a year (8760h), got {_shown(node)}")
             return None
         return seconds
 
@@ -165,8 +189,28 @@ def _shown(node: Node) -> str:
     if isinstance(node, ScalarNode):
         if node.tag == "tag:yaml.org,2002:null":
             return "nothing"
-        return repr(node.value) if node.tag == _TAG_STR else str(node.value)
+        value = str(node.value)
+        if len(value) > 40:
+            value = f"{value[:20]}… ({len(value)} characters)"
+        return repr(value) if node.tag == _TAG_STR else value
     return "a list" if isinstance(node, SequenceNode) else "a mapping"
+
+
+def _too_deep(text: str) -> int | None:
+    """The line at which the YAML nests deeper than MAX_NESTING, if it does (pure).
+
+    PyYAML's scanner is a loop, not a recursion, so it can measure what the composer
+    could not survive; YAML errors it meets on the way are raised as usual.
+    """
+    depth = 0
+    for token in yaml.scan(text, Loader=yaml.SafeLoader):
+        if isinstance(token, _NESTING_STARTS):
+            depth += 1
+            if depth > MAX_NESTING:
+                return int(token.start_mark.line) + 1
+        elif isinstance(token, _NESTING_ENDS):
+            depth -= 1
+    return None
 
 
 def parse_policy_text(text: str, *, source: str) -> tuple[tuple[Policy, ...], list[PolicyError]]:
@@ -177,11 +221,19 @@ def parse_policy_text(text: str, *, source: str) -> tuple[tuple[Policy, ...], li
     """
     reader = _Reader(source)
     try:
+        deep_at = _too_deep(text)
+        if deep_at is not None:
+            return (), [PolicyError(source, deep_at, "", f"nested more than {MAX_NESTING} levels deep "
+                                    "(a policy needs fewer than 10): check the brackets and indentation")]
         root = yaml.compose(text, Loader=yaml.SafeLoader)
     except yaml.MarkedYAMLError as exc:
         line = exc.problem_mark.line + 1 if exc.problem_mark is not None else 0
         problem = ", ".join(part for part in (exc.context, exc.problem) if part) or str(exc)
         return (), [PolicyError(source, line, "", f"not valid YAML: {problem}")]
+    except yaml.reader.ReaderError as exc:  # a character YAML does not allow; it has a position, no mark
+        line = text.count("\n", 0, exc.position) + 1
+        message = f"not valid YAML: character {exc.character!r} is not allowed"
+        return (), [PolicyError(source, line, "", message)]
     except yaml.YAMLError as exc:
         return (), [PolicyError(source, 0, "", f"not valid YAML: {exc}")]
     if root is None:

@@ -1,4 +1,4 @@
-"""Rollout rows, their decisions and received alerts: what a restarted process resumes from."""
+"""Rollout rows and their decisions: what a restarted process resumes from."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import dataclasses
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import JSON, Column, DateTime, Index, UniqueConstraint, text
+from sqlalchemy import JSON, Column, DateTime, Index, text
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Field, SQLModel, col, select
 
@@ -49,20 +49,6 @@ class DecisionRow(SQLModel, table=True):
     reason: str
     # The inputs behind the decision: verdicts with their values, the command, the ack.
     inputs: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
-
-
-class AlertRow(SQLModel, table=True):
-    __tablename__ = "alert_events"
-    __table_args__ = (UniqueConstraint("fingerprint", "starts_at", "status", name="uq_alert_event"),)
-
-    id: int | None = Field(default=None, primary_key=True)
-    fingerprint: str = Field(max_length=64)
-    starts_at: str = Field(max_length=64)
-    status: str = Field(max_length=16)
-    alertname: str
-    model_name: str | None = None
-    received_at: datetime = Field(sa_column=Column(DateTime(timezone=True), nullable=False))
-    action: str
 
 
 def state_to_json(state: RolloutState) -> dict[str, Any]:
@@ -158,12 +144,3 @@ class RolloutStore:
         for row in rows:
             latest[row.model_name] = row
         return [latest[name] for name in sorted(latest)]
-
-    async def record_alert(self, alert: AlertRow) -> bool:
-        """Store an alert event; False when this (fingerprint, startsAt, status) was seen before."""
-        try:
-            async with self.database.transaction() as session:
-                session.add(alert)
-        except IntegrityError:
-            return False
-        return True

@@ -103,3 +103,22 @@ def test_an_unreachable_server_exits_3(tmp_path: Path) -> None:
     )
     assert result.returncode == 3
     assert "cannot reach Aegis" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (("rollout", "status", "ghost"),
+         "aegis: no rollout for ghost; start one with `aegis promote ghost VERSION --to canary`"),
+        (("rollout", "pause", "ghost"), "ghost"),
+        (("versions", "ghost"), "list models with `aegis models`"),
+        (("traffic", "ghost"), "list models with `aegis models`"),
+    ],
+)
+def test_errors_name_cli_commands_not_http_paths(
+    server: AegisServer, args: tuple[str, ...], message: str
+) -> None:
+    result = aegis(server, *args, role="operator")
+    assert result.returncode == 1
+    assert message in result.stderr
+    assert "/v1/" not in result.stderr and "GET " not in result.stderr and "POST " not in result.stderr

@@ -10,6 +10,7 @@ Aegis accepts with the role they need.
 from __future__ import annotations
 
 import re
+import shlex
 import tomllib
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -19,6 +20,7 @@ import pytest
 import yaml
 
 from controlplane.openapi import openapi_document
+from controlplane.settings import load_settings
 from controlplane.xds.credentials import NodeCredentials
 from registry.auth import Role, TokenTable
 
@@ -136,6 +138,27 @@ def test_the_dockerfile_copies_what_pip_install_needs_and_it_exists(services: di
     assert 'ENTRYPOINT ["aegis"]' in lines and "aegis" in project["project"]["scripts"]
 
 
+def dockerfile_environment() -> dict[str, str]:
+    """The ENV of the image the Dockerfile builds (continuation lines joined)."""
+    text = (ROOT / "Dockerfile").read_text().replace("\\\n", " ")
+    environment: dict[str, str] = {}
+    for line in text.splitlines():
+        if line.startswith("ENV "):
+            for item in shlex.split(line[4:]):
+                name, _, value = item.partition("=")
+                environment[name] = value
+    return environment
+
+
+def test_the_image_listens_on_all_interfaces_while_aegis_alone_stays_on_loopback() -> None:
+    # Inside a container 127.0.0.1 is the container's own loopback: a published port never reaches it.
+    inside = load_settings(dockerfile_environment())
+    assert (inside.server.host, inside.server.port) == ("0.0.0.0", 8080)
+    assert inside.server.data_dir == Path("/var/lib/aegis")
+    outside = load_settings({})
+    assert (outside.server.host, outside.server.port) == ("127.0.0.1", 8080)
+
+
 def test_configs_are_mounted_where_the_commands_and_each_other_look(services: dict[str, Any]) -> None:
     envoy, prometheus, alertmanager = services["envoy"], services["prometheus"], services["alertmanager"]
     assert mounts(envoy)[option(envoy["command"], "-c")] == "./envoy/envoy.yaml"
@@ -146,7 +169,11 @@ def test_configs_are_mounted_where_the_commands_and_each_other_look(services: di
     assert mounts(alertmanager)[flag(alertmanager["command"], "--config.file")] == "./deploy/alertmanager.yml"
     (receiver,) = load_yaml("deploy/alertmanager.yml")["receivers"]
     credentials = receiver["webhook_configs"][0]["http_config"]["authorization"]["credentials_file"]
-    assert mounts(alertmanager)[credentials] == "./deploy/compose/alertmanager-token.example"
+    # A relative credentials_file is read from the config file's folder, in compose as outside it.
+    assert not credentials.startswith("/")
+    alertmanager_config = PurePosixPath(flag(alertmanager["command"], "--config.file"))
+    token_file = str(alertmanager_config.parent / credentials)
+    assert mounts(alertmanager)[token_file] == "./deploy/compose/alertmanager-token.example"
     environment = services["aegis"]["environment"]
     assert mounts(services["aegis"])[environment["AEGIS_POLICIES"]] == "./deploy/policies"
 

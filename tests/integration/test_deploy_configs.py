@@ -21,8 +21,10 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from controlplane.demo.processes import ALERTMANAGER_BINARIES
 from modelserver.metrics import ModelMetrics
 from tests.observability_processes import Alertmanager, Prometheus, require_binary
+from tests.processes import free_port, stop, wait_for_http
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
@@ -191,3 +193,45 @@ async def test_failing_model_server_fires_the_deploy_rule_with_model_and_version
     later = [webhook.deliveries.get_nowait()[1] for _ in range(webhook.deliveries.qsize())]
     versions = {alert["labels"]["version"] for delivery in later for alert in delivery["alerts"]}
     assert versions <= {"2.0"}, f"version 1.0 is healthy, yet alerts named {versions}"
+
+
+async def test_the_shipped_alertmanager_config_works_outside_compose_with_its_token_beside_it(
+    tmp_path: Path, receiver: tuple[WebhookReceiver, str]
+) -> None:
+    """deploy/alertmanager.yml as the README runs it: the token file made beside it, any working directory."""
+    webhook, webhook_url = receiver
+    shipped = (DEPLOY / "alertmanager.yml").read_text()
+    aegis_url = "http://127.0.0.1:8080/v1/alerts/alertmanager"
+    assert aegis_url in shipped
+    config_dir = tmp_path / "deploy"
+    config_dir.mkdir()
+    (config_dir / "alertmanager.yml").write_text(shipped.replace(aegis_url, webhook_url))  # only the URL
+    (config_dir / "alertmanager-token").write_text(TOKEN + "\n")  # as the README makes it
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    port = free_port()
+    process = await asyncio.to_thread(
+        start_in, elsewhere, require_binary(*ALERTMANAGER_BINARIES),
+        f"--config.file={config_dir / 'alertmanager.yml'}", f"--storage.path={tmp_path / 'data'}",
+        f"--web.listen-address=127.0.0.1:{port}", "--cluster.listen-address=",
+    )
+    try:
+        await asyncio.to_thread(wait_for_http, f"http://127.0.0.1:{port}/-/ready", process=process)
+        alert = {"labels": {"alertname": "AegisCanaryHighErrorRate", "model": "fraud", "version": "2.0"},
+                 "startsAt": iso_now()}
+        async with (
+            aiohttp.ClientSession() as session,
+            session.post(f"http://127.0.0.1:{port}/api/v2/alerts", json=[alert]) as response,
+        ):
+            assert response.status == 200, await response.text()
+        authorization, firing = await webhook.next(within=20)
+    finally:
+        await asyncio.to_thread(stop, process)
+    assert authorization == f"Bearer {TOKEN}"
+    assert firing["alerts"][0]["labels"]["model"] == "fraud"
+
+
+def start_in(folder: Path, *command: str) -> subprocess.Popen[bytes]:
+    """A process started in `folder`, its output in folder/output.log."""
+    with (folder / "output.log").open("ab") as log:
+        return subprocess.Popen(command, cwd=folder, stdout=log, stderr=subprocess.STDOUT)

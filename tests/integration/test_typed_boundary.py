@@ -170,7 +170,10 @@ async def test_a_bad_field_is_a_422_that_names_it_and_says_what_to_fix(client: T
 
     assert response.status == 422
     message = (await response.json())["error"]["message"]
-    assert message == "the request body is not valid: port: Input should be less than or equal to 65535"
+    assert message == (
+        "the request body was not accepted and nothing was recorded: "
+        "port: Input should be less than or equal to 65535"
+    )
     typo = await client.post(
         "/v1/registry/m/1/promote", json={"stage": "prod", "reson": "x"}, headers=auth("operator")
     )
