@@ -14,6 +14,7 @@ from registry.fields import Timestamp
 # Node fields are kept per node: ones too long to be real are refused, never cut
 # (nodes.py says why each bound is what it is).
 MAX_RESOURCE_NAMES = 10_000
+MAX_TYPE_URL_CHARS = 256
 
 TypeName = Literal["listener", "cluster", "route", "endpoint"]
 
@@ -31,8 +32,8 @@ class DiscoveryRequest(ForeignRequest):
     )
     node: DiscoveryNode | None = None
     resource_names: list[str] | None = Field(default=None, max_length=MAX_RESOURCE_NAMES)
-    type_url: str | None = None
-    response_nonce: str | None = None
+    type_url: str | None = Field(default=None, max_length=MAX_TYPE_URL_CHARS)
+    response_nonce: str | None = Field(default=None, max_length=MAX_TYPE_URL_CHARS)
     error_detail: dict[str, Any] | None = None
 
 
