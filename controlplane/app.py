@@ -30,7 +30,7 @@ from controlplane.xds.resources import DesiredState, ListenerAddress, RdsPolling
 from controlplane.xds.snapshot import Snapshot, build_snapshot
 from controlplane.xds.validate import EnvoyUnavailable, find_envoy_binary, validate_with_envoy
 from registry import api as registry_api
-from registry.blobs import BlobStore
+from registry.blobs import BLOB_GRACE_SECONDS, BlobStore
 from registry.http import TOKENS, json_errors
 from registry.metrics import RegistryMetrics
 from registry.service import RegistryService
@@ -113,6 +113,12 @@ async def _storage(app: web.Application) -> AsyncIterator[None]:
     await database.create_schema()
     registry_store = RegistryStore(database)
     service = RegistryService(registry_store, blobs, settings.security.keyring)
+    # Before the first upload: whatever a killed process left is garbage now. The sweep
+    # repeats while the process lives, for garbage a crashed replica leaves behind.
+    await _sweep_garbage(service, app[registry_api.METRICS])
+    sweeper = asyncio.get_running_loop().create_task(
+        _sweep_periodically(service, app[registry_api.METRICS])
+    )
     service.on_stage_change(registry_api.record_stage_changes(app[registry_api.METRICS]))
     xds = app[XDS]
     traffic = TrafficService(
@@ -159,8 +165,30 @@ async def _storage(app: web.Application) -> AsyncIterator[None]:
     await runner.load()
     log.info("storage ready: data in %s", data_dir)
     yield
+    sweeper.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await sweeper
     prometheus.close()
     await database.dispose()
+
+
+async def _sweep_garbage(service: RegistryService, metrics: RegistryMetrics) -> None:
+    report = await service.sweep_garbage()
+    for kind, files, size in (
+        ("upload", report.uploads, report.upload_bytes),
+        ("blob", report.blobs, report.blob_bytes),
+    ):
+        metrics.swept_files.labels(kind).inc(files)
+        metrics.swept_bytes.labels(kind).inc(size)
+
+
+async def _sweep_periodically(service: RegistryService, metrics: RegistryMetrics) -> None:
+    while True:
+        await asyncio.sleep(BLOB_GRACE_SECONDS)
+        try:
+            await _sweep_garbage(service, metrics)
+        except Exception:
+            log.exception("blob store sweep failed")
 
 
 def _listener_of(settings: Settings) -> ListenerAddress:
