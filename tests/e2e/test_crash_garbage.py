@@ -110,7 +110,8 @@ def start_server(data_dir: Path, port: int | None = None) -> AegisServer:
 
 
 def call(server: AegisServer, path: str) -> Any:
-    request = urllib.request.Request(server.url + path, headers={"Authorization": f"Bearer {TOKENS['admin']}"})
+    headers = {"Authorization": f"Bearer {TOKENS['admin']}"}
+    request = urllib.request.Request(server.url + path, headers=headers)
     with urllib.request.urlopen(request, timeout=30) as response:
         return json.loads(response.read())
 

@@ -42,7 +42,8 @@ async def test_fifty_versions_of_a_new_model_at_once_are_all_registered(
     model = await (await client.get("/v1/registry/fresh-model", headers=auth("viewer"))).json()
     assert sorted(v["version"] for v in model["versions"]) == sorted(f"v{n}" for n in range(CLIENTS))
     for n in (0, CLIENTS - 1):
-        report = await (await client.get(f"/v1/registry/fresh-model/v{n}/validate", headers=auth("viewer"))).json()
+        validate = await client.get(f"/v1/registry/fresh-model/v{n}/validate", headers=auth("viewer"))
+        report = await validate.json()
         assert report["valid"] is True
 
 
