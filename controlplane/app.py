@@ -136,7 +136,14 @@ async def _storage(app: web.Application) -> AsyncIterator[None]:
         max_artifact_bytes=settings.registry.max_artifact_bytes,
         download_url_key=await asyncio.to_thread(url_signing_key, settings),
         download_url_ttl_seconds=settings.registry.download_url_ttl_seconds,
+        public_url=settings.server.public_url,
     )
+    if settings.server.public_url_guessed:
+        log.warning(
+            "AEGIS_LISTEN is a wildcard address: signed download URLs use %s (this machine's "
+            "hostname); set AEGIS_PUBLIC_URL to the URL clients reach Aegis at",
+            settings.server.public_url,
+        )
     app[traffic_api.TRAFFIC] = traffic
     policies = app[rollout_api.POLICIES]
     if policies is not None:
