@@ -7,9 +7,8 @@ from typing import Any
 
 import aiohttp
 import pytest
-from aiohttp.test_utils import TestClient, TestServer
+from aiohttp.test_utils import TestClient
 
-from controlplane.app import create_app
 from controlplane.settings import Settings
 from tests.conftest import auth
 from tests.integration.conftest import StartClient, upload_form
@@ -45,18 +44,12 @@ async def test_a_forged_host_header_does_not_move_the_url_off_the_configured_ori
 
 @pytest.mark.parametrize("forged", [EVIL, {"Host": "127.0.0.1:1"}, {"X-Forwarded-Host": "evil.example"}])
 async def test_by_default_the_url_is_the_listen_address_and_downloads_as_given(
-    make_settings: Callable[..., Settings], forged: dict[str, str]
+    make_settings: Callable[..., Settings], start_client: StartClient, forged: dict[str, str]
 ) -> None:
     port = free_port()
-    app = create_app(make_settings(AEGIS_LISTEN=f"127.0.0.1:{port}"))
-    server = TestServer(app, host="127.0.0.1", port=port)
-    client: TestClient[Any, Any] = TestClient(server)
-    await client.start_server()
-    try:
-        url = await register_and_sign(client, headers=forged)
-        assert url.startswith(f"http://127.0.0.1:{port}/v1/registry/m/1/artifact?")
-        async with aiohttp.ClientSession() as anonymous, anonymous.get(url) as download:
-            assert download.status == 200
-            assert await download.read() == ARTIFACT
-    finally:
-        await client.close()
+    client = await start_client(make_settings(AEGIS_LISTEN=f"127.0.0.1:{port}"))
+    url = await register_and_sign(client, headers=forged)
+    assert url.startswith(f"http://127.0.0.1:{port}/v1/registry/m/1/artifact?")
+    async with aiohttp.ClientSession() as anonymous, anonymous.get(url) as download:
+        assert download.status == 200
+        assert await download.read() == ARTIFACT
