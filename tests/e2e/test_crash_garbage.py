@@ -164,12 +164,14 @@ def test_a_restart_after_kill_9_mid_upload_sweeps_the_garbage_and_keeps_every_ve
         for blob in kept_blobs:  # old enough for any sweep: only their rows keep them
             os.utime(blob, (OLD, OLD))
 
-        cut = StreamedUpload(server.port, "cut", "1", UPLOAD_BYTES).start()
+        # The sender stalls at 100 MiB so the kill surely lands mid-upload.
+        cut = StreamedUpload(server.port, "cut", "1", UPLOAD_BYTES).start(pause_at=100 * MiB)
         partial = wait_until_written(data_dir, 64 * MiB)
         assert server.process is not None
         server.process.send_signal(signal.SIGKILL)
         server.process.wait(timeout=30)
         server.log_file.close()
+        cut.gate.set()
         cut.thread.join(timeout=60)
         assert partial.exists() and partial.stat().st_size >= 64 * MiB  # what the crash left
     finally:
