@@ -113,12 +113,8 @@ async def _storage(app: web.Application) -> AsyncIterator[None]:
     await database.create_schema()
     registry_store = RegistryStore(database)
     service = RegistryService(registry_store, blobs, settings.security.keyring)
-    # Before the first upload: whatever a killed process left is garbage now. The sweep
-    # repeats while the process lives, for garbage a crashed replica leaves behind.
+    # Before the first upload: whatever a killed process left is garbage now.
     await _sweep_garbage(service, app[registry_api.METRICS])
-    sweeper = asyncio.get_running_loop().create_task(
-        _sweep_periodically(service, app[registry_api.METRICS])
-    )
     service.on_stage_change(registry_api.record_stage_changes(app[registry_api.METRICS]))
     xds = app[XDS]
     traffic = TrafficService(
@@ -171,6 +167,10 @@ async def _storage(app: web.Application) -> AsyncIterator[None]:
         log.error("the stored routing could not be published: %s", result.error)
     await runner.load()
     log.info("storage ready: data in %s", data_dir)
+    # The sweep repeats while the process lives, for garbage a crashed replica leaves.
+    sweeper = asyncio.get_running_loop().create_task(
+        _sweep_periodically(service, app[registry_api.METRICS])
+    )
     yield
     sweeper.cancel()
     with contextlib.suppress(asyncio.CancelledError):
@@ -180,7 +180,12 @@ async def _storage(app: web.Application) -> AsyncIterator[None]:
 
 
 async def _sweep_garbage(service: RegistryService, metrics: RegistryMetrics) -> None:
-    report = await service.sweep_garbage()
+    """Sweep and count; a failed sweep is logged, never fatal: garbage costs only disk."""
+    try:
+        report = await service.sweep_garbage()
+    except Exception:
+        log.exception("blob store sweep failed; it is tried again in an hour")
+        return
     for kind, files, size in (
         ("upload", report.uploads, report.upload_bytes),
         ("blob", report.blobs, report.blob_bytes),
@@ -192,10 +197,7 @@ async def _sweep_garbage(service: RegistryService, metrics: RegistryMetrics) -> 
 async def _sweep_periodically(service: RegistryService, metrics: RegistryMetrics) -> None:
     while True:
         await asyncio.sleep(BLOB_GRACE_SECONDS)
-        try:
-            await _sweep_garbage(service, metrics)
-        except Exception:
-            log.exception("blob store sweep failed")
+        await _sweep_garbage(service, metrics)
 
 
 def _listener_of(settings: Settings) -> ListenerAddress:

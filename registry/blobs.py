@@ -21,6 +21,7 @@ a row. Two facts make that safe:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import fcntl
 import hashlib
 import os
@@ -145,7 +146,8 @@ class BlobStore:
         if held is not None:
             # The same bytes are stored: name them (locked, and touched so that a
             # grace-only sweep sees them young) and drop our copy.
-            os.utime(final)
+            with contextlib.suppress(OSError):  # another owner's file: the lock still holds
+                os.utime(final)
             staged.temp_path.unlink(missing_ok=True)
             os.close(staged.lock_fd)
             staged.lock_fd = held
@@ -222,11 +224,13 @@ class BlobStore:
             if not held:
                 return SweepReport()
             named = await referenced()
+            # Not in a worker thread: writers waiting for these locks may fill the pool,
+            # and only this releases them. A few unlinks of orphans are cheap enough.
             doomed = [(path, fd) for path, fd in held if path.name not in named]
-            count, size = await asyncio.to_thread(_unlink_all, doomed)
+            count, size = _unlink_all(doomed)
             return SweepReport(blobs=count, blob_bytes=size)
         finally:
-            await asyncio.to_thread(_close_all, [fd for _path, fd in held])
+            _close_all([fd for _path, fd in held])
 
     async def rehash(self, checksum: str) -> str | None:
         """SHA-256 of the stored bytes, or None when the blob is missing."""
