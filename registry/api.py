@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
+from urllib.parse import urlencode
 
 from aiohttp import BodyPartReader, web
 
@@ -35,6 +36,8 @@ class RegistryApiConfig:
     max_artifact_bytes: int
     download_url_key: bytes = field(repr=False)
     download_url_ttl_seconds: int = 900
+    # Signed URLs are built on this origin (AEGIS_PUBLIC_URL), never on the Host header.
+    public_url: str = "http://127.0.0.1:8080"
 
 
 SERVICE = web.AppKey("registry_service", RegistryService)
@@ -266,10 +269,11 @@ async def artifact_url(request: web.Request) -> web.Response:
     expires = int(time.time()) + ttl
     signature = url_signature(config.download_url_key, found.model_name, found.version, expires)
     path = f"/v1/registry/{found.model_name}/{found.version}/artifact"
-    url = request.url.origin().with_path(path).with_query(expires=str(expires), sig=signature)
+    # Names are checked to URL-safe characters, so the path needs no quoting.
+    url = f"{config.public_url}{path}?{urlencode({'expires': expires, 'sig': signature})}"
     return web.json_response(
         {
-            "url": str(url),
+            "url": url,
             "expires_at": datetime.fromtimestamp(expires, UTC).isoformat(),
             "checksum": found.checksum,
         }

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from registry.blobs import BlobStore, StagedBlob
+from registry.blobs import BLOB_GRACE_SECONDS, BlobStore, StagedBlob, SweepReport
 from registry.domain import (
     ChangeAction,
     HistoryEntry,
@@ -121,17 +121,48 @@ class RegistryService:
     async def register(
         self, claim: Registration, staged: StagedBlob, *, actor: str
     ) -> RegistrationResult:
-        """Register staged bytes under a name and version; the staged file is consumed either way."""
+        """Register staged bytes under a name and version; the staged file is consumed either way.
+
+        Idempotent under concurrency: of many registrations of the same version with the
+        same bytes exactly one creates it (201) and the others find it (200); other
+        bytes under a registered version are a 409.
+        """
+        created_blob = False
         try:
             signature = self._check_claims(claim, staged)
             existing = await self.store.get_version(claim.model_name, claim.version)
             if existing is not None:
                 return self._repeat_registration(existing, staged)
-            created_now = await self.blobs.publish(staged)
+            created_blob = await self.blobs.publish(staged)
+            version = self._new_version(claim, staged, signature, actor=actor)
+            if await self.store.insert_version(version):
+                created_blob = False  # a row names it now
+                return RegistrationResult(version, created=True)
+            # Registered by someone else between our read and our write: compare with theirs.
+            existing = await self.store.get_version(claim.model_name, claim.version)
+            if existing is None:
+                raise Conflict(
+                    f"{claim.model_name} {claim.version} changed while it was being registered; "
+                    "try again"
+                )
+            result = self._repeat_registration(existing, staged)
+            created_blob = False  # the same bytes: the winner's row names this blob
+            return result
         finally:
+            # The lock goes first, so that removing the blob we made (when no row names
+            # it) follows the same rules as any sweep.
             await self.blobs.discard(staged)
+            if created_blob:
+                await self.blobs.remove_unreferenced(
+                    staged.checksum, lambda: self.store.named_checksums([staged.checksum])
+                )
+
+    @staticmethod
+    def _new_version(
+        claim: Registration, staged: StagedBlob, signature: Signature, *, actor: str
+    ) -> ModelVersion:
         now = datetime.now(UTC)
-        version = ModelVersion(
+        return ModelVersion(
             model_name=claim.model_name, version=claim.version, checksum=staged.checksum,
             size_bytes=staged.size_bytes, signature=signature.signature,
             key_id=signature.key_id, algorithm=signature.algorithm.value, stage=Stage.STAGING,
@@ -142,13 +173,17 @@ class RegistryService:
                 ),
             ),
         )
-        try:
-            await self.store.insert_version(version)
-        except Exception:
-            if created_now and await self.store.count_checksum_users(staged.checksum) == 0:
-                await self.blobs.remove(staged.checksum)
-            raise
-        return RegistrationResult(version, created=True)
+
+    async def sweep_garbage(self, *, grace_seconds: float = BLOB_GRACE_SECONDS) -> SweepReport:
+        """Remove what crashed uploads left: temporary files, and blobs no version names."""
+        report = await self.blobs.sweep(self.store.referenced_checksums, grace_seconds=grace_seconds)
+        if report.files:
+            log.warning(
+                "swept crash garbage from the blob store: %d interrupted upload(s), %d bytes; "
+                "%d blob(s) no version names, %d bytes",
+                report.uploads, report.upload_bytes, report.blobs, report.blob_bytes,
+            )
+        return report
 
     def _check_claims(self, claim: Registration, staged: StagedBlob) -> Signature:
         if claim.checksum is not None and not hmac.compare_digest(claim.checksum, staged.checksum):
