@@ -148,7 +148,12 @@ class RolloutRunner:
         active = self.active.get(model_name)
         if active is not None and active.state.canary_version == version:
             return {"rollout": {"started": True, "policy": active.state.policy_name, "reason": ""}}
-        return {"rollout": {"started": False, "policy": None, "reason": self.no_policy_reason(model_name)}}
+        policy = first_matching(self.policy_source.policies, model_name)
+        if policy is None:
+            reason = self.no_policy_reason(model_name)
+        else:
+            reason = f"policy {policy.name!r} matches, but its rollout did not start: see aegis serve's log"
+        return {"rollout": {"started": False, "policy": policy.name if policy else None, "reason": reason}}
 
     async def start(self, model_name: str, policy: Policy, *, started_by: str) -> RolloutState:
         stages = self.traffic.live_stages(model_name)

@@ -233,9 +233,10 @@ class TrafficService:
             stages = self.stages.get(model_name, ModelStages(model_name))
             serving = [v for v in (stages.prod, stages.canary) if v and self.endpoint_count(model_name, v)]
             if serving:
+                now = f"version {' and '.join(serving)} serve{'s' if len(serving) == 1 else ''}"
                 raise Conflict(
                     f"{model_name} {version} has no live endpoint: as prod it would answer every request "
-                    f"with 503, while {' and '.join(serving)} serve(s) now. Start its model server "
+                    f"with 503, while {now} now. Start its model server "
                     f"(`aegis model-server`) and check that `aegis traffic {model_name}` counts its "
                     "endpoints, or repeat with --force (API: \"force\": true) to go ahead anyway"
                 )
