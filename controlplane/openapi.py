@@ -965,8 +965,16 @@ def _rollout_schemas() -> Document:
                     }
                 ),
                 "served_canary_weights": {
-                    "type": "array", "items": _nullable({"type": "integer"}),
-                    "description": "per live node; null: a route version this process did not publish",
+                    "type": "array",
+                    "items": _object(
+                        {
+                            "canary_weight": _nullable({"type": "integer", "minimum": 0, "maximum": 100}),
+                            "nodes": {"type": "integer", "minimum": 1},
+                        },
+                        required=("canary_weight", "nodes"),
+                    ),
+                    "description": "live nodes per served canary share; null: routes this process "
+                    "did not publish",
                 },
                 "failures": {"type": "integer", "minimum": 0},
                 "inconclusive_streak": {"type": "integer", "minimum": 0},

@@ -159,7 +159,10 @@ def _served(document: dict[str, Any]) -> str:
         return "no Envoy node has polled"
     if document.get("actual_canary_weight") is not None:
         return f"Envoy serves {document['actual_canary_weight']}%"
-    known = ", ".join("?" if s is None else f"{s}%" for s in shares)
+    known = ", ".join(
+        f"{'?' if s['canary_weight'] is None else str(s['canary_weight']) + '%'} on {s['nodes']}"
+        for s in shares
+    )
     return f"Envoy nodes serve {known}"
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from typing import Any
 
 from aiohttp import web
@@ -87,17 +88,20 @@ def decision_document(decision: DecisionRow) -> dict[str, Any]:
 
 
 def served_weights(runner: RolloutRunner, state: RolloutState) -> dict[str, Any]:
-    """The canary share each live Envoy node serves, from the route version it acknowledged.
+    """The canary share live Envoy nodes serve, from the route version each acknowledged.
 
     `actual_canary_weight` is the share when every live node serves the same one; null when
     no node polled, nodes differ, or a node runs routes this process did not publish.
+    `served_canary_weights` counts the nodes per share (a fleet is summed, not listed).
     """
     splits = runner.traffic.served_splits(state.model_name)
-    shares = [None if split is None else split.get(state.canary_version, 0) for split in splits]
-    same = len(set(shares)) == 1
+    shares = Counter(None if split is None else split.get(state.canary_version, 0) for split in splits)
     return {
-        "actual_canary_weight": shares[0] if same else None,
-        "served_canary_weights": sorted(shares, key=lambda share: -1 if share is None else share),
+        "actual_canary_weight": next(iter(shares)) if len(shares) == 1 else None,
+        "served_canary_weights": [
+            {"canary_weight": share, "nodes": nodes}
+            for share, nodes in sorted(shares.items(), key=lambda item: -1 if item[0] is None else item[0])
+        ],
     }
 
 

@@ -497,14 +497,28 @@ async def test_status_shows_what_envoy_serves_beside_the_desired_weight_and_fini
             break
     served = (document["phase"], document["canary_weight"], document["actual_canary_weight"])
     assert served == ("paused", 10, 10)
-    assert document["served_canary_weights"] == [10]
+    assert document["served_canary_weights"] == [{"canary_weight": 10, "nodes": 1}]
+    # A second Envoy joins and has not acknowledged any routes yet: the nodes differ.
+    newcomer = SimulatedEnvoy(client, "envoy-2")
+    await newcomer.sync(rounds=1)
+    document = await (await client.get("/v1/rollouts/held-s", headers=auth("viewer"))).json()
+    assert document["actual_canary_weight"] is None
+    assert document["served_canary_weights"] == [
+        {"canary_weight": None, "nodes": 1},
+        {"canary_weight": 10, "nodes": 1},
+    ]
+    text = await asyncio.to_thread(aegis, client, "rollout", "status", "held-s")
+    assert "(Envoy nodes serve ? on 1, 10% on 1)" in text.stdout
+    await newcomer.sync()
+    document = await (await client.get("/v1/rollouts/held-s", headers=auth("viewer"))).json()
+    assert document["served_canary_weights"] == [{"canary_weight": 10, "nodes": 2}]
 
     done = await client.post("/v1/rollouts/held-s/promote", headers=auth("operator"))
     finished = await done.json()
     assert (finished["phase"], finished["finished"], finished["step"], finished["steps"]) == (
         "succeeded", True, 2, 2
     )
-    await envoy.sync()
+    await asyncio.gather(envoy.sync(), newcomer.sync())
     text = await asyncio.to_thread(aegis, client, "rollout", "status", "held-s")
     assert "finished (succeeded) at step 2/2  canary weight 100% (Envoy serves 100%)" in text.stdout
     assert "waiting for Envoy" not in text.stdout and "3/2" not in text.stdout
