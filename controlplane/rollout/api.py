@@ -30,6 +30,7 @@ COMMANDS = {
 # Decisions in a rollout document unless asked for more; a page holds at most MAX_PAGE.
 DEFAULT_DECISIONS = 20
 MAX_PAGE = 500
+MAX_ID = 2**31 - 1  # ids are 32-bit integers in both databases
 
 
 def add_routes(app: web.Application) -> None:
@@ -107,7 +108,7 @@ def served_weights(runner: RolloutRunner, state: RolloutState) -> dict[str, Any]
 
 def _page_limit(request: web.Request, default: int) -> tuple[int, int | None]:
     limit = _query_int(request, "limit", low=1, high=MAX_PAGE)
-    before = _query_int(request, "before", low=1, high=2**62)
+    before = _query_int(request, "before", low=1, high=MAX_ID)
     return (limit if limit is not None else default), before
 
 
@@ -115,9 +116,13 @@ def _query_int(request: web.Request, name: str, *, low: int, high: int) -> int |
     raw = request.query.get(name)
     if raw is None:
         return None
-    if not raw.isdigit() or len(raw) > 20:
-        raise InvalidInput(f"query parameter {name!r} must be an integer from {low} to {high}")
-    return check_bounded_int(int(raw), label=f"query parameter {name!r}", low=low, high=high)
+    return _bounded(raw, f"query parameter {name!r}", low=low, high=high)
+
+
+def _bounded(raw: str, label: str, *, low: int, high: int) -> int:
+    if not (raw.isascii() and raw.isdigit()) or len(raw) > 12:
+        raise InvalidInput(f"{label} must be an integer from {low} to {high}")
+    return check_bounded_int(int(raw), label=label, low=low, high=high)
 
 
 async def list_rollouts(request: web.Request) -> web.Response:
@@ -168,15 +173,14 @@ async def past_rollout(request: web.Request) -> web.Response:
     authorize(request, Role.VIEWER)
     runner = request.app[RUNNER]
     model_name = check_model_name(request.match_info["model"])
-    raw_id = request.match_info["rollout_id"]
-    if not raw_id.isdigit() or len(raw_id) > 18:
-        raise InvalidInput(
-            f"rollout id {raw_id!r} must be a number from `aegis rollout history {model_name}`"
-        )
-    row = await runner.store.one(model_name, int(raw_id))
+    rollout_id = _bounded(
+        request.match_info["rollout_id"], f"the rollout id (from `aegis rollout history {model_name}`)",
+        low=1, high=MAX_ID,
+    )
+    row = await runner.store.one(model_name, rollout_id)
     if row is None or row.id is None:
         raise NotFound(
-            f"{model_name} has no rollout {raw_id}; `aegis rollout history {model_name}` lists them"
+            f"{model_name} has no rollout {rollout_id}; `aegis rollout history {model_name}` lists them"
         )
     limit, before = _page_limit(request, 100)
     decisions = await runner.store.decisions(row.id, limit=limit, before=before)

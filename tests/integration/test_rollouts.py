@@ -606,7 +606,14 @@ async def test_every_rollout_is_in_the_history_with_who_commanded_it(
         )
     ).json()
     assert [d["id"] for d in older["decisions"]] == [past["decisions"][1]["id"]]
-    for bad, status in (("/history?limit=0", 422), ("/history?limit=x", 422), ("/history/99999", 404)):
+    for bad, status in (
+        ("/history?limit=0", 422),
+        ("/history?limit=x", 422),
+        ("/history?limit=%C2%B2", 422),  # a superscript two is a digit to str.isdigit
+        ("/history?before=99999999999", 422),
+        ("/history/99999", 404),
+        ("/history/99999999999", 422),
+    ):
         response = await client.get(f"/v1/rollouts/held-h{bad}", headers=auth("viewer"))
         assert response.status == status, bad
         assert "error" in await response.json()
