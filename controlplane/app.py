@@ -186,7 +186,10 @@ async def _storage(app: web.Application) -> AsyncIterator[None]:
         app[ROLLOUT_METRICS],
     )
     service.guard_stage_change(runner.guard_promotion)
+    service.guard_stage_change(traffic.guard_stage_change)
     service.on_stage_change(runner.on_stage_change)
+    reports: list[registry_api.PromotionReport] = [runner.promotion_report]
+    app[registry_api.PROMOTION_REPORTS] = reports
     app[rollout_api.RUNNER] = runner
     app[alerts.INTAKE] = alerts.AlertIntake(AlertStore(database))
     result = await traffic.start()

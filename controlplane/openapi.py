@@ -214,6 +214,20 @@ def _parameters() -> Document:
             "schema": {"type": "string", "enum": list(COMMANDS)},
             "description": "pause, resume, promote (past the current step; `full` to prod) or abort",
         },
+        "rolloutId": {
+            "name": "rollout_id", "in": "path", "required": True,
+            "schema": {"type": "integer", "minimum": 1}, "example": 1,
+            "description": "a rollout's `id`, from the history",
+        },
+        "limit": {
+            "name": "limit", "in": "query", "required": False,
+            "schema": {"type": "integer", "minimum": 1, "maximum": 500},
+            "description": "how many rollouts or decisions (newest first)",
+        },
+        "before": {
+            "name": "before", "in": "query", "required": False, "schema": {"type": "integer", "minimum": 1},
+            "description": "the next page: the `next_before` of the previous one",
+        },
         "xdsType": {
             "name": "type", "in": "path", "required": True,
             "schema": {"type": "string", "enum": list(TYPES_BY_PATH)},
@@ -324,7 +338,8 @@ def _registry_paths() -> Document:
                 errors={
                     400: "the body is not a JSON object",
                     404: "the model is not registered",
-                    409: "nothing to roll back to, or the version to restore fails validation",
+                    409: "nothing to roll back to, the version to restore fails validation, or it has "
+                    "no live endpoint while another version serves (`force` goes ahead)",
                     422: "a bad model name, or a reason that is not a string of at most 1000 characters",
                 },
             )
@@ -353,12 +368,13 @@ def _registry_paths() -> Document:
                         "canary": ("start a canary", {"stage": "canary", "reason": "retrained on May data"}),
                     },
                 ),
-                responses={200: _json_response("the promoted version", _ref("VersionDocument"))},
+                responses={200: _json_response("the promoted version", _ref("PromotionDocument"))},
                 errors={
                     400: "the body is not a JSON object",
                     404: "no such model or version",
                     409: "already in that stage, an illegal transition, another canary running, "
-                    "the version fails validation, or a policy needs a prod version first",
+                    "the version fails validation, a policy needs a prod version first, or a new prod "
+                    "has no live endpoint while another version serves (`force` goes ahead)",
                     422: "a bad name, version, stage or reason",
                 },
             )
@@ -557,10 +573,37 @@ def _registry_schemas() -> Document:
             {
                 "stage": {"type": "string", "enum": [Stage.CANARY.value, Stage.PROD.value]},
                 "reason": {"type": "string", "maxLength": 1000},
+                "force": {
+                    "type": "boolean", "default": False,
+                    "description": "make prod a version with no live endpoint even while another serves",
+                },
             },
             required=("stage",),
         ),
-        "ReasonRequest": _object({"reason": {"type": "string", "maxLength": 1000}}),
+        "PromotionDocument": {
+            "allOf": [_ref("VersionDocument")],
+            "type": "object",
+            "properties": {
+                "rollout": _object(
+                    {
+                        "started": {"type": "boolean"},
+                        "policy": _nullable({"type": "string"}),
+                        "reason": {"type": "string", "description": "why no rollout started"},
+                    },
+                    required=("started", "policy", "reason"),
+                    description="promotions to canary: whether a rollout started, and if not, why",
+                ),
+            },
+        },
+        "ReasonRequest": _object(
+            {
+                "reason": {"type": "string", "maxLength": 1000},
+                "force": {
+                    "type": "boolean", "default": False,
+                    "description": "make prod a version with no live endpoint even while another serves",
+                },
+            }
+        ),
         "RollbackResult": _object(
             {
                 "model_name": _ref("ModelName"),
@@ -724,6 +767,11 @@ def _traffic_schemas() -> Document:
                     "additionalProperties": {"type": "array", "items": {"type": "string"}},
                     "description": "version -> `address:port` list",
                 },
+                "endpoint_counts": {
+                    "type": "object",
+                    "additionalProperties": {"type": "integer", "minimum": 0},
+                    "description": "version -> live endpoints; a version with weight and 0 gets no traffic",
+                },
                 "match": {
                     "type": "array",
                     "items": _object({"headers": header_map}, required=("headers",)),
@@ -737,7 +785,8 @@ def _traffic_schemas() -> Document:
                 "nodes_total": {"type": "integer", "minimum": 0},
             },
             required=(
-                "model_name", "weights", "prod", "canary", "endpoints", "match", "mirror", "owner",
+                "model_name", "weights", "prod", "canary", "endpoints", "endpoint_counts", "match", "mirror",
+                "owner",
                 "xds_version", "acked", "nodes_acked", "nodes_total",
             ),
         ),
@@ -803,9 +852,28 @@ def _rollout_paths() -> Document:
         "/v1/rollouts/{model}": {
             "get": _operation(
                 "getRollout", "A model's latest rollout with its decisions and their reasons",
-                role="viewer", tag="rollouts", parameters=("model",),
+                role="viewer", tag="rollouts", parameters=("model", "limit"),
                 responses={200: _json_response("the rollout", _ref("RolloutDocument"))},
-                errors={404: "the model has no rollout", 422: "the model name is not valid"},
+                errors={404: "the model has no rollout", 422: "the model name or the limit is not valid"},
+            )
+        },
+        "/v1/rollouts/{model}/history": {
+            "get": _operation(
+                "rolloutHistory", "Every rollout of a model, newest first",
+                role="viewer", tag="rollouts", parameters=("model", "limit", "before"),
+                responses={200: _json_response("a page of the model's rollouts", _ref("RolloutHistory"))},
+                errors={422: "a bad model name, limit or before"},
+            )
+        },
+        "/v1/rollouts/{model}/history/{rollout_id}": {
+            "get": _operation(
+                "getPastRollout", "One rollout of a model, current or past, with a page of its decisions",
+                role="viewer", tag="rollouts", parameters=("model", "rolloutId", "limit", "before"),
+                responses={200: _json_response("the rollout", _ref("PastRollout"))},
+                errors={
+                    404: "the model has no rollout with this id",
+                    422: "a bad model name, rollout id, limit or before",
+                },
             )
         },
         "/v1/rollouts/{model}/{command}": {
@@ -842,6 +910,7 @@ def _rollout_paths() -> Document:
 def _rollout_schemas() -> Document:
     decision = _object(
         {
+            "id": {"type": "integer", "description": "for paging with `before`"},
             "at": _ref("Timestamp"),
             "phase": {"type": "string", "enum": [phase.value for phase in Phase]},
             "step": {"type": "integer", "minimum": 1},
@@ -849,6 +918,7 @@ def _rollout_schemas() -> Document:
             "reason": {"type": "string", "description": "why, with the values behind it"},
             "verdicts": {"type": "array", "items": _ref("Verdict")},
             "command": _nullable({"type": "string"}),
+            "actor": _nullable({"type": "string", "description": "who gave the command"}),
             "acked_at": _nullable({"type": "number", "description": "Unix time"}),
         },
         required=("at", "phase", "step", "canary_weight", "reason"),
@@ -875,16 +945,37 @@ def _rollout_schemas() -> Document:
         "Decision": decision,
         "RolloutDocument": _object(
             {
+                "id": {"type": "integer", "description": "the rollout's id in the history"},
                 "model_name": _ref("ModelName"),
                 "policy": {"type": "string"},
                 "phase": {"type": "string", "enum": [phase.value for phase in Phase]},
+                "finished": {"type": "boolean", "description": "succeeded or rolled back"},
                 "stable_version": _ref("Version"),
                 "canary_version": _ref("Version"),
-                "step": {"type": "integer", "minimum": 1, "description": "1-based"},
+                "step": {"type": "integer", "minimum": 1, "description": "1-based; the last when finished"},
                 "steps": _nullable({"type": "integer", "description": "null when the policy is gone"}),
                 "canary_weight": {"type": "integer", "minimum": 0, "maximum": 100},
                 "acknowledged": {"type": "boolean", "description": "every live Envoy node runs the weight"},
                 "acknowledged_at": _nullable({"type": "number", "description": "Unix time"}),
+                "actual_canary_weight": _nullable(
+                    {
+                        "type": "integer", "minimum": 0, "maximum": 100,
+                        "description": "the canary share every live Envoy node serves (from the route "
+                        "version it acknowledged); null when no node polled or nodes differ",
+                    }
+                ),
+                "served_canary_weights": {
+                    "type": "array",
+                    "items": _object(
+                        {
+                            "canary_weight": _nullable({"type": "integer", "minimum": 0, "maximum": 100}),
+                            "nodes": {"type": "integer", "minimum": 1},
+                        },
+                        required=("canary_weight", "nodes"),
+                    ),
+                    "description": "live nodes per served canary share; null: routes this process "
+                    "did not publish",
+                },
                 "failures": {"type": "integer", "minimum": 0},
                 "inconclusive_streak": {"type": "integer", "minimum": 0},
                 "error_streak": {"type": "integer", "minimum": 0},
@@ -901,6 +992,35 @@ def _rollout_schemas() -> Document:
                 "error_streak", "message", "started_at", "started_by",
             ),
         ),
+        "RolloutHistory": _object(
+            {
+                "model_name": _ref("ModelName"),
+                "rollouts": {
+                    "type": "array",
+                    "items": {
+                        "allOf": [_ref("RolloutDocument")],
+                        "type": "object",
+                        "properties": {
+                            "decision_count": {"type": "integer", "minimum": 0},
+                            "last_decision_at": _nullable(_ref("Timestamp")),
+                        },
+                        "required": ["decision_count", "last_decision_at"],
+                    },
+                },
+                "next_before": _nullable({"type": "integer", "description": "`before` for the next page"}),
+            },
+            required=("model_name", "rollouts", "next_before"),
+        ),
+        "PastRollout": {
+            "allOf": [_ref("RolloutDocument")],
+            "type": "object",
+            "properties": {
+                "next_before": _nullable(
+                    {"type": "integer", "description": "`before` for the next page of decisions"}
+                ),
+            },
+            "required": ["decisions", "next_before"],
+        },
         "RolloutList": _object(
             {"rollouts": {"type": "array", "items": _ref("RolloutDocument")}}, required=("rollouts",)
         ),

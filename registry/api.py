@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -40,7 +40,12 @@ class RegistryApiConfig:
     public_url: str = "http://127.0.0.1:8080"
 
 
+# What other packages add to a promotion's answer (the control plane: whether a rollout
+# started, and if not, why), as extra top-level fields of the version document.
+PromotionReport = Callable[[str, str, Stage], Awaitable[dict[str, Any]]]
+
 SERVICE = web.AppKey("registry_service", RegistryService)
+PROMOTION_REPORTS: web.AppKey[list[PromotionReport]] = web.AppKey("promotion_reports")
 BLOBS = web.AppKey("registry_blobs", BlobStore)
 CONFIG = web.AppKey("registry_api_config", RegistryApiConfig)
 METRICS = web.AppKey("registry_metrics", RegistryMetrics)
@@ -187,9 +192,12 @@ async def promote(request: web.Request) -> web.Response:
     reason = _reason(body, default=f"promoted to {stage.value}")
     promoted = await request.app[SERVICE].promote(
         request.match_info["model"], request.match_info["version"], stage,
-        actor=principal.name, reason=reason,
+        actor=principal.name, reason=reason, force=_force(body),
     )
-    return web.json_response(promoted.as_document())
+    document = promoted.as_document()
+    for report in request.app.get(PROMOTION_REPORTS, []):
+        document.update(await report(promoted.model_name, promoted.version, stage))
+    return web.json_response(document)
 
 
 async def rollback(request: web.Request) -> web.Response:
@@ -197,7 +205,7 @@ async def rollback(request: web.Request) -> web.Response:
     body = await read_json(request, required=False)
     changes = await request.app[SERVICE].rollback(
         request.match_info["model"], actor=principal.name,
-        reason=_reason(body, default="rolled back by an operator"),
+        reason=_reason(body, default="rolled back by an operator"), force=_force(body),
     )
     return web.json_response(
         {
@@ -208,6 +216,13 @@ async def rollback(request: web.Request) -> web.Response:
             ],
         }
     )
+
+
+def _force(body: dict[str, Any]) -> bool:
+    force = body.get("force", False)
+    if not isinstance(force, bool):
+        raise InvalidInput('"force" must be true or false')
+    return force
 
 
 def _reason(body: dict[str, Any], *, default: str) -> str:

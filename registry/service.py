@@ -12,7 +12,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Protocol
 
 from registry.blobs import BLOB_GRACE_SECONDS, BlobStore, StagedBlob, SweepReport
 from registry.domain import (
@@ -34,8 +34,16 @@ from registry.store import RegistryStore
 log = logging.getLogger(__name__)
 
 StageChangeListener = Callable[[list[StageChange]], Awaitable[None]]
-# A guard may veto a stage change before it is committed by raising a RegistryError.
-StageChangeGuard = Callable[[list[StageChange]], Awaitable[None]]
+
+
+class StageChangeGuard(Protocol):
+    """Vetoes a stage change before it is committed by raising a RegistryError.
+
+    `force`: the operator asked to go ahead past the checks that protect traffic (not
+    past the registry's own rules); a guard decides which of its checks it waives.
+    """
+
+    def __call__(self, changes: list[StageChange], *, force: bool) -> Awaitable[None]: ...
 
 
 @dataclass(frozen=True)
@@ -266,22 +274,25 @@ class RegistryService:
         )
 
     async def promote(
-        self, model_name: str, version: str, to_stage: Stage, *, actor: str, reason: str
+        self, model_name: str, version: str, to_stage: Stage, *, actor: str, reason: str,
+        force: bool = False,
     ) -> ModelVersion:
         versions = await self.list_versions(model_name)
         target = _find(versions, check_version(version))
         changes = plan_promotion(versions, target, to_stage, actor=actor, reason=reason)
         await self._require_valid(target, purpose=f"promoted to {to_stage.value}")
-        await self._commit(changes)
+        await self._commit(changes, force=force)
         return await self.get_version(model_name, version)
 
-    async def rollback(self, model_name: str, *, actor: str, reason: str) -> list[StageChange]:
+    async def rollback(
+        self, model_name: str, *, actor: str, reason: str, force: bool = False
+    ) -> list[StageChange]:
         versions = await self.list_versions(model_name)
         changes = plan_rollback(versions, actor=actor, reason=reason)
         for change in changes:
             if change.to_stage is Stage.PROD:
                 await self._require_valid(_find(versions, change.version), purpose="restored to prod")
-        await self._commit(changes)
+        await self._commit(changes, force=force)
         return changes
 
     async def _require_valid(self, target: ModelVersion, *, purpose: str) -> None:
@@ -293,9 +304,9 @@ class RegistryService:
                 + "); register a good copy as a new version"
             )
 
-    async def _commit(self, changes: list[StageChange]) -> None:
+    async def _commit(self, changes: list[StageChange], *, force: bool) -> None:
         for guard in self._guards:
-            await guard(changes)
+            await guard(changes, force=force)
         await self.store.apply_changes(changes, at=datetime.now(UTC))
         for change in changes:
             log.info(
