@@ -31,7 +31,7 @@ from controlplane.xds.resources import DesiredState, ListenerAddress, RdsPolling
 from controlplane.xds.snapshot import Snapshot, build_snapshot
 from controlplane.xds.validate import EnvoyUnavailable, find_envoy_binary, validate_with_envoy
 from registry import api as registry_api
-from registry.blobs import BlobStore
+from registry.blobs import BLOB_GRACE_SECONDS, BlobStore
 from registry.http import TOKENS, json_errors
 from registry.metrics import RegistryMetrics
 from registry.routes import add_operations
@@ -138,6 +138,8 @@ async def _storage(app: web.Application) -> AsyncIterator[None]:
     await database.create_schema()
     registry_store = RegistryStore(database)
     service = RegistryService(registry_store, blobs, settings.security.keyring)
+    # Before the first upload: whatever a killed process left is garbage now.
+    await _sweep_garbage(service, app[registry_api.METRICS])
     service.on_stage_change(registry_api.record_stage_changes(app[registry_api.METRICS]))
     xds = app[XDS]
     traffic = TrafficService(
@@ -155,7 +157,14 @@ async def _storage(app: web.Application) -> AsyncIterator[None]:
         max_artifact_bytes=settings.registry.max_artifact_bytes,
         download_url_key=await asyncio.to_thread(url_signing_key, settings),
         download_url_ttl_seconds=settings.registry.download_url_ttl_seconds,
+        public_url=settings.server.public_url,
     )
+    if settings.server.public_url_guessed:
+        log.warning(
+            "AEGIS_LISTEN is a wildcard address: signed download URLs use %s (this machine's "
+            "hostname); set AEGIS_PUBLIC_URL to the URL clients reach Aegis at",
+            settings.server.public_url,
+        )
     app[traffic_api.TRAFFIC] = traffic
     policies = app[rollout_api.POLICIES]
     if policies is not None:
@@ -176,7 +185,10 @@ async def _storage(app: web.Application) -> AsyncIterator[None]:
         app[ROLLOUT_METRICS],
     )
     service.guard_stage_change(runner.guard_promotion)
+    service.guard_stage_change(traffic.guard_stage_change)
     service.on_stage_change(runner.on_stage_change)
+    reports: list[registry_api.PromotionReport] = [runner.promotion_report]
+    app[registry_api.PROMOTION_REPORTS] = reports
     app[rollout_api.RUNNER] = runner
     app[alerts.INTAKE] = alerts.AlertIntake(AlertStore(database))
     result = await traffic.start()
@@ -184,9 +196,37 @@ async def _storage(app: web.Application) -> AsyncIterator[None]:
         log.error("the stored routing could not be published: %s", result.error)
     await runner.load()
     log.info("storage ready: data in %s", data_dir)
+    # The sweep repeats while the process lives, for garbage a crashed replica leaves.
+    sweeper = asyncio.get_running_loop().create_task(
+        _sweep_periodically(service, app[registry_api.METRICS])
+    )
     yield
+    sweeper.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await sweeper
     prometheus.close()
     await database.dispose()
+
+
+async def _sweep_garbage(service: RegistryService, metrics: RegistryMetrics) -> None:
+    """Sweep and count; a failed sweep is logged, never fatal: garbage costs only disk."""
+    try:
+        report = await service.sweep_garbage()
+    except Exception:
+        log.exception("blob store sweep failed; it is tried again in an hour")
+        return
+    for kind, files, size in (
+        ("upload", report.uploads, report.upload_bytes),
+        ("blob", report.blobs, report.blob_bytes),
+    ):
+        metrics.swept_files.labels(kind).inc(files)
+        metrics.swept_bytes.labels(kind).inc(size)
+
+
+async def _sweep_periodically(service: RegistryService, metrics: RegistryMetrics) -> None:
+    while True:
+        await asyncio.sleep(BLOB_GRACE_SECONDS)
+        await _sweep_garbage(service, metrics)
 
 
 def _listener_of(settings: Settings) -> ListenerAddress:

@@ -46,6 +46,11 @@ def add_commands(commands: Any) -> None:
     rollback = command("rollback", "canary back to staging, or prod to the previous prod", _rollback)
     rollback.add_argument("model")
     rollback.add_argument("--reason")
+    for parser in (promote, rollback):
+        parser.add_argument(
+            "--force", action="store_true",
+            help="go ahead even if the new prod version has no live endpoint (its requests get 503)",
+        )
     validate = command("validate", "re-hash the stored bytes and check the signature", _validate)
     validate.add_argument("model")
     validate.add_argument("version")
@@ -110,14 +115,23 @@ def _size(count: int) -> str:
 
 
 def _promote(args: argparse.Namespace, client: AegisClient) -> tuple[Any, str]:
-    body = {"stage": args.to, **({"reason": args.reason} if args.reason else {})}
+    body: dict[str, Any] = {"stage": args.to, **({"reason": args.reason} if args.reason else {})}
+    if args.force:
+        body["force"] = True
     document = client.call("POST", f"/v1/registry/{args.model}/{args.version}/promote", body)
-    follow = " (a rollout starts if a policy matches: aegis rollout status)" if args.to == "canary" else ""
-    return document, f"{args.model} {args.version} is now {document['stage']}{follow}"
+    text = f"{args.model} {args.version} is now {document['stage']}"
+    rollout = document.get("rollout")
+    if rollout is not None and rollout["started"]:
+        text += f"; rollout started with policy {rollout['policy']!r}: aegis rollout status {args.model}"
+    elif rollout is not None:
+        text += f"\nno rollout started: {rollout['reason']}"
+    return document, text
 
 
 def _rollback(args: argparse.Namespace, client: AegisClient) -> tuple[Any, str]:
-    body = {"reason": args.reason} if args.reason else {}
+    body: dict[str, Any] = {"reason": args.reason} if args.reason else {}
+    if args.force:
+        body["force"] = True
     document = client.call("POST", f"/v1/registry/{args.model}/rollback", body)
     moves = ", ".join(f"{c['version']}: {c['from_stage']} -> {c['to_stage']}" for c in document["changes"])
     return document, f"{args.model}: {moves}"
@@ -138,13 +152,25 @@ def _traffic(args: argparse.Namespace, client: AegisClient) -> tuple[Any, str]:
         document = client.call("PUT", f"/v1/traffic/{args.model}", {"weights": _parse_weights(args.weights)})
     else:
         document = client.call("GET", f"/v1/traffic/{args.model}")
-    rows: list[tuple[str, ...]] = [("VERSION", "ROLE", "WEIGHT", "ENDPOINTS")]
+    rows: list[tuple[str, ...]] = [("VERSION", "ROLE", "WEIGHT", "LIVE", "ENDPOINTS")]
+    counts = document.get("endpoint_counts", {})
+    stranded = []
     for version, weight in document["weights"].items():
         role = "prod" if version == document["prod"] else "canary"
-        rows.append((version, role, str(weight), ", ".join(document["endpoints"].get(version, [])) or "none"))
+        count = counts.get(version, len(document["endpoints"].get(version, [])))
+        addresses = ", ".join(document["endpoints"].get(version, [])) or "none"
+        rows.append((version, role, str(weight), str(count), addresses))
+        if weight > 0 and count == 0:
+            stranded.append(f"{role} {version}")
     acked = f"acknowledged by {document['nodes_acked']}/{document['nodes_total']} Envoy nodes"
     owner = f"; driven by a {document['owner']}" if document.get("owner") == "rollout" else ""
-    return document, f"{table(rows)}\n{acked if document['acked'] else 'not yet ' + acked}{owner}"
+    text = f"{table(rows)}\n{acked if document['acked'] else 'not yet ' + acked}{owner}"
+    for arm in stranded:
+        text += (
+            f"\nwarning: {arm} has weight but no live endpoint: "
+            "Envoy moves its share to the other version, or answers 503 if none has one"
+        )
+    return document, text
 
 
 def _parse_weights(text: str) -> dict[str, int]:

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import os
 import secrets
+import socket
+import urllib.parse
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,6 +38,12 @@ class ServerSettings:
     data_dir: Path = Path("aegis-data")
     # SQLite in the data directory by default; PostgreSQL (postgresql+asyncpg://) for replicas.
     database_url: str = ""
+    # The origin (and optional path prefix) clients reach this process at: signed download
+    # URLs are built on it, never on a request's Host header, which the client chooses.
+    public_url: str = "http://127.0.0.1:8080"
+    # True when AEGIS_PUBLIC_URL was not set and the listen address is a wildcard, so the
+    # public URL is a guess from the machine's hostname (start-up warns about it).
+    public_url_guessed: bool = False
 
     @property
     def effective_database_url(self) -> str:
@@ -111,11 +119,14 @@ def load_settings(env: Mapping[str, str] | None = None, config_file: Path | None
     config_path = config_file or _optional_path(environ.get("AEGIS_CONFIG"))
     merged = {**_read_config_file(config_path), **environ} if config_path else environ
     host, port = parse_listen(merged.get("AEGIS_LISTEN", "127.0.0.1:8080"), "AEGIS_LISTEN")
+    public_url, guessed = _public_url(merged.get("AEGIS_PUBLIC_URL", ""), host, port)
     server = ServerSettings(
         host=host,
         port=port,
         data_dir=Path(merged.get("AEGIS_DATA_DIR", "aegis-data")),
         database_url=_database_url(merged.get("AEGIS_DATABASE_URL", "")),
+        public_url=public_url,
+        public_url_guessed=guessed,
     )
     registry = RegistrySettings(
         max_artifact_bytes=_positive_int(merged, "AEGIS_MAX_ARTIFACT_BYTES", DEFAULT_MAX_ARTIFACT_BYTES),
@@ -190,6 +201,44 @@ def parse_listen(value: str, name: str) -> tuple[str, int]:
     if not sep or not host or not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
         raise SettingsError(f"{name}={value!r} is not host:port (e.g. 127.0.0.1:8080)")
     return host.strip("[]"), int(port_text)
+
+
+WILDCARD_HOSTS = frozenset({"0.0.0.0", "::", "*"})
+
+
+def _public_url(configured: str, host: str, port: int) -> tuple[str, bool]:
+    """AEGIS_PUBLIC_URL checked, or `http://<listen address>`; True when that is a guess.
+
+    A wildcard listen address names no host a client can use; the machine's hostname is
+    the best guess (it is what other hosts and containers usually resolve), and start-up
+    warns that AEGIS_PUBLIC_URL should say it.
+    """
+    if not configured:
+        guessed = host in WILDCARD_HOSTS
+        name = socket.gethostname() if guessed else host
+        return f"http://{f'[{name}]' if ':' in name else name}:{port}", guessed
+    parsed = urllib.parse.urlsplit(configured)
+    problem = None
+    if parsed.scheme not in ("http", "https"):
+        problem = "must start with http:// or https://"
+    elif not parsed.hostname:
+        problem = "has no host"
+    elif parsed.username is not None or parsed.password is not None:
+        problem = "must not carry credentials"
+    elif parsed.query or parsed.fragment or configured.endswith(("?", "#")):
+        problem = "must not have a query or a fragment"
+    else:
+        try:
+            parsed.port  # noqa: B018 - raises ValueError on a port that is not a number
+        except ValueError:
+            problem = "has a port that is not a number from 0 to 65535"
+    if problem is not None:
+        shown = "" if parsed.password is not None else f"={configured!r}"  # never echo a password
+        raise SettingsError(
+            f"AEGIS_PUBLIC_URL{shown} {problem}; give the URL clients reach Aegis at, "
+            "e.g. https://aegis.example.com or http://10.0.0.5:8080"
+        )
+    return configured.rstrip("/"), False
 
 
 def url_signing_key(settings: Settings) -> bytes:

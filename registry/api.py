@@ -7,15 +7,17 @@ one of them; `OPERATIONS` is the table routing and the OpenAPI document share.
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import Any
+from urllib.parse import urlencode
 
 from aiohttp import BodyPartReader, web
 
 from registry.auth import Role
 from registry.blobs import CHUNK_BYTES, BlobStore, StagedBlob
-from registry.domain import StageChange
+from registry.domain import Stage, StageChange
 from registry.download_urls import check_url_signature, url_signature
 from registry.errors import MalformedRequest, NotFound, PayloadTooLarge
 from registry.http import authorize
@@ -34,10 +36,11 @@ from registry.schemas import (
     ModelList,
     ModelSummary,
     PromoteRequest,
-    ReasonRequest,
+    PromotionDocument,
     RegisterUpload,
     RegistrationMetadata,
     RollbackChange,
+    RollbackRequest,
     RollbackResult,
     StagePointers,
     ValidationReportDocument,
@@ -53,9 +56,16 @@ class RegistryApiConfig:
     max_artifact_bytes: int
     download_url_key: bytes = field(repr=False)
     download_url_ttl_seconds: int = 900
+    # Signed URLs are built on this origin (AEGIS_PUBLIC_URL), never on the Host header.
+    public_url: str = "http://127.0.0.1:8080"
 
+
+# What other packages add to a promotion's answer (the control plane: whether a rollout
+# started, and if not, why), as extra top-level fields of the version document.
+PromotionReport = Callable[[str, str, Stage], Awaitable[dict[str, Any]]]
 
 SERVICE = web.AppKey("registry_service", RegistryService)
+PROMOTION_REPORTS: web.AppKey[list[PromotionReport]] = web.AppKey("promotion_reports")
 BLOBS = web.AppKey("registry_blobs", BlobStore)
 CONFIG = web.AppKey("registry_api_config", RegistryApiConfig)
 METRICS = web.AppKey("registry_metrics", RegistryMetrics)
@@ -163,18 +173,24 @@ async def get_version(call: Call[None, None]) -> VersionDocument:
     return VersionDocument.of(found)
 
 
-async def promote(call: Call[PromoteRequest, None]) -> VersionDocument:
+async def promote(call: Call[PromoteRequest, None]) -> PromotionDocument:
     stage = call.body.stage
     promoted = await call.app[SERVICE].promote(
         call.path["model"], call.path["version"], stage,
-        actor=call.actor, reason=call.body.reason or f"promoted to {stage.value}",
+        actor=call.actor, reason=call.body.reason or f"promoted to {stage.value}", force=call.body.force,
     )
-    return VersionDocument.of(promoted)
+    extra: dict[str, Any] = {}
+    for report in call.app.get(PROMOTION_REPORTS, []):
+        extra.update(await report(promoted.model_name, promoted.version, stage))
+    # The reports' fields (a canary's rollout) are validated like every other field of the answer.
+    document = VersionDocument.of(promoted).model_dump(by_alias=True)
+    return PromotionDocument.model_validate({**document, **extra})
 
 
-async def rollback(call: Call[ReasonRequest, None]) -> RollbackResult:
+async def rollback(call: Call[RollbackRequest, None]) -> RollbackResult:
     changes = await call.app[SERVICE].rollback(
-        call.path["model"], actor=call.actor, reason=call.body.reason or "rolled back by an operator"
+        call.path["model"], actor=call.actor, reason=call.body.reason or "rolled back by an operator",
+        force=call.body.force,
     )
     return RollbackResult(model_name=call.path["model"], changes=[RollbackChange.of(c) for c in changes])
 
@@ -220,8 +236,9 @@ async def artifact_url(call: Call[ArtifactUrlRequest, None]) -> ArtifactUrl:
     expires = int(time.time()) + ttl
     signature = url_signature(config.download_url_key, found.model_name, found.version, expires)
     path = f"/v1/registry/{found.model_name}/{found.version}/artifact"
-    url = call.request.url.origin().with_path(path).with_query(expires=str(expires), sig=signature)
-    return ArtifactUrl(url=str(url), expires_at=datetime.fromtimestamp(expires, UTC), checksum=found.checksum)
+    # Names are checked to URL-safe characters, so the path needs no quoting.
+    url = f"{config.public_url}{path}?{urlencode({'expires': expires, 'sig': signature})}"
+    return ArtifactUrl(url=url, expires_at=datetime.fromtimestamp(expires, UTC), checksum=found.checksum)
 
 
 _SIGNED = {
@@ -281,12 +298,13 @@ OPERATIONS = (
         "post", "/v1/registry/{model}/rollback", "rollbackModel",
         "Roll back: canary to staging, or with no canary prod to the previous prod",
         "registry", Role.OPERATOR, rollback, params=(MODEL_PARAM,),
-        body=ReasonRequest, body_required=False,
+        body=RollbackRequest, body_required=False,
         examples={"with-reason": ("why, for the history", {"reason": "p99 latency regressed"})},
         responses={200: Reply("the stage changes made", RollbackResult)},
         errors={
             404: "the model is not registered",
-            409: "nothing to roll back to, or the version to restore fails validation",
+            409: "nothing to roll back to, the version to restore fails validation, or it has "
+            "no live endpoint while another version serves (`force` goes ahead)",
             422: "a bad model name, or a reason that is not a string of at most 1000 characters",
         },
     ),
@@ -309,11 +327,12 @@ OPERATIONS = (
             "prod": ("make a version prod", {"stage": "prod", "reason": "first release"}),
             "canary": ("start a canary", {"stage": "canary", "reason": "retrained on May data"}),
         },
-        responses={200: Reply("the promoted version", VersionDocument)},
+        responses={200: Reply("the promoted version", PromotionDocument)},
         errors={
             404: "no such model or version",
             409: "already in that stage, an illegal transition, another canary running, "
-            "the version fails validation, or a policy needs a prod version first",
+            "the version fails validation, a policy needs a prod version first, or a new prod "
+            "has no live endpoint while another version serves (`force` goes ahead)",
             422: "a bad name, version, stage or reason",
         },
     ),

@@ -28,6 +28,13 @@ class ForeignRequest(BaseModel):
     model_config = ConfigDict(strict=True, extra="ignore", populate_by_name=True)
 
 
+class QueryModel(BaseModel):
+    """A URL query: values arrive as strings, so numbers are converted (lax), and parameters
+    Aegis does not read (a cache buster, a proxy's) are ignored."""
+
+    model_config = ConfigDict(extra="ignore")
+
+
 class ResponseModel(BaseModel):
     """An answer: built by a handler from trusted values, serialised by the model."""
 

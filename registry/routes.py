@@ -37,7 +37,7 @@ class PathParam:
     name: str
     type: Any
     description: str = ""
-    example: str | None = None
+    example: Any = None
     enum: tuple[str, ...] = ()
 
     def parse(self, raw: str) -> Any:

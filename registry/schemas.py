@@ -10,7 +10,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, Field, WithJsonSchema
 
-from registry.boundary import RequestModel, ResponseModel
+from registry.boundary import QueryModel, RequestModel, ResponseModel
 from registry.domain import ChangeAction, HistoryEntry, ModelVersion, Stage, StageChange
 from registry.fields import Checksum, ModelName, Timestamp, Version
 from registry.routes import PathParam
@@ -77,13 +77,20 @@ class RegisterUpload(RequestModel):
     artifact: str = Field(json_schema_extra={"contentMediaType": "application/octet-stream"})
 
 
+Force = Annotated[
+    bool, Field(description="make prod a version with no live endpoint even while another serves")
+]
+
+
 class PromoteRequest(RequestModel):
     stage: Literal[Stage.CANARY, Stage.PROD]
     reason: Reason = ""
+    force: Force = False
 
 
-class ReasonRequest(RequestModel):
+class RollbackRequest(RequestModel):
     reason: Reason = ""
+    force: Force = False
 
 
 class ArtifactUrlRequest(RequestModel):
@@ -92,10 +99,8 @@ class ArtifactUrlRequest(RequestModel):
     )
 
 
-class ArtifactQuery(RequestModel):
+class ArtifactQuery(QueryModel):
     """A signed download URL's query; without `sig` a token is needed instead."""
-
-    model_config = RequestModel.model_config | {"strict": False, "extra": "ignore"}
 
     expires: str | None = Field(
         default=None, max_length=32, description="signed URL: Unix time after which it stops working"
@@ -156,6 +161,20 @@ class VersionDocument(ResponseModel):
             created_by=version.created_by,
             metadata=VersionMetadata.model_validate({**version.metadata, "_registry": records}),
         )
+
+
+class PromotionRollout(ResponseModel):
+    """Promotions to canary: whether a rollout started, and if not, why."""
+
+    started: bool
+    policy: str | None
+    reason: str = Field(description="why no rollout started")
+
+
+class PromotionDocument(VersionDocument):
+    rollout: PromotionRollout | None = Field(
+        default=None, description="promotions to canary: whether a rollout started; null otherwise"
+    )
 
 
 class StagePointers(ResponseModel):

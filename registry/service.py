@@ -12,9 +12,9 @@ import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Protocol
 
-from registry.blobs import BlobStore, StagedBlob
+from registry.blobs import BLOB_GRACE_SECONDS, BlobStore, StagedBlob, SweepReport
 from registry.domain import (
     ChangeAction,
     HistoryEntry,
@@ -33,8 +33,16 @@ from registry.store import RegistryStore
 log = logging.getLogger(__name__)
 
 StageChangeListener = Callable[[list[StageChange]], Awaitable[None]]
-# A guard may veto a stage change before it is committed by raising a RegistryError.
-StageChangeGuard = Callable[[list[StageChange]], Awaitable[None]]
+
+
+class StageChangeGuard(Protocol):
+    """Vetoes a stage change before it is committed by raising a RegistryError.
+
+    `force`: the operator asked to go ahead past the checks that protect traffic (not
+    past the registry's own rules); a guard decides which of its checks it waives.
+    """
+
+    def __call__(self, changes: list[StageChange], *, force: bool) -> Awaitable[None]: ...
 
 
 @dataclass(frozen=True)
@@ -85,17 +93,48 @@ class RegistryService:
     async def register(
         self, claim: Registration, staged: StagedBlob, *, actor: str
     ) -> RegistrationResult:
-        """Register staged bytes under a name and version; the staged file is consumed either way."""
+        """Register staged bytes under a name and version; the staged file is consumed either way.
+
+        Idempotent under concurrency: of many registrations of the same version with the
+        same bytes exactly one creates it (201) and the others find it (200); other
+        bytes under a registered version are a 409.
+        """
+        created_blob = False
         try:
             signature = self._check_claims(claim, staged)
             existing = await self.store.get_version(claim.model_name, claim.version)
             if existing is not None:
                 return self._repeat_registration(existing, staged)
-            created_now = await self.blobs.publish(staged)
+            created_blob = await self.blobs.publish(staged)
+            version = self._new_version(claim, staged, signature, actor=actor)
+            if await self.store.insert_version(version):
+                created_blob = False  # a row names it now
+                return RegistrationResult(version, created=True)
+            # Registered by someone else between our read and our write: compare with theirs.
+            existing = await self.store.get_version(claim.model_name, claim.version)
+            if existing is None:
+                raise Conflict(
+                    f"{claim.model_name} {claim.version} changed while it was being registered; "
+                    "try again"
+                )
+            result = self._repeat_registration(existing, staged)
+            created_blob = False  # the same bytes: the winner's row names this blob
+            return result
         finally:
+            # The lock goes first, so that removing the blob we made (when no row names
+            # it) follows the same rules as any sweep.
             await self.blobs.discard(staged)
+            if created_blob:
+                await self.blobs.remove_unreferenced(
+                    staged.checksum, lambda: self.store.named_checksums([staged.checksum])
+                )
+
+    @staticmethod
+    def _new_version(
+        claim: Registration, staged: StagedBlob, signature: Signature, *, actor: str
+    ) -> ModelVersion:
         now = datetime.now(UTC)
-        version = ModelVersion(
+        return ModelVersion(
             model_name=claim.model_name, version=claim.version, checksum=staged.checksum,
             size_bytes=staged.size_bytes, signature=signature.signature,
             key_id=signature.key_id, algorithm=signature.algorithm.value, stage=Stage.STAGING,
@@ -106,13 +145,17 @@ class RegistryService:
                 ),
             ),
         )
-        try:
-            await self.store.insert_version(version)
-        except Exception:
-            if created_now and await self.store.count_checksum_users(staged.checksum) == 0:
-                await self.blobs.remove(staged.checksum)
-            raise
-        return RegistrationResult(version, created=True)
+
+    async def sweep_garbage(self, *, grace_seconds: float = BLOB_GRACE_SECONDS) -> SweepReport:
+        """Remove what crashed uploads left: temporary files, and blobs no version names."""
+        report = await self.blobs.sweep(self.store.referenced_checksums, grace_seconds=grace_seconds)
+        if report.files:
+            log.warning(
+                "swept crash garbage from the blob store: %d interrupted upload(s), %d bytes; "
+                "%d blob(s) no version names, %d bytes",
+                report.uploads, report.upload_bytes, report.blobs, report.blob_bytes,
+            )
+        return report
 
     def _check_claims(self, claim: Registration, staged: StagedBlob) -> Signature:
         if claim.checksum is not None and not hmac.compare_digest(claim.checksum, staged.checksum):
@@ -195,22 +238,25 @@ class RegistryService:
         )
 
     async def promote(
-        self, model_name: str, version: str, to_stage: Stage, *, actor: str, reason: str
+        self, model_name: str, version: str, to_stage: Stage, *, actor: str, reason: str,
+        force: bool = False,
     ) -> ModelVersion:
         versions = await self.list_versions(model_name)
         target = _find(versions, check_version(version))
         changes = plan_promotion(versions, target, to_stage, actor=actor, reason=reason)
         await self._require_valid(target, purpose=f"promoted to {to_stage.value}")
-        await self._commit(changes)
+        await self._commit(changes, force=force)
         return await self.get_version(model_name, version)
 
-    async def rollback(self, model_name: str, *, actor: str, reason: str) -> list[StageChange]:
+    async def rollback(
+        self, model_name: str, *, actor: str, reason: str, force: bool = False
+    ) -> list[StageChange]:
         versions = await self.list_versions(model_name)
         changes = plan_rollback(versions, actor=actor, reason=reason)
         for change in changes:
             if change.to_stage is Stage.PROD:
                 await self._require_valid(_find(versions, change.version), purpose="restored to prod")
-        await self._commit(changes)
+        await self._commit(changes, force=force)
         return changes
 
     async def _require_valid(self, target: ModelVersion, *, purpose: str) -> None:
@@ -222,9 +268,9 @@ class RegistryService:
                 + "); register a good copy as a new version"
             )
 
-    async def _commit(self, changes: list[StageChange]) -> None:
+    async def _commit(self, changes: list[StageChange], *, force: bool) -> None:
         for guard in self._guards:
-            await guard(changes)
+            await guard(changes, force=force)
         await self.store.apply_changes(changes, at=datetime.now(UTC))
         for change in changes:
             log.info(

@@ -13,6 +13,8 @@ from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import JSON, Column, DateTime, Index, UniqueConstraint, event, text
+from sqlalchemy.dialects.postgresql import insert as postgresql_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlmodel import Field, SQLModel, col, select
@@ -196,13 +198,21 @@ class RegistryStore:
             stages.setdefault(model_name, []).append((version, stage))
         return [(m.name, as_utc(m.created_at), stages.get(m.name, [])) for m in models]
 
-    async def insert_version(self, version: ModelVersion) -> None:
-        """Store a new version with its first history entry; Conflict when it already exists."""
+    async def insert_version(self, version: ModelVersion) -> bool:
+        """Store a new version with its first history entry; False when (model, version) exists.
+
+        Concurrent first registrations of a model all create its row: the insert does
+        nothing when another transaction got there first (ON CONFLICT DO NOTHING on
+        both SQLite and PostgreSQL), instead of failing the later ones.
+        """
+        insert = sqlite_insert if self.database.is_sqlite else postgresql_insert
         try:
             async with self.database.transaction() as session:
-                if await session.get(ModelRow, version.model_name) is None:
-                    session.add(ModelRow(name=version.model_name, created_at=version.created_at))
-                    await session.flush()
+                await session.exec(
+                    insert(ModelRow)
+                    .values(name=version.model_name, created_at=version.created_at)
+                    .on_conflict_do_nothing(index_elements=["name"])
+                )
                 session.add(
                     VersionRow(
                         model_name=version.model_name, version=version.version,
@@ -213,13 +223,14 @@ class RegistryStore:
                         extra=version.metadata,
                     )
                 )
+                await session.flush()
                 for entry in version.history:
                     session.add(_history_row(version.model_name, version.version, entry))
-        except IntegrityError as exc:
-            raise Conflict(
-                f"{version.model_name} {version.version} was registered concurrently; "
-                "fetch it and compare its checksum"
-            ) from exc
+        except IntegrityError:
+            # The only constraint a new staging version can break is (model, version)
+            # being unique: someone registered it between our read and our write.
+            return False
+        return True
 
     async def apply_changes(self, changes: list[StageChange], *, at: datetime) -> None:
         """Apply stage changes atomically; Conflict if any version moved meanwhile."""
@@ -234,10 +245,16 @@ class RegistryStore:
                 "prod version per model; fetch the model and try again"
             ) from exc
 
-    async def count_checksum_users(self, checksum: str) -> int:
+    async def referenced_checksums(self) -> set[str]:
+        """Every checksum a version row names: the blobs that must be kept."""
         async with self.database.transaction() as session:
-            rows = (await session.exec(select(VersionRow.id).where(VersionRow.checksum == checksum))).all()
-            return len(rows)
+            return set((await session.exec(select(VersionRow.checksum).distinct())).all())
+
+    async def named_checksums(self, checksums: list[str]) -> set[str]:
+        """Those of `checksums` that a version row names."""
+        async with self.database.transaction() as session:
+            query = select(VersionRow.checksum).where(col(VersionRow.checksum).in_(checksums))
+            return set((await session.exec(query.distinct())).all())
 
 
 async def _apply_one(session: AsyncSession, change: StageChange, *, at: datetime) -> None:

@@ -11,6 +11,7 @@ from typing import Any
 import asyncpg
 import pytest
 
+from controlplane.demo.processes import free_port
 from controlplane.settings import Settings, load_settings
 
 POSTGRES_DSN = os.environ.get("AEGIS_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/postgres")
@@ -53,6 +54,9 @@ async def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncI
 def make_settings(tmp_path: Path) -> Callable[..., Settings]:
     def build(database_url: str = "", **env: Any) -> Settings:
         values = {
+            # A port of its own: `start_client` serves there, so the public URL (signed
+            # download URLs) names the address the test app really answers on.
+            "AEGIS_LISTEN": f"127.0.0.1:{free_port()}",
             "AEGIS_DATA_DIR": str(tmp_path / "data"),
             "AEGIS_DATABASE_URL": database_url,
             "AEGIS_API_TOKENS": API_TOKENS,

@@ -1,15 +1,25 @@
-"""HTTP handlers for rollouts (`/v1/rollouts…`)."""
+"""HTTP handlers for rollouts (`/v1/rollouts…`): the latest, the history, start and commands."""
 
 from __future__ import annotations
 
+from typing import Annotated
+
 from aiohttp import web
+from pydantic import Field
 
 from controlplane.rollout.machine import Command
 from controlplane.rollout.policy_files import PolicyRegistry
 from controlplane.rollout.runner import RolloutRunner
 from controlplane.rollout.schemas import (
+    MAX_ID,
+    DecisionDocument,
+    LatestQuery,
+    PageQuery,
+    PastRollout,
     RolloutCommandRequest,
     RolloutDocument,
+    RolloutHistory,
+    RolloutHistoryEntry,
     RolloutList,
     RolloutStartRequest,
     RolloutSummary,
@@ -29,9 +39,18 @@ COMMANDS = {
     "promote": Command.PROMOTE,
     "abort": Command.ABORT,
 }
+# Decisions in a rollout document, rollouts in a history page, decisions in a past rollout,
+# unless `limit` asks for another number.
+DEFAULT_DECISIONS = 20
+DEFAULT_HISTORY = 50
+DEFAULT_PAST_DECISIONS = 100
 COMMAND_PARAM = PathParam(
     "command", str, enum=tuple(COMMANDS),
     description="pause, resume, promote (past the current step; `full` to prod) or abort",
+)
+ROLLOUT_ID_PARAM = PathParam(
+    "rollout_id", Annotated[int, Field(ge=1, le=MAX_ID)], example=1,
+    description="a rollout's `id`, from the history",
 )
 
 
@@ -41,16 +60,54 @@ async def list_rollouts(call: Call[None, None]) -> RolloutList:
     return RolloutList(rollouts=[RolloutSummary.of(row, runner) for row in rows])
 
 
-async def get_rollout(call: Call[None, None]) -> RolloutDocument:
-    return await _document(call.app[RUNNER], call.path["model"])
+async def get_rollout(call: Call[None, LatestQuery]) -> RolloutDocument:
+    limit = call.query.limit or DEFAULT_DECISIONS
+    return await _latest(call.app[RUNNER], call.path["model"], decisions=limit)
 
 
-async def _document(runner: RolloutRunner, model_name: str) -> RolloutDocument:
-    found = await runner.store.latest(model_name)
+async def _latest(
+    runner: RolloutRunner, model_name: str, *, decisions: int = DEFAULT_DECISIONS
+) -> RolloutDocument:
+    found = await runner.store.latest(model_name, decisions=decisions)
     if found is None:
+        # The CLI turns this API phrasing into its own commands (controlplane/client.py).
         raise NotFound(f"{model_name} has no rollout; GET /v1/rollouts lists them")
-    row, decisions = found
-    return RolloutDocument.with_decisions(row, decisions, runner)
+    return RolloutDocument.latest(*found, runner)
+
+
+async def rollout_history(call: Call[None, PageQuery]) -> RolloutHistory:
+    """Every rollout of a model, newest first, paged by rollout id."""
+    runner, model_name = call.app[RUNNER], call.path["model"]
+    limit = call.query.limit or DEFAULT_HISTORY
+    history = await runner.store.history(model_name, limit=limit, before=call.query.before)
+    rollouts = [
+        RolloutHistoryEntry.model_validate(
+            {**RolloutSummary.fields_of(row, runner), "decision_count": count, "last_decision_at": last_at}
+        )
+        for row, count, last_at in history
+    ]
+    # A full page may have more behind it: pass `before=next_before` for the next one.
+    next_before = history[-1][0].id if len(history) == limit else None
+    return RolloutHistory(model_name=model_name, rollouts=rollouts, next_before=next_before)
+
+
+async def past_rollout(call: Call[None, PageQuery]) -> PastRollout:
+    """One rollout of a model, current or past, with a page of its decisions."""
+    runner, model_name, rollout_id = call.app[RUNNER], call.path["model"], call.path["rollout_id"]
+    row = await runner.store.one(model_name, rollout_id)
+    if row is None or row.id is None:
+        raise NotFound(
+            f"{model_name} has no rollout {rollout_id}; `aegis rollout history {model_name}` lists them"
+        )
+    limit = call.query.limit or DEFAULT_PAST_DECISIONS
+    decisions = await runner.store.decisions(row.id, limit=limit, before=call.query.before)
+    return PastRollout.model_validate(
+        {
+            **RolloutSummary.fields_of(row, runner),
+            "decisions": [DecisionDocument.of(d) for d in decisions],
+            "next_before": decisions[-1].id if len(decisions) == limit else None,
+        }
+    )
 
 
 async def start_rollout(call: Call[RolloutStartRequest, None]) -> Answer:
@@ -60,7 +117,7 @@ async def start_rollout(call: Call[RolloutStartRequest, None]) -> Answer:
         known = ", ".join(p.name for p in runner.policy_source.policies) or "none loaded"
         raise InvalidInput(f"policy {call.body.policy!r} is not loaded; known policies: {known}")
     await runner.start(call.body.model_name, policy, started_by=call.actor)
-    return Answer(201, await _document(runner, call.body.model_name))
+    return Answer(201, await _latest(runner, call.body.model_name))
 
 
 async def command_rollout(call: Call[RolloutCommandRequest, None]) -> RolloutDocument:
@@ -70,8 +127,8 @@ async def command_rollout(call: Call[RolloutCommandRequest, None]) -> RolloutDoc
     if command is Command.PROMOTE and full:
         command = Command.PROMOTE_FULL
     reason = call.body.reason or f"{name}{' (full)' if full else ''} by {call.actor}"
-    await call.app[RUNNER].command(model_name, command, reason=reason)
-    return await _document(call.app[RUNNER], model_name)
+    await call.app[RUNNER].command(model_name, command, reason=reason, actor=call.actor)
+    return await _latest(call.app[RUNNER], model_name)
 
 
 OPERATIONS = (
@@ -97,8 +154,25 @@ OPERATIONS = (
     Operation(
         "get", "/v1/rollouts/{model}", "getRollout",
         "A model's latest rollout with its decisions and their reasons", "rollouts", Role.VIEWER,
-        get_rollout, params=(MODEL_PARAM,), responses={200: Reply("the rollout", RolloutDocument)},
-        errors={404: "the model has no rollout", 422: "the model name is not valid"},
+        get_rollout, params=(MODEL_PARAM,), query=LatestQuery,
+        responses={200: Reply("the rollout", RolloutDocument)},
+        errors={404: "the model has no rollout", 422: "the model name or the limit is not valid"},
+    ),
+    Operation(
+        "get", "/v1/rollouts/{model}/history", "rolloutHistory", "Every rollout of a model, newest first",
+        "rollouts", Role.VIEWER, rollout_history, params=(MODEL_PARAM,), query=PageQuery,
+        responses={200: Reply("a page of the model's rollouts", RolloutHistory)},
+        errors={422: "a bad model name, limit or before"},
+    ),
+    Operation(
+        "get", "/v1/rollouts/{model}/history/{rollout_id}", "getPastRollout",
+        "One rollout of a model, current or past, with a page of its decisions", "rollouts", Role.VIEWER,
+        past_rollout, params=(MODEL_PARAM, ROLLOUT_ID_PARAM), query=PageQuery,
+        responses={200: Reply("the rollout", PastRollout)},
+        errors={
+            404: "the model has no rollout with this id",
+            422: "a bad model name, rollout id, limit or before",
+        },
     ),
     Operation(
         "post", "/v1/rollouts/{model}/{command}", "commandRollout",

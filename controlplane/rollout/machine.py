@@ -55,6 +55,8 @@ class RolloutState:
     inconclusive_streak: int = 0
     error_streak: int = 0
     message: str = ""
+    # When the rollout was paused: a timed pause's clock stands still until it resumes.
+    paused_at: float | None = None
 
     @property
     def active(self) -> bool:
@@ -141,42 +143,57 @@ def decide_without_policy(
     if state.phase is not Phase.PROGRESSING:
         return Decision(state, (), "")
     why = f"policy {state.policy_name!r} is no longer loaded; fix the policy files, then resume"
-    return Decision(replace(state, phase=Phase.PAUSED, message=why), (), why)
+    return _pause(state, why, now)
 
 
 def _command(policy: Policy, state: RolloutState, inputs: Inputs) -> Decision:
-    why = inputs.command_reason
+    """An operator command or an alert, at any step and in any active phase.
+
+    Each branch returns the whole decision (state and actions) of exactly one move:
+    the runner carries out `actions`, so a branch that moved the weight without
+    returning its action would leave Envoy on the old split.
+    """
+    why, now = inputs.command_reason, inputs.now
     match inputs.command:
         case Command.ABORT | Command.ALERT:
-            return _rollback(state, why or "aborted by an operator")
+            return _rollback(_unpaused(state, now), why or "aborted by an operator")
         case Command.PAUSE:
-            paused = replace(state, phase=Phase.PAUSED, message=why or "paused by an operator")
-            return Decision(paused, (), paused.message)
+            return _pause(state, why or "paused by an operator", now)
         case Command.RESUME:
-            return _resume(policy, state, inputs.now, why or "resumed by an operator")
+            if state.phase is not Phase.PAUSED:
+                return Decision(state, (), "")  # nothing to resume; streaks stay counted
+            resumed = replace(_unpaused(state, now), message=why or "resumed by an operator")
+            if _is_manual_pause(_current_step(policy, state)):
+                return _advance(policy, resumed, now, why or "resumed past a manual pause")
+            return Decision(resumed, (), resumed.message)
         case Command.PROMOTE_FULL:
-            return _promote(state, why or "promoted to prod by an operator, skipping the remaining steps")
-        case _:
-            return _advance(
-                policy,
-                _resume(policy, state, inputs.now, "").state,
-                inputs.now,
-                why or f"step {state.step_index + 1} skipped by an operator",
+            return _promote(
+                _unpaused(state, now), why or "promoted to prod by an operator, skipping the remaining steps"
             )
+        case _:
+            # Promote = complete the current step, whatever it is, and move to the next one:
+            # one advance, with the weight change it implies.
+            skipped = why or f"step {state.step_index + 1} skipped by an operator"
+            return _advance(policy, _unpaused(state, now), now, skipped)
 
 
-def _resume(policy: Policy, state: RolloutState, now: float, reason: str) -> Decision:
-    resumed = replace(
+def _unpaused(state: RolloutState, now: float) -> RolloutState:
+    """The state progressing again; a timed pause continues with the time it had left."""
+    started = state.step_started_at
+    if state.phase is Phase.PAUSED and state.paused_at is not None:
+        started += max(0.0, now - state.paused_at)
+    return replace(
         state,
         phase=Phase.PROGRESSING,
+        paused_at=None,
+        step_started_at=started,
         inconclusive_streak=0,
         error_streak=0,
-        message=reason,
     )
-    step = _current_step(policy, state)
-    if state.phase is Phase.PAUSED and isinstance(step, Pause) and step.duration_seconds is None:
-        return _advance(policy, resumed, now, reason or "resumed past a manual pause")
-    return Decision(resumed, (), reason)
+
+
+def _is_manual_pause(step: SetWeight | Pause | None) -> bool:
+    return isinstance(step, Pause) and step.duration_seconds is None
 
 
 def _judge(policy: Policy, state: RolloutState, inputs: Inputs) -> Decision:
@@ -205,6 +222,7 @@ def _judge(policy: Policy, state: RolloutState, inputs: Inputs) -> Decision:
                 state,
                 f"{detail}: errors {streak} in a row >= consecutiveErrorLimit "
                 f"{spec.consecutive_error_limit}; resume when the metric source is back",
+                inputs.now,
             )
         return Decision(state, (), f"{detail}: holding (errors {streak} in a row)")
     if no_data:
@@ -216,6 +234,7 @@ def _judge(policy: Policy, state: RolloutState, inputs: Inputs) -> Decision:
                 state,
                 f"{detail}: no data {streak} times in a row >= inconclusiveLimit "
                 f"{spec.inconclusive_limit}; check the canary gets traffic, then resume",
+                inputs.now,
             )
         return Decision(state, (), f"{detail}: holding (no data {streak} in a row)")
     passed = replace(state, inconclusive_streak=0, error_streak=0, passed_at_weight=True)
@@ -240,7 +259,7 @@ def _step(policy: Policy, state: RolloutState, inputs: Inputs) -> Decision:
             return Decision(state, (), "")
         return _advance(policy, state, inputs.now, f"weight {step.weight} acknowledged" + _passed(policy))
     if step.duration_seconds is None:
-        return _pause(state, f"step {state.step_index + 1}: waiting for an operator to promote")
+        return _pause(state, f"step {state.step_index + 1}: waiting for an operator to promote", inputs.now)
     if inputs.now - state.step_started_at < step.duration_seconds or not _analysis_allows(policy, state):
         return Decision(state, (), "")
     return _advance(policy, state, inputs.now, f"paused {step.duration_seconds:g}s" + _passed(policy))
@@ -285,10 +304,12 @@ def _set_weight(state: RolloutState, weight: int, now: float) -> Decision:
     return Decision(replace(moved, message=reason), (Action(ActionKind.SET_WEIGHT, weight, reason),), reason)
 
 
-def _pause(state: RolloutState, reason: str) -> Decision:
+def _pause(state: RolloutState, reason: str, now: float) -> Decision:
     if state.phase is Phase.PAUSED and state.message == reason:
         return Decision(state, (), "")
-    return Decision(replace(state, phase=Phase.PAUSED, message=reason), (), reason)
+    # Paused again (another reason): the clock stopped at the first pause.
+    paused_at = state.paused_at if state.phase is Phase.PAUSED else now
+    return Decision(replace(state, phase=Phase.PAUSED, message=reason, paused_at=paused_at), (), reason)
 
 
 def _promote(state: RolloutState, reason: str) -> Decision:

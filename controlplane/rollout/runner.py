@@ -93,8 +93,11 @@ class RolloutRunner:
 
     # --- starting -----------------------------------------------------------
 
-    async def guard_promotion(self, changes: list[StageChange]) -> None:
-        """Before a version becomes canary under a policy: a prod to compare with must exist."""
+    async def guard_promotion(self, changes: list[StageChange], *, force: bool = False) -> None:
+        """Before a version becomes canary under a policy: a prod to compare with must exist.
+
+        `force` does not waive this: a rollout without a stable version cannot start.
+        """
         for change in changes:
             if change.to_stage is not Stage.CANARY:
                 continue
@@ -113,12 +116,44 @@ class RolloutRunner:
                 policy = first_matching(self.policy_source.policies, change.model_name)
                 if policy is not None and running is None:
                     await self.start(change.model_name, policy, started_by=change.actor)
+                elif policy is None:
+                    log.warning(
+                        "%s %s is canary but no rollout started: %s",
+                        change.model_name, change.version, self.no_policy_reason(change.model_name),
+                    )
             elif (
                 running is not None
                 and change.version == running.state.canary_version
                 and change.actor != ACTOR
             ):
                 await self._end_from_registry(running, change)
+
+    def no_policy_reason(self, model_name: str) -> str:
+        policies = self.policy_source.policies
+        if not policies:
+            return (
+                "no rollout policy is loaded (set AEGIS_POLICIES to a policy file or folder); "
+                "traffic stays on prod until you set weights with `aegis traffic`"
+            )
+        patterns = "; ".join(f"{p.name}: {', '.join(p.models)}" for p in policies)
+        return (
+            f"no policy's models pattern matches {model_name!r} ({patterns}); add a pattern, or start "
+            "one by hand with POST /v1/rollouts; traffic stays on prod meanwhile"
+        )
+
+    async def promotion_report(self, model_name: str, version: str, stage: Stage) -> dict[str, Any]:
+        """What a promotion to canary started, for the promotion's answer."""
+        if stage is not Stage.CANARY:
+            return {}
+        active = self.active.get(model_name)
+        if active is not None and active.state.canary_version == version:
+            return {"rollout": {"started": True, "policy": active.state.policy_name, "reason": ""}}
+        policy = first_matching(self.policy_source.policies, model_name)
+        if policy is None:
+            reason = self.no_policy_reason(model_name)
+        else:
+            reason = f"policy {policy.name!r} matches, but its rollout did not start: see aegis serve's log"
+        return {"rollout": {"started": False, "policy": policy.name if policy else None, "reason": reason}}
 
     async def start(self, model_name: str, policy: Policy, *, started_by: str) -> RolloutState:
         stages = self.traffic.live_stages(model_name)
@@ -168,12 +203,17 @@ class RolloutRunner:
                 verdicts = None  # decided meanwhile (an alert, an operator): this analysis is stale
             await self._decide(active, policy, verdicts=verdicts)
 
-    async def command(self, model_name: str, command: Command, *, reason: str) -> RolloutState:
+    async def command(
+        self, model_name: str, command: Command, *, reason: str, actor: str = ""
+    ) -> RolloutState:
+        """Act on an operator's command (or an alert) now; `actor` is kept with the decision."""
         active = self.active.get(model_name)
         if active is None:
             raise NotFound(f"{model_name} has no active rollout; GET /v1/rollouts lists them")
         async with active.lock:
-            await self._decide(active, self.policy(active.state.policy_name), command=command, reason=reason)
+            await self._decide(
+                active, self.policy(active.state.policy_name), command=command, reason=reason, actor=actor
+            )
         return active.state
 
     async def _decide(
@@ -184,6 +224,7 @@ class RolloutRunner:
         verdicts: tuple[Verdict, ...] | None = None,
         command: Command | None = None,
         reason: str = "",
+        actor: str = "",
     ) -> None:
         state, now = active.state, self.clock()
         if policy is None:
@@ -195,7 +236,7 @@ class RolloutRunner:
             decision = decide(policy, state, inputs)
         decision = await self._apply(policy, decision)
         if decision.state != state or decision.reason:
-            await self._store(active, decision, verdicts=verdicts, command=command)
+            await self._store(active, decision, verdicts=verdicts, command=command, actor=actor)
 
     def _acked(self, state: RolloutState) -> bool:
         return self.traffic.runs(state.model_name, _split(state, state.canary_weight))
@@ -269,10 +310,12 @@ class RolloutRunner:
         *,
         verdicts: tuple[Verdict, ...] | None,
         command: Command | None,
+        actor: str = "",
     ) -> None:
         inputs: dict[str, Any] = {
             "verdicts": [v.as_document() for v in verdicts] if verdicts else [],
             "command": command.value if command else None,
+            "actor": actor or None,
             "acked_at": decision.state.weight_acked_at,
         }
         await self.store.save(active.rollout_id, decision.state, reason=decision.reason, inputs=inputs)
@@ -285,11 +328,15 @@ class RolloutRunner:
 
     async def _end_from_registry(self, active: ActiveRollout, change: StageChange) -> None:
         """An operator moved the canary in the registry: the rollout ends the same way."""
-        phase = Phase.SUCCEEDED if change.to_stage is Stage.PROD else Phase.ROLLED_BACK
+        promoted = change.to_stage is Stage.PROD
+        phase = Phase.SUCCEEDED if promoted else Phase.ROLLED_BACK
         reason = f"canary moved to {change.to_stage.value} in the registry by {change.actor}: {change.reason}"
         async with active.lock:
-            state = replace(active.state, phase=phase, message=reason)
-            await self._store(active, Decision(state, (), reason), verdicts=None, command=None)
+            # The canary's share is what it is now: all of it as prod, none of it otherwise.
+            state = replace(active.state, phase=phase, canary_weight=100 if promoted else 0, message=reason)
+            await self._store(
+                active, Decision(state, (), reason), verdicts=None, command=None, actor=change.actor
+            )
         await self.traffic.release(active.state.model_name)
 
 

@@ -8,11 +8,11 @@ from typing import Any
 
 from sqlalchemy import JSON, Column, DateTime, Index, text
 from sqlalchemy.exc import IntegrityError
-from sqlmodel import Field, SQLModel, col, select
+from sqlmodel import Field, SQLModel, col, func, select
 
 from controlplane.rollout.machine import ACTIVE_PHASES, Phase, RolloutState
 from registry.errors import Conflict
-from registry.store import Database
+from registry.store import Database, as_utc
 
 
 class RolloutRow(SQLModel, table=True):
@@ -115,27 +115,55 @@ class RolloutStore:
             rows = (await session.exec(select(RolloutRow).where(col(RolloutRow.active)))).all()
         return [(row.id, state_from_json(row.state)) for row in rows if row.id is not None]
 
-    async def latest(self, model_name: str) -> tuple[RolloutRow, list[DecisionRow]] | None:
+    async def latest(
+        self, model_name: str, *, decisions: int = 20
+    ) -> tuple[RolloutRow, list[DecisionRow]] | None:
+        """A model's newest rollout with its newest decisions."""
+        history = await self.history(model_name, limit=1)
+        if not history:
+            return None
+        row = history[0][0]
+        assert row.id is not None
+        return row, await self.decisions(row.id, limit=decisions)
+
+    async def one(self, model_name: str, rollout_id: int) -> RolloutRow | None:
         async with self.database.transaction() as session:
-            row = (
+            row = await session.get(RolloutRow, rollout_id)
+        return row if row is not None and row.model_name == model_name else None
+
+    async def decisions(
+        self, rollout_id: int, *, limit: int, before: int | None = None
+    ) -> list[DecisionRow]:
+        """A rollout's decisions, newest first; `before` (a decision id) pages back."""
+        query = select(DecisionRow).where(DecisionRow.rollout_id == rollout_id)
+        if before is not None:
+            query = query.where(col(DecisionRow.id) < before)
+        async with self.database.transaction() as session:
+            rows = await session.exec(query.order_by(col(DecisionRow.id).desc()).limit(limit))
+            return list(rows.all())
+
+    async def history(
+        self, model_name: str, *, limit: int, before: int | None = None
+    ) -> list[tuple[RolloutRow, int, datetime | None]]:
+        """A model's rollouts, newest first, each with its decision count and last decision time."""
+        query = select(RolloutRow).where(RolloutRow.model_name == model_name)
+        if before is not None:
+            query = query.where(col(RolloutRow.id) < before)
+        async with self.database.transaction() as session:
+            rows = list((await session.exec(query.order_by(col(RolloutRow.id).desc()).limit(limit))).all())
+            ids = [row.id for row in rows]
+            counts = (
                 await session.exec(
-                    select(RolloutRow)
-                    .where(RolloutRow.model_name == model_name)
-                    .order_by(col(RolloutRow.id).desc())
-                    .limit(1)
+                    select(DecisionRow.rollout_id, func.count(), func.max(DecisionRow.at))
+                    .where(col(DecisionRow.rollout_id).in_(ids))
+                    .group_by(col(DecisionRow.rollout_id))
                 )
-            ).first()
-            if row is None:
-                return None
-            decisions = (
-                await session.exec(
-                    select(DecisionRow)
-                    .where(DecisionRow.rollout_id == row.id)
-                    .order_by(col(DecisionRow.id).desc())
-                    .limit(20)
-                )
-            ).all()
-        return row, list(decisions)
+            ).all() if ids else []
+        summary: dict[int, tuple[int, datetime | None]] = {
+            rollout_id: (count, as_utc(last) if last is not None else None)
+            for rollout_id, count, last in counts
+        }
+        return [(row, *summary.get(row.id or 0, (0, None))) for row in rows]
 
     async def latest_per_model(self) -> list[RolloutRow]:
         async with self.database.transaction() as session:

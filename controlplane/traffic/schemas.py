@@ -112,6 +112,9 @@ class TrafficDocument(ResponseModel):
     prod: str | None
     canary: str | None
     endpoints: dict[str, list[str]] = Field(description="version -> `address:port` list")
+    endpoint_counts: dict[str, int] = Field(
+        description="version -> live endpoints; a version with weight and 0 gets no traffic"
+    )
     match: list[HeaderMatchDocument] = Field(
         description="requests with these headers always reach the canary (as PUT takes it)"
     )
@@ -134,6 +137,7 @@ class TrafficDocument(ResponseModel):
                 version: [f"{a}:{p}" for a, p in sorted(traffic.endpoints.get((model_name, version), {}))]
                 for version in weights
             },
+            endpoint_counts={version: traffic.endpoint_count(model_name, version) for version in weights},
             match=[HeaderMatchDocument(headers=headers) for headers in (row.match if row else [])],
             mirror=MirrorDocument(percent=row.mirror_percent if row else 0),
             owner=row.owner if row else None,  # type: ignore[arg-type]

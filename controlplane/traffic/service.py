@@ -8,6 +8,7 @@ reject (or that is inconsistent) is undone and reported.
 from __future__ import annotations
 
 import logging
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -15,9 +16,16 @@ from typing import Any
 from controlplane.traffic.store import EndpointRow, TrafficRow, TrafficStore, setting_of
 from controlplane.xds.cache import Publisher, PublishResult
 from controlplane.xds.desired import ModelStages, desired_state, effective_weights, model_route
-from controlplane.xds.resources import DesiredState, Endpoint, ListenerAddress, RdsPolling, model_routes
+from controlplane.xds.resources import (
+    DesiredState,
+    Endpoint,
+    ListenerAddress,
+    RdsPolling,
+    cluster_name,
+    model_routes,
+)
 from controlplane.xds.snapshot import ResourceType, Snapshot, content_version
-from registry.domain import StageChange, check_model_name
+from registry.domain import Stage, StageChange, check_model_name
 from registry.errors import Conflict, InvalidInput, NotFound
 from registry.store import RegistryStore
 
@@ -27,6 +35,9 @@ MAX_TTL_SECONDS = 3600
 DEFAULT_TTL_SECONDS = 30
 MAX_WEIGHT = 1_000_000
 ROLLOUT_OWNER = "rollout"
+# Route versions whose per-model split is remembered, to tell what a node's acknowledged
+# version serves (as many as the xDS cache remembers of its own history).
+SPLIT_HISTORY = 256
 
 
 @dataclass(frozen=True)
@@ -67,6 +78,8 @@ class TrafficService:
         self.settings: dict[str, TrafficRow] = {}
         self.endpoints: dict[tuple[str, str], dict[tuple[str, int], datetime]] = {}
         self._model_route_versions: dict[str, tuple[str, str]] = {}
+        # rds version -> model -> version -> percent of the model's requests it serves.
+        self._served_splits: OrderedDict[str, dict[str, dict[str, int]]] = OrderedDict()
         publisher.on_publish(self._track_route_versions)
 
     async def start(self) -> PublishResult:
@@ -111,6 +124,43 @@ class TrafficService:
             known = self._model_route_versions.get(model_name)
             if known is None or known[0] != fingerprint:
                 self._model_route_versions[model_name] = (fingerprint, rds_version)
+        self._served_splits[rds_version] = {
+            model_name: self._split_of(model_name, routes) for model_name, routes in fragments.items()
+        }
+        self._served_splits.move_to_end(rds_version)
+        while len(self._served_splits) > SPLIT_HISTORY:
+            self._served_splits.popitem(last=False)
+
+    def _split_of(self, model_name: str, routes: list[Any]) -> dict[str, int]:
+        """Percent of requests per version that a model's plain route sends (header routes aside)."""
+        main = next((r for r in routes if r.get("name") == f"{model_name}/v1"), None)
+        action = main.get("route", {}) if main is not None else {}
+        if "cluster" in action:
+            targets = {str(action["cluster"]): 1}
+        else:
+            clusters = action.get("weighted_clusters", {}).get("clusters", [])
+            targets = {str(c.get("name")): int(c.get("weight", 0)) for c in clusters}
+        total = sum(targets.values())
+        stages = self.stages.get(model_name)
+        versions = [v for v in (stages.prod, stages.canary) if v] if stages else []
+        by_cluster = {cluster_name(model_name, version): version for version in versions}
+        return {
+            by_cluster.get(cluster, cluster): round(100 * weight / total)
+            for cluster, weight in targets.items()
+            if total > 0
+        }
+
+    def served_splits(self, model_name: str) -> list[dict[str, int] | None]:
+        """Per live Envoy node, the percent per version its acknowledged routes serve.
+
+        An empty split: the node answers 503 (no version can serve); None: the node runs
+        a route version this process never published (or none yet).
+        """
+        now = self.publisher.clock()
+        return [
+            self._served_splits[version].get(model_name, {}) if version in self._served_splits else None
+            for version in self.publisher.nodes.acked_versions(ResourceType.ROUTE, now=now)
+        ]
 
     # --- stages -------------------------------------------------------------
 
@@ -121,6 +171,32 @@ class TrafficService:
         result = await self.publish()
         if not result.published:
             log.error("routing after a stage change was not published: %s", result.error)
+
+    async def guard_stage_change(self, changes: list[StageChange], *, force: bool) -> None:
+        """Refuse to make prod a version with no live endpoint while another version serves.
+
+        Such a change routes every request to nothing (503) until a model server
+        announces itself. With nothing serving the model now, it takes nothing away.
+        """
+        for change in changes:
+            if force or change.to_stage is not Stage.PROD:
+                continue
+            model_name, version = change.model_name, change.version
+            if self.endpoint_count(model_name, version):
+                continue
+            stages = self.stages.get(model_name, ModelStages(model_name))
+            serving = [v for v in (stages.prod, stages.canary) if v and self.endpoint_count(model_name, v)]
+            if serving:
+                now = f"version {' and '.join(serving)} serve{'s' if len(serving) == 1 else ''}"
+                raise Conflict(
+                    f"{model_name} {version} has no live endpoint: as prod it would answer every request "
+                    f"with 503, while {now} now. Start its model server "
+                    f"(`aegis model-server`) and check that `aegis traffic {model_name}` counts its "
+                    "endpoints, or repeat with --force (API: \"force\": true) to go ahead anyway"
+                )
+
+    def endpoint_count(self, model_name: str, version: str) -> int:
+        return len(self.endpoints.get((model_name, version), {}))
 
     # --- traffic ------------------------------------------------------------
 

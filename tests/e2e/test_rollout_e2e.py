@@ -133,6 +133,9 @@ async def test_a_healthy_canary_is_promoted_by_the_analysis(observed: Observed) 
     assert tally[(200, "2")] > 0 and tally[(200, "1")] > 0, tally
     assert set(load.tally(since=settled)) == {(200, "2")}
     assert await send(stack.gateway, MODEL, 50) == {(200, "2"): 50}
+    # What the real Envoy acknowledged, beside what the rollout set: all of it on 2.
+    served = stack.api("GET", f"/v1/rollouts/{MODEL}", role="viewer")
+    assert (served["finished"], served["canary_weight"], served["actual_canary_weight"]) == (True, 100, 100)
     started = decision_time(weight_decision(rollout))
     print(
         f"\n[a] canary weight set -> promoted: {decision_time(final_decision(rollout)) - started:.1f} s; "

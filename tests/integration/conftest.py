@@ -37,7 +37,8 @@ async def start_client() -> AsyncIterator[Callable[[Settings], Awaitable[TestCli
     clients: list[TestClient[Any, Any]] = []
 
     async def start(settings: Settings) -> TestClient[Any, Any]:
-        client: TestClient[Any, Any] = TestClient(TestServer(create_app(settings)))
+        server = TestServer(create_app(settings), host=settings.server.host, port=settings.server.port)
+        client: TestClient[Any, Any] = TestClient(server)
         await client.start_server()
         clients.append(client)
         return client

@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -71,6 +72,45 @@ def test_traffic_and_nodes(server: AegisServer) -> None:
     assert json.loads(aegis(server, "traffic", "fraud", "--json").stdout)["weights"] == {"1": 90, "2": 10}
     assert aegis(server, "nodes").stdout.strip() == "no Envoy node has polled yet"
     assert aegis(server, "rollback", "fraud", role="operator").stdout.strip() == "fraud: 2: canary -> staging"
+
+
+def endpoint(server: AegisServer, method: str, version: str, port: int) -> None:
+    """What a model server does when it starts (POST) or stops (DELETE)."""
+    body = {"model_name": "scorer", "version": version, "address": "127.0.0.1", "port": port}
+    request = urllib.request.Request(
+        f"{server.url}/v1/endpoints", data=json.dumps(body).encode(), method=method,
+        headers={"Authorization": f"Bearer {TOKENS['operator']}", "Content-Type": "application/json"},
+    )
+    with urllib.request.urlopen(request, timeout=30):
+        pass
+
+
+def test_a_rollback_onto_a_version_whose_server_stopped_is_refused_unless_forced(
+    server: AegisServer, tmp_path: Path
+) -> None:
+    for version in ("1", "2"):
+        artifact = tmp_path / f"scorer-{version}.bin"
+        artifact.write_bytes(f"scorer {version}".encode())
+        assert aegis(server, "register", "scorer", version, str(artifact)).returncode == 0
+        endpoint(server, "POST", version, 9300 + int(version))
+    assert aegis(server, "promote", "scorer", "1", "--to", "prod").returncode == 0
+    assert aegis(server, "promote", "scorer", "2", "--to", "prod").returncode == 0
+    endpoint(server, "DELETE", "1", 9301)  # version 1's model server stopped
+
+    refused = aegis(server, "rollback", "scorer", role="operator")
+    assert refused.returncode == 1
+    assert "scorer 1 has no live endpoint" in refused.stderr and "--force" in refused.stderr
+    shown = aegis(server, "traffic", "scorer")
+    assert shown.stdout.splitlines()[0].split() == ["VERSION", "ROLE", "WEIGHT", "LIVE", "ENDPOINTS"]
+    assert shown.stdout.splitlines()[1].split() == ["2", "prod", "100", "1", "127.0.0.1:9302"]
+    assert "warning" not in shown.stdout
+
+    forced = aegis(server, "rollback", "scorer", "--force", role="operator")
+    assert forced.returncode == 0, forced.stderr
+    shown = aegis(server, "traffic", "scorer")
+    assert shown.stdout.splitlines()[1].split() == ["1", "prod", "100", "0", "none"]
+    assert "warning: prod 1 has weight but no live endpoint" in shown.stdout
+    assert json.loads(aegis(server, "traffic", "scorer", "--json").stdout)["endpoint_counts"] == {"1": 0}
 
 
 @pytest.mark.parametrize(

@@ -26,7 +26,7 @@ from tests.integration.conftest import Register, StartClient, upload_form
 JSON = "application/json"
 HTTP_METHODS = {"get", "put", "post", "delete", "patch", "head", "options", "trace"}
 ROLE_BELOW = {"operator": "viewer", "admin": "operator"}
-PATH_VALUES = {"model": MODEL, "version": CANARY, "command": "pause", "type": "clusters"}
+PATH_VALUES = {"model": MODEL, "version": CANARY, "command": "pause", "type": "clusters", "rollout_id": "1"}
 sqlite_only = pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 
 # A policy that matches no model: promoting to canary starts nothing, so the traffic example

@@ -181,3 +181,50 @@ async def test_a_restart_gives_stored_endpoints_one_ttl_to_renew(
     )
     listed = await (await restarted.get("/v1/endpoints", headers=auth("viewer"))).json()
     assert [(e["address"], e["port"]) for e in listed["endpoints"]] == [("127.0.0.1", 9100)]
+
+
+async def test_a_prod_change_onto_a_version_with_no_live_endpoint_is_refused_unless_forced(
+    client: TestClient[Any, Any], register: Register
+) -> None:
+    await serve_model(client, register, "1")  # prod 1, served at 127.0.0.1:9000
+    await register("m", "2", b"weights 2")
+    refused = await client.post("/v1/registry/m/2/promote", json={"stage": "prod"}, headers=auth("operator"))
+    assert refused.status == 409
+    message = (await refused.json())["error"]["message"]
+    assert "m 2 has no live endpoint" in message and "--force" in message
+    document = await (await client.get("/v1/traffic/m", headers=auth("viewer"))).json()
+    assert (document["prod"], document["endpoint_counts"]) == ("1", {"1": 1})
+
+    # Version 2's server comes up; 2 becomes prod; then version 1's server stops.
+    await client.post(
+        "/v1/endpoints", headers=auth("operator"),
+        json={"model_name": "m", "version": "2", "address": "127.0.0.1", "port": 9002, "ttl_seconds": 60},
+    )
+    promoted = await client.post("/v1/registry/m/2/promote", json={"stage": "prod"}, headers=auth("operator"))
+    assert promoted.status == 200
+    await client.delete(
+        "/v1/endpoints", headers=auth("operator"),
+        json={"model_name": "m", "version": "1", "address": "127.0.0.1", "port": 9000},
+    )
+    rollback = await client.post("/v1/registry/m/rollback", json={}, headers=auth("operator"))
+    assert rollback.status == 409
+    assert "m 1 has no live endpoint" in (await rollback.json())["error"]["message"]
+    _, routes = await poll(client, "routes")
+    assert weights_in(routes) == {cluster_name("m", "2"): 100}  # requests keep reaching version 2
+    not_a_flag = await client.post("/v1/registry/m/rollback", json={"force": "yes"}, headers=auth("operator"))
+    assert not_a_flag.status == 422
+
+    forced = await client.post(
+        "/v1/registry/m/rollback", json={"force": True, "reason": "2 is worse"}, headers=auth("operator")
+    )
+    assert forced.status == 200
+    document = await (await client.get("/v1/traffic/m", headers=auth("viewer"))).json()
+    assert (document["prod"], document["weights"], document["endpoint_counts"]) == ("1", {"1": 100}, {"1": 0})
+
+
+async def test_a_first_prod_with_nothing_serving_yet_needs_no_endpoint(
+    client: TestClient[Any, Any], register: Register
+) -> None:
+    await register("m", "1", b"weights 1")
+    response = await client.post("/v1/registry/m/1/promote", json={"stage": "prod"}, headers=auth("operator"))
+    assert response.status == 200  # nothing served before: nothing is taken away

@@ -255,3 +255,129 @@ def test_a_rollout_without_its_policy_holds_but_can_be_rolled_back(
     decision = decide_without_policy(replace(at_weight(), phase=phase), 200, command=command, reason="why")
     assert decision.state.phase is expected_phase
     assert [a.kind for a in decision.actions] == ([action] if action else [])
+
+
+# --- every command at every kind of step --------------------------------------------------------
+
+GATE = Policy(
+    "gate",
+    ("*",),
+    (SetWeight(10), Pause(30), SetWeight(50), Pause(None), SetWeight(80), Pause(None)),
+    ANALYSIS,
+)
+GATE_START = RolloutState("m", "gate", "1", "2")
+STEP_KINDS = {
+    "setWeight pending ack": replace(GATE_START, canary_weight=10, step_started_at=100),
+    "setWeight acked, analysing": replace(
+        GATE_START, canary_weight=10, step_started_at=100, weight_acked_at=110, last_analysis_at=140
+    ),
+    "timed pause": replace(
+        GATE_START, step_index=1, canary_weight=10, weight_acked_at=110, passed_at_weight=True,
+        step_started_at=150,
+    ),
+    "manual pause": replace(
+        GATE_START, step_index=3, canary_weight=50, weight_acked_at=210, passed_at_weight=True,
+        phase=Phase.PAUSED, paused_at=250, step_started_at=240,
+        message="step 4: waiting for an operator to promote",
+    ),
+    "last step": replace(
+        GATE_START, step_index=5, canary_weight=80, weight_acked_at=310, passed_at_weight=True,
+        phase=Phase.PAUSED, paused_at=350, step_started_at=340,
+        message="step 6: waiting for an operator to promote",
+    ),
+    "paused phase at a setWeight": replace(
+        GATE_START, step_index=2, canary_weight=50, weight_acked_at=210, phase=Phase.PAUSED,
+        paused_at=230, step_started_at=200, error_streak=4, message="errors 4 in a row",
+    ),
+    "succeeded": replace(GATE_START, step_index=6, canary_weight=100, phase=Phase.SUCCEEDED),
+    "rolled back": replace(GATE_START, step_index=2, canary_weight=0, phase=Phase.ROLLED_BACK),
+}
+ROLLED_BACK = (Phase.ROLLED_BACK, None, 0, [(ActionKind.ROLLBACK, 0)])
+SUCCEEDED = (Phase.SUCCEEDED, None, 100, [(ActionKind.PROMOTE, 100)])
+# (kind of step, command) -> (phase, step index or None for "any", canary weight, actions)
+COMMAND_TABLE: dict[tuple[str, Command], tuple[Phase, int | None, int, list[tuple[ActionKind, int]]]] = {
+    ("setWeight pending ack", Command.PAUSE): (Phase.PAUSED, 0, 10, []),
+    ("setWeight pending ack", Command.RESUME): (Phase.PROGRESSING, 0, 10, []),
+    ("setWeight pending ack", Command.PROMOTE): (Phase.PROGRESSING, 1, 10, []),
+    ("setWeight acked, analysing", Command.PAUSE): (Phase.PAUSED, 0, 10, []),
+    ("setWeight acked, analysing", Command.RESUME): (Phase.PROGRESSING, 0, 10, []),
+    ("setWeight acked, analysing", Command.PROMOTE): (Phase.PROGRESSING, 1, 10, []),
+    ("timed pause", Command.PAUSE): (Phase.PAUSED, 1, 10, []),
+    ("timed pause", Command.RESUME): (Phase.PROGRESSING, 1, 10, []),
+    ("timed pause", Command.PROMOTE): (Phase.PROGRESSING, 2, 50, [(ActionKind.SET_WEIGHT, 50)]),
+    ("manual pause", Command.PAUSE): (Phase.PAUSED, 3, 50, []),
+    ("manual pause", Command.RESUME): (Phase.PROGRESSING, 4, 80, [(ActionKind.SET_WEIGHT, 80)]),
+    ("manual pause", Command.PROMOTE): (Phase.PROGRESSING, 4, 80, [(ActionKind.SET_WEIGHT, 80)]),
+    ("last step", Command.PAUSE): (Phase.PAUSED, 5, 80, []),
+    ("last step", Command.RESUME): SUCCEEDED,
+    ("last step", Command.PROMOTE): SUCCEEDED,
+    ("paused phase at a setWeight", Command.PAUSE): (Phase.PAUSED, 2, 50, []),
+    ("paused phase at a setWeight", Command.RESUME): (Phase.PROGRESSING, 2, 50, []),
+    ("paused phase at a setWeight", Command.PROMOTE): (Phase.PROGRESSING, 3, 50, []),
+}
+for _kind in STEP_KINDS:
+    if _kind in ("succeeded", "rolled back"):
+        for _command in Command:
+            _before = STEP_KINDS[_kind]
+            COMMAND_TABLE[(_kind, _command)] = (_before.phase, _before.step_index, _before.canary_weight, [])
+    else:
+        COMMAND_TABLE[(_kind, Command.PROMOTE_FULL)] = SUCCEEDED
+        COMMAND_TABLE[(_kind, Command.ABORT)] = ROLLED_BACK
+        COMMAND_TABLE[(_kind, Command.ALERT)] = ROLLED_BACK
+
+
+@pytest.mark.parametrize(("kind", "command"), sorted(COMMAND_TABLE), ids=lambda v: str(v))
+def test_every_command_at_every_kind_of_step_returns_its_state_and_actions(
+    kind: str, command: Command
+) -> None:
+    before = STEP_KINDS[kind]
+    phase, step, weight, actions = COMMAND_TABLE[(kind, command)]
+    decision = decide(GATE, before, Inputs(now=400, acked=True, command=command, command_reason="why"))
+    assert decision.state.phase is phase
+    if step is not None:
+        assert decision.state.step_index == step
+    assert decision.state.canary_weight == weight
+    assert [(a.kind, a.canary_weight) for a in decision.actions] == actions
+    # The class of bug behind a lost step: the state claims a weight no action published.
+    published = decision.actions[-1].canary_weight if decision.actions else before.canary_weight
+    assert published == decision.state.canary_weight
+
+
+def test_every_command_and_kind_of_step_is_in_the_table() -> None:
+    assert set(COMMAND_TABLE) == {(kind, command) for kind in STEP_KINDS for command in Command}
+
+
+def test_promote_at_a_manual_gate_runs_the_next_weight_and_its_analysis_before_the_end() -> None:
+    gate = STEP_KINDS["manual pause"]
+    first = decide(GATE, gate, Inputs(now=400, command=Command.PROMOTE))
+    assert (first.state.step_index, first.state.canary_weight) == (4, 80)
+    assert first.state.weight_acked_at is None and not first.state.passed_at_weight
+    # Nothing moves on until Envoy runs 80% and an analysis at 80% passed.
+    assert not analysis_due(GATE, first.state, 500)
+    acked = decide(GATE, first.state, Inputs(now=410, acked=True))
+    assert acked.state.step_index == 4 and acked.actions == ()
+    assert analysis_due(GATE, acked.state, 440)
+    passed = decide(GATE, acked.state, Inputs(now=440, acked=True, verdicts=verdict(VerdictKind.PASS, 0.0)))
+    assert passed.state.step_index == 5
+    held = decide(GATE, passed.state, Inputs(now=441, acked=True))
+    assert held.state.phase is Phase.PAUSED
+    done = decide(GATE, held.state, Inputs(now=450, command=Command.PROMOTE))
+    assert done.state.phase is Phase.SUCCEEDED
+
+
+def test_an_operator_pause_freezes_a_timed_pause_and_resume_continues_with_the_time_left() -> None:
+    timed = STEP_KINDS["timed pause"]  # a 30 s pause that started at 150
+    paused = decide(GATE, timed, Inputs(now=160, acked=True, command=Command.PAUSE)).state
+    assert decide(GATE, paused, Inputs(now=500, acked=True)).actions == ()
+    resumed = decide(GATE, paused, Inputs(now=500, acked=True, command=Command.RESUME)).state
+    assert resumed.phase is Phase.PROGRESSING
+    assert decide(GATE, resumed, Inputs(now=519, acked=True)).actions == ()  # 10 s + 19 s < 30 s
+    moved = decide(GATE, resumed, Inputs(now=520, acked=True))
+    assert [(a.kind, a.canary_weight) for a in moved.actions] == [(ActionKind.SET_WEIGHT, 50)]
+
+
+def test_a_second_pause_keeps_the_clock_stopped_at_the_first() -> None:
+    timed = STEP_KINDS["timed pause"]
+    paused = decide(GATE, timed, Inputs(now=160, command=Command.PAUSE, command_reason="a")).state
+    again = decide(GATE, paused, Inputs(now=300, command=Command.PAUSE, command_reason="b")).state
+    assert (again.message, again.paused_at) == ("b", 160)

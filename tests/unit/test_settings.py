@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 from pathlib import Path
 
 import pytest
@@ -81,3 +82,41 @@ def test_a_broken_config_file_is_reported(tmp_path: Path) -> None:
     config.write_text("listen: 1\n")
     with pytest.raises(SettingsError, match="unknown settings"):
         load_settings({}, config_file=config)
+
+
+def test_the_public_url_defaults_to_the_listen_address() -> None:
+    settings = load_settings({"AEGIS_LISTEN": "10.1.2.3:9000"})
+    assert settings.server.public_url == "http://10.1.2.3:9000"
+    assert settings.server.public_url_guessed is False
+    assert load_settings({"AEGIS_LISTEN": "[::1]:9000"}).server.public_url == "http://[::1]:9000"
+
+
+@pytest.mark.parametrize("listen", ["0.0.0.0:8080", "[::]:8080"])
+def test_a_wildcard_listen_address_makes_the_public_url_a_guess_from_the_hostname(listen: str) -> None:
+    settings = load_settings({"AEGIS_LISTEN": listen})
+    assert settings.server.public_url == f"http://{socket.gethostname()}:8080"
+    assert settings.server.public_url_guessed is True
+    configured = load_settings({"AEGIS_LISTEN": listen, "AEGIS_PUBLIC_URL": "https://aegis.example.com/"})
+    assert configured.server.public_url == "https://aegis.example.com"
+    assert configured.server.public_url_guessed is False
+
+
+@pytest.mark.parametrize(
+    ("url", "problem"),
+    [
+        ("ftp://aegis.example.com", "http:// or https://"),
+        ("aegis.example.com:8080", "http:// or https://"),
+        ("https://", "no host"),
+        ("https://aegis.example.com/?next=1", "query or a fragment"),
+        ("https://aegis.example.com/#top", "query or a fragment"),
+        ("https://aegis.example.com?", "query or a fragment"),
+        ("https://aegis.example.com:http", "port"),
+        ("https://user:secretpw@aegis.example.com", "credentials"),
+    ],
+)
+def test_a_bad_public_url_is_refused_with_the_reason(url: str, problem: str) -> None:
+    with pytest.raises(SettingsError) as raised:
+        load_settings({"AEGIS_PUBLIC_URL": url})
+    assert "AEGIS_PUBLIC_URL" in str(raised.value)
+    assert problem in str(raised.value)
+    assert "secretpw" not in str(raised.value)
