@@ -22,6 +22,10 @@ from registry.http import authorize, read_json
 
 log = logging.getLogger(__name__)
 
+# Alertmanager posts every alert of a group at once (`max_alerts: 0`, its default, is no
+# limit): a storm of thousands of alerts at ~1-2 KB each must still arrive whole.
+MAX_WEBHOOK_BYTES = 16 << 20
+
 
 def add_routes(app: web.Application) -> None:
     app.router.add_post("/v1/alerts/alertmanager", receive)
@@ -29,7 +33,7 @@ def add_routes(app: web.Application) -> None:
 
 async def receive(request: web.Request) -> web.Response:
     authorize(request, Role.OPERATOR)
-    payload = await read_json(request)
+    payload = await read_json(request, limit=MAX_WEBHOOK_BYTES)
     alerts = payload.get("alerts")
     if not isinstance(alerts, list) or not all(isinstance(a, dict) for a in alerts):
         raise MalformedRequest('expected Alertmanager\'s webhook: {"version": "4", "alerts": [...]}')

@@ -23,7 +23,8 @@ from controlplane.xds.cache import Publisher, XdsCache
 from controlplane.xds.nodes import NodeTracker, PollKind
 from controlplane.xds.snapshot import ResourceType, Snapshot
 from registry.auth import Role
-from registry.http import authorize
+from registry.errors import MalformedRequest, RegistryError
+from registry.http import authorize, parse_json_object, read_body
 
 log = logging.getLogger(__name__)
 
@@ -77,10 +78,10 @@ class XdsServer:
         if resource_type is None:
             raise web.HTTPNotFound(text=f"unknown xDS type {type_label!r}")
         try:
-            poll = _parse_poll(await request.content.read(MAX_POLL_BYTES + 1))
-        except ValueError as exc:
+            poll = _parse_poll(await read_body(request, limit=MAX_POLL_BYTES))
+        except RegistryError:
             self.metrics.requests.labels(type_label, "bad_request").inc()
-            return web.json_response({"error": {"code": "bad_request", "message": str(exc)}}, status=400)
+            raise
         outcome = self.nodes.observe(
             poll.node_id, poll.cluster, resource_type, poll.version_info, now=time.monotonic()
         )
@@ -174,23 +175,16 @@ class _Poll:
 
 
 def _parse_poll(raw: bytes) -> _Poll:
-    if len(raw) > MAX_POLL_BYTES:
-        raise ValueError(f"discovery request larger than {MAX_POLL_BYTES} bytes")
-    try:
-        document = json.loads(raw or b"{}")
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ValueError(f"discovery request is not JSON: {exc}") from None
-    if not isinstance(document, dict):
-        raise ValueError("discovery request must be a JSON object")
+    document = parse_json_object(raw or b"{}", what="the discovery request")
     node = document.get("node") or {}
     if not isinstance(node, dict) or not isinstance(node.get("id", ""), str):
-        raise ValueError("node must be an object with a string id")
+        raise MalformedRequest("node must be an object with a string id")
     names = document.get("resource_names") or []
     if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
-        raise ValueError("resource_names must be a list of strings")
+        raise MalformedRequest("resource_names must be a list of strings")
     version = document.get("version_info") or ""
     if not isinstance(version, str):
-        raise ValueError("version_info must be a string")
+        raise MalformedRequest("version_info must be a string")
     return _Poll(
         node_id=node.get("id") or "unknown", cluster=str(node.get("cluster") or ""),
         version_info=version, resource_names=tuple(names),
