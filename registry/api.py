@@ -9,6 +9,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from aiohttp import BodyPartReader, MultipartReader, web
+from aiohttp.http import HttpProcessingError
 
 from registry.auth import Role
 from registry.blobs import CHUNK_BYTES, BlobStore, StagedBlob
@@ -27,6 +28,8 @@ from registry.metrics import RegistryMetrics
 from registry.service import Registration, RegistryService, StageChangeListener
 
 MAX_METADATA_BYTES = 1 << 20
+# What aiohttp's multipart reader raises on a body that is not the multipart it announces.
+MULTIPART_ERRORS = (ValueError, HttpProcessingError)
 MAX_URL_TTL_SECONDS = 7 * 24 * 3600
 
 
@@ -127,7 +130,7 @@ async def _next_part(request: web.Request, reader: MultipartReader) -> BodyPartR
     try:
         async with body_idle_timeout(request):
             part = await reader.next()
-    except ValueError as exc:  # a wrong boundary, or a body cut off before its parts end
+    except MULTIPART_ERRORS as exc:  # a wrong boundary, bad part headers, a body cut short
         raise MalformedRequest(_malformed(exc)) from None
     if part is not None and not isinstance(part, BodyPartReader):
         raise MalformedRequest("nested multipart bodies are not supported")
@@ -138,11 +141,13 @@ async def _read_chunk(request: web.Request, part: BodyPartReader, size: int) -> 
     try:
         async with body_idle_timeout(request):
             return await part.read_chunk(size)
-    except ValueError as exc:
+    except MULTIPART_ERRORS as exc:
         raise MalformedRequest(_malformed(exc)) from None
 
 
-def _malformed(exc: ValueError) -> str:
+def _malformed(exc: Exception) -> str:
+    if isinstance(exc, HttpProcessingError):
+        return f"the multipart body has a malformed part header: {exc.message}"
     if "EOF" in str(exc):
         return "the multipart body ends before its closing boundary; send the whole body"
     return f"the multipart body is malformed: {exc}"

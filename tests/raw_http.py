@@ -11,6 +11,14 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
+from aiohttp.test_utils import TestClient
+
+
+def port_of(client: TestClient[Any, Any]) -> int:
+    """The port of a started test server."""
+    assert client.port is not None, "start the test server first"
+    return client.port
+
 
 @dataclass
 class RawResponse:
@@ -47,9 +55,14 @@ def chunked(data: bytes, *, size: int = 65536) -> bytes:
     return bytes(out + b"0\r\n\r\n")
 
 
-async def read_response(reader: asyncio.StreamReader, *, timeout: float = 30) -> RawResponse:
+async def read_response(reader: asyncio.StreamReader) -> RawResponse:
     """One response, read up to the end of its body (not to the end of the connection)."""
-    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), timeout)
+    async with asyncio.timeout(30):
+        return await _read_response(reader)
+
+
+async def _read_response(reader: asyncio.StreamReader) -> RawResponse:
+    head = await reader.readuntil(b"\r\n\r\n")
     status_line, *header_lines = head.decode("latin-1").split("\r\n")
     headers: dict[str, str] = {}
     for line in header_lines:
@@ -57,7 +70,7 @@ async def read_response(reader: asyncio.StreamReader, *, timeout: float = 30) ->
             name, _, value = line.partition(":")
             headers[name.strip().lower()] = value.strip()
     length = int(headers.get("content-length", "0"))
-    body = await asyncio.wait_for(reader.readexactly(length), timeout) if length else b""
+    body = await reader.readexactly(length) if length else b""
     return RawResponse(int(status_line.split()[1]), headers, body)
 
 

@@ -15,7 +15,7 @@ from controlplane.xds.server import MAX_POLL_BYTES
 from registry.http import MAX_JSON_BODY_BYTES
 from tests.conftest import TOKENS, auth
 from tests.integration.conftest import Register, StartClient
-from tests.raw_http import chunked, json_body, read_response, request_head, send_in_pieces
+from tests.raw_http import chunked, json_body, port_of, read_response, request_head, send_in_pieces
 
 pytestmark = pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 
@@ -30,7 +30,9 @@ ENDPOINTS: dict[str, tuple[str, str, str | None, dict[str, Any], int]] = {
         {"model_name": "m", "version": "1", "address": "127.0.0.1", "port": 9000, "ttl_seconds": 60},
         MAX_JSON_BODY_BYTES,
     ),
-    "alerts": ("POST", "/v1/alerts/alertmanager", "operator", {"version": "4", "alerts": []}, MAX_WEBHOOK_BYTES),
+    "alerts": (
+        "POST", "/v1/alerts/alertmanager", "operator", {"version": "4", "alerts": []}, MAX_WEBHOOK_BYTES
+    ),
     "rollout-command": ("POST", "/v1/rollouts/m/pause", "operator", {"reason": "r"}, MAX_JSON_BODY_BYTES),
     **{
         f"xds-{kind}": ("POST", f"/v3/discovery:{kind}", None, {"node": {"id": "n1"}}, MAX_POLL_BYTES)
@@ -86,7 +88,7 @@ async def test_a_body_sent_in_two_writes_is_read_whole(
     body = json_body(document, padding=80_000)
     half = len(body) // 2
     split = await send_in_pieces(
-        client.port, method, path, [body[:half], body[half:]], headers=headers_for(role)
+        port_of(client), method, path, [body[:half], body[half:]], headers=headers_for(role)
     )
     assert b"not valid JSON" not in split.body
     # The same document, sent small and whole, gets the same answer.
@@ -99,7 +101,7 @@ async def test_a_500_kb_body_is_read_whole_or_refused_413_by_its_limit(
 ) -> None:
     method, path, role, document, limit = ENDPOINTS[name]
     body = json_body(document, padding=500_000)
-    answer = await send_in_pieces(client.port, method, path, [body], headers=headers_for(role))
+    answer = await send_in_pieces(port_of(client), method, path, [body], headers=headers_for(role))
     if len(body) > limit:
         assert answer.status == 413
     else:
@@ -161,16 +163,17 @@ async def test_a_slow_but_steady_body_is_not_timed_out(client: TestClient[Any, A
     pieces = [body[i : i + 20] for i in range(0, len(body), 20)]
     # Each pause is well under the idle timeout; together they are far over it.
     answer = await send_in_pieces(
-        client.port, method, path, pieces, headers=headers_for(role), pause=STALL_SECONDS / 3
+        port_of(client), method, path, pieces, headers=headers_for(role), pause=STALL_SECONDS / 3
     )
     assert answer.status == 201
     assert answer.json()["port"] == 9000
 
 
+TOO_DEEP = b"[" * 65 + b"]" * 65
 HOSTILE_BODIES = {
     "5000 nested arrays": (b"[" * 5000 + b"]" * 5000, "nested more than 64 levels"),
     "5000 nested objects": (b'{"a":' * 5000 + b"1" + b"}" * 5000, "nested more than 64 levels"),
-    "65 nested arrays": (b'{"stage": "prod", "x": ' + b"[" * 65 + b"]" * 65 + b"}", "nested more than 64 levels"),
+    "65 nested arrays": (b'{"stage": "prod", "x": ' + TOO_DEEP + b"}", "nested more than 64 levels"),
     "5000-digit integer": (b'{"stage": "prod", "port": ' + b"9" * 5000 + b"}", "outside the 64-bit range"),
     "integer past int64": (b'{"stage": "prod", "port": 9223372036854775808}', "outside the 64-bit range"),
     "NaN": (b'{"stage": "prod", "port": NaN}', "NaN is not a JSON number"),
