@@ -41,7 +41,7 @@ def parse_json(raw: bytes | str, *, what: str) -> Any:
         raise MalformedRequest(f"{what} is nested more than {MAX_DEPTH} levels deep") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise MalformedRequest(f"{what} is not valid JSON: {exc}") from None
-    if _depth_exceeds(document, MAX_DEPTH):
+    if _may_be_deep(raw) and _depth_exceeds(document, MAX_DEPTH):
         raise MalformedRequest(f"{what} is nested more than {MAX_DEPTH} levels deep")
     return document
 
@@ -77,18 +77,29 @@ def _no_constant(name: str) -> Any:
     raise _Refused(f"{name} is not a JSON number; send a finite number or null")
 
 
+def _may_be_deep(raw: bytes | str) -> bool:
+    """False when `raw` has too few brackets to nest past MAX_DEPTH: most bodies skip the walk."""
+    if isinstance(raw, str):
+        return raw.count("[") + raw.count("{") > MAX_DEPTH
+    # Counting bytes over-counts UTF-16/32 bodies, which only means walking them.
+    return raw.count(b"[") + raw.count(b"{") > MAX_DEPTH
+
+
 def _depth_exceeds(document: Any, limit: int) -> bool:
-    """Whether containers nest more than `limit` deep; iterative, so it cannot recurse itself."""
-    stack: list[tuple[Any, int]] = [(document, 1)]
-    while stack:
-        value, depth = stack.pop()
-        if isinstance(value, dict):
-            children: Any = value.values()
-        elif isinstance(value, list):
-            children = value
-        else:
-            continue
+    """Whether containers nest more than `limit` deep: a walk one level at a time, no recursion.
+
+    Only containers are kept from level to level; an 80 KB Envoy node (about 1,000
+    containers, 5 deep) takes about as long as its parse.
+    """
+    level = [document] if isinstance(document, dict | list) else []
+    depth = 0
+    while level:
+        depth += 1
         if depth > limit:
             return True
-        stack.extend((child, depth + 1) for child in children if isinstance(child, dict | list))
+        deeper: list[Any] = []
+        for container in level:
+            children = container.values() if type(container) is dict else container
+            deeper += [child for child in children if type(child) is dict or type(child) is list]
+        level = deeper
     return False

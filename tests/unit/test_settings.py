@@ -33,6 +33,11 @@ def test_secrets_come_from_files(tmp_path: Path) -> None:
     assert settings.security.tokens.authenticate("Bearer from-file").name == "admin"
 
 
+def test_the_body_read_timeout_defaults_to_30_seconds_and_can_be_set() -> None:
+    assert load_settings({}).server.body_read_timeout_seconds == 30.0
+    assert load_settings({"AEGIS_BODY_READ_TIMEOUT_SECONDS": "2.5"}).server.body_read_timeout_seconds == 2.5
+
+
 def test_postgres_urls_get_the_async_driver() -> None:
     settings = load_settings({"AEGIS_DATABASE_URL": "postgresql://u@h:5432/db"})
     assert settings.server.database_url == "postgresql+asyncpg://u@h:5432/db"
@@ -47,6 +52,8 @@ def test_postgres_urls_get_the_async_driver() -> None:
         ({"AEGIS_DATABASE_URL": "mysql://secretpw@h/db"}, "AEGIS_DATABASE_URL"),
         ({"AEGIS_API_TOKENS": "king:secretpw"}, "AEGIS_API_TOKENS"),
         ({"AEGIS_MODEL_SIGN_KEYS": "secretpw"}, "AEGIS_MODEL_SIGN_KEYS"),
+        ({"AEGIS_BODY_READ_TIMEOUT_SECONDS": "0"}, "AEGIS_BODY_READ_TIMEOUT_SECONDS must be positive"),
+        ({"AEGIS_BODY_READ_TIMEOUT_SECONDS": "soon"}, "AEGIS_BODY_READ_TIMEOUT_SECONDS"),
     ],
 )
 def test_bad_settings_name_the_setting_and_hide_the_secret(env: dict[str, str], message: str) -> None:
