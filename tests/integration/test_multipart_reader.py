@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 from controlplane.settings import Settings
 from tests.conftest import TOKENS, auth
 from tests.integration.conftest import StartClient, stored_files
-from tests.raw_http import port_of, read_response, request_head
+from tests.raw_http import port_of, read_response, request_head, send_in_pieces
 
 pytestmark = pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 
@@ -140,6 +140,18 @@ async def test_a_stalled_upload_gets_408_and_its_staged_bytes_are_removed(
     finally:
         writer.close()
     assert stored_files(app_settings.server.data_dir) == []
+
+
+async def test_a_slow_but_steady_upload_is_not_timed_out(client: TestClient[Any, Any]) -> None:
+    body = GOOD + closing()
+    pieces = [body[i : i + 40] for i in range(0, len(body), 40)]
+    # Each pause is well under the 1 s idle timeout; together they are far over it.
+    answer = await send_in_pieces(
+        port_of(client), "POST", "/v1/registry/register", pieces,
+        headers={**ADMIN, "Content-Type": WITH_BOUNDARY}, pause=1 / 3,
+    )
+    assert answer.status == 201, answer.body
+    assert answer.json()["size_bytes"] == len(b"weights")
 
 
 # --- property: arbitrary and mutated multipart bodies ---------------------------------
