@@ -29,6 +29,10 @@ from registry.http import authorize, read_json
 
 log = logging.getLogger(__name__)
 
+# Alertmanager posts every alert of a group at once (`max_alerts: 0`, its default, is no
+# limit): a storm of thousands of alerts at ~1-2 KB each must still arrive whole.
+MAX_WEBHOOK_BYTES = 16 << 20
+
 
 class RollbackIncomplete(RegistryError):
     """The rollback an alert asked for did not complete; Alertmanager retries a 5xx."""
@@ -76,7 +80,7 @@ def add_routes(app: web.Application) -> None:
 
 async def receive(request: web.Request) -> web.Response:
     authorize(request, Role.OPERATOR)
-    webhook = parse_webhook(await read_json(request))
+    webhook = parse_webhook(await read_json(request, limit=MAX_WEBHOOK_BYTES))
     runner, intake = request.app[RUNNER], request.app[INTAKE]
     outcomes: list[dict[str, Any]] = []
     for alert in webhook.alerts:

@@ -37,7 +37,8 @@ from controlplane.xds.nodes import (
 )
 from controlplane.xds.snapshot import ResourceType, Snapshot
 from registry.auth import Role
-from registry.http import authorize
+from registry.errors import MalformedRequest, RegistryError
+from registry.http import authorize, parse_json_object, read_body
 
 log = logging.getLogger(__name__)
 
@@ -122,11 +123,11 @@ class XdsServer:
         if token.verdict in (Verdict.MISSING, Verdict.UNKNOWN):
             return self._refuse(type_label, token, node_id=None)
         try:
-            poll = _parse_poll(await request.content.read(MAX_POLL_BYTES + 1))
+            poll = _parse_poll(await read_body(request, limit=MAX_POLL_BYTES))
             _check_limits(poll)
-        except ValueError as exc:
+        except RegistryError:
             self.metrics.requests.labels(type_label, "bad_request").inc()
-            return web.json_response({"error": {"code": "bad_request", "message": str(exc)}}, status=400)
+            raise
         if not token.allows(poll.node_id):
             return self._refuse(type_label, token, node_id=poll.node_id)
         outcome = self.nodes.observe(
@@ -256,23 +257,16 @@ class _Poll:
 
 
 def _parse_poll(raw: bytes) -> _Poll:
-    if len(raw) > MAX_POLL_BYTES:
-        raise ValueError(f"discovery request larger than {MAX_POLL_BYTES} bytes")
-    try:
-        document = json.loads(raw or b"{}")
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ValueError(f"discovery request is not JSON: {exc}") from None
-    if not isinstance(document, dict):
-        raise ValueError("discovery request must be a JSON object")
+    document = parse_json_object(raw or b"{}", what="the discovery request")
     node = document.get("node") or {}
     if not isinstance(node, dict) or not isinstance(node.get("id", ""), str):
-        raise ValueError("node must be an object with a string id")
+        raise MalformedRequest("node must be an object with a string id")
     names = document.get("resource_names") or []
     if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
-        raise ValueError("resource_names must be a list of strings")
+        raise MalformedRequest("resource_names must be a list of strings")
     version = document.get("version_info") or ""
     if not isinstance(version, str):
-        raise ValueError("version_info must be a string")
+        raise MalformedRequest("version_info must be a string")
     return _Poll(
         node_id=node.get("id") or "unknown", cluster=str(node.get("cluster") or ""),
         version_info=version, resource_names=tuple(names),
@@ -282,13 +276,15 @@ def _parse_poll(raw: bytes) -> _Poll:
 def _check_limits(poll: _Poll) -> None:
     """Node fields are kept per node: refuse (never cut) ones too long to be real."""
     if len(poll.node_id) > NODE_ID_MAX_CHARS:
-        raise ValueError(f"node.id is longer than {NODE_ID_MAX_CHARS} characters: give Envoy a shorter id")
+        raise MalformedRequest(
+            f"node.id is longer than {NODE_ID_MAX_CHARS} characters: give Envoy a shorter id"
+        )
     if len(poll.cluster) > NODE_CLUSTER_MAX_CHARS:
-        raise ValueError(
+        raise MalformedRequest(
             f"node.cluster is longer than {NODE_CLUSTER_MAX_CHARS} characters: give Envoy a shorter cluster"
         )
     if len(poll.version_info) > VERSION_MAX_CHARS:
-        raise ValueError(
+        raise MalformedRequest(
             f"version_info is longer than {VERSION_MAX_CHARS} characters: not a version this server sent"
         )
 
