@@ -29,6 +29,10 @@ from registry.schemas import CANARY, MODEL
 
 log = logging.getLogger(__name__)
 
+# Alertmanager posts every alert of a group at once (`max_alerts: 0`, its default, is no
+# limit): a storm of thousands of alerts at ~1-2 KB each must still arrive whole.
+MAX_WEBHOOK_BYTES = 16 << 20
+
 
 class RollbackIncomplete(RegistryError):
     """The rollback an alert asked for did not complete; Alertmanager retries a 5xx."""
@@ -146,7 +150,7 @@ _WEBHOOK = {
 OPERATIONS = (
     Operation(
         "post", "/v1/alerts/alertmanager", "receiveAlerts", "Alertmanager's webhook (version 4)",
-        "alerts", Role.OPERATOR, receive, body=AlertmanagerWebhook,
+        "alerts", Role.OPERATOR, receive, body=AlertmanagerWebhook, max_body_bytes=MAX_WEBHOOK_BYTES,
         description=(
             "A firing alert whose labels name a model (`model` or `model_name`, and `version` if "
             "present) with an active rollout rolls its canary back at once; the rest are recorded. "

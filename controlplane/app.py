@@ -32,7 +32,7 @@ from controlplane.xds.snapshot import Snapshot, build_snapshot
 from controlplane.xds.validate import EnvoyUnavailable, find_envoy_binary, validate_with_envoy
 from registry import api as registry_api
 from registry.blobs import BLOB_GRACE_SECONDS, BlobStore
-from registry.http import TOKENS, json_errors
+from registry.http import BODY_READ_TIMEOUT, TOKENS, json_errors
 from registry.metrics import RegistryMetrics
 from registry.routes import add_operations
 from registry.service import RegistryService
@@ -55,6 +55,7 @@ def create_app(settings: Settings) -> web.Application:
     app = web.Application(middlewares=[json_errors])
     app[SETTINGS] = settings
     app[TOKENS] = settings.security.tokens
+    app[BODY_READ_TIMEOUT] = settings.server.body_read_timeout_seconds
     metrics_registry = new_metrics_registry()
     app[METRICS_REGISTRY] = metrics_registry
     app[registry_api.METRICS] = RegistryMetrics(metrics_registry)

@@ -20,6 +20,7 @@ import yaml
 from controlplane.xds.credentials import NodeCredentials, NodeTokenConfigError
 from controlplane.xds.nodes import DEFAULT_MAX_NODES
 from registry.auth import TokenTable
+from registry.http import DEFAULT_BODY_READ_TIMEOUT_SECONDS
 from registry.signing import Keyring, keyring_from_env
 
 DEFAULT_MAX_ARTIFACT_BYTES = 10 * 1024**3  # 10 GiB: large models fit, a runaway upload does not fill the disk
@@ -44,6 +45,10 @@ class ServerSettings:
     # True when AEGIS_PUBLIC_URL was not set and the listen address is a wildcard, so the
     # public URL is a guess from the machine's hostname (start-up warns about it).
     public_url_guessed: bool = False
+    # Seconds a request body may go without a byte arriving before a 408 and a closed
+    # connection: long enough for a congested link, short enough that stalled
+    # clients cannot pile up connections (nginx's client_body_timeout is 60 s).
+    body_read_timeout_seconds: float = DEFAULT_BODY_READ_TIMEOUT_SECONDS
 
     @property
     def effective_database_url(self) -> str:
@@ -127,6 +132,9 @@ def load_settings(env: Mapping[str, str] | None = None, config_file: Path | None
         database_url=_database_url(merged.get("AEGIS_DATABASE_URL", "")),
         public_url=public_url,
         public_url_guessed=guessed,
+        body_read_timeout_seconds=_positive_float(
+            merged, "AEGIS_BODY_READ_TIMEOUT_SECONDS", DEFAULT_BODY_READ_TIMEOUT_SECONDS
+        ),
     )
     registry = RegistrySettings(
         max_artifact_bytes=_positive_int(merged, "AEGIS_MAX_ARTIFACT_BYTES", DEFAULT_MAX_ARTIFACT_BYTES),
@@ -193,6 +201,13 @@ def _non_negative_float(values: Mapping[str, str], name: str, default: float) ->
         raise SettingsError(f"{name}={raw!r} is not a number") from None
     if number < 0:
         raise SettingsError(f"{name} must not be negative, not {number}")
+    return number
+
+
+def _positive_float(values: Mapping[str, str], name: str, default: float) -> float:
+    number = _non_negative_float(values, name, default)
+    if number == 0:
+        raise SettingsError(f"{name} must be positive, not 0")
     return number
 
 

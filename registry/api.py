@@ -13,14 +13,15 @@ from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlencode
 
-from aiohttp import BodyPartReader, web
+from aiohttp import BodyPartReader, MultipartReader, web
+from aiohttp.http import HttpProcessingError
 
 from registry.auth import Role
 from registry.blobs import CHUNK_BYTES, BlobStore, StagedBlob
 from registry.domain import Stage, StageChange
 from registry.download_urls import check_url_signature, url_signature
 from registry.errors import MalformedRequest, NotFound, PayloadTooLarge
-from registry.http import authorize
+from registry.http import authorize, body_idle_timeout
 from registry.metrics import RegistryMetrics
 from registry.routes import Answer, Call, Operation, Reply, parse_json_model
 from registry.schemas import (
@@ -49,6 +50,8 @@ from registry.schemas import (
 from registry.service import Registration, RegistryService, StageChangeListener
 
 MAX_METADATA_BYTES = 1 << 20
+# What aiohttp's multipart reader raises on a body that is not the multipart it announces.
+MULTIPART_ERRORS = (ValueError, HttpProcessingError)
 
 
 @dataclass(frozen=True)
@@ -102,25 +105,24 @@ async def _read_upload(request: web.Request) -> tuple[Registration, StagedBlob]:
         raise MalformedRequest(
             "send multipart/form-data with a 'metadata' part (JSON) and an 'artifact' part"
         )
+    try:
+        reader = await request.multipart()
+    except ValueError as exc:  # no boundary, or one aiohttp cannot use
+        raise MalformedRequest(f"the multipart body cannot be read: {exc}") from None
     blobs = request.app[BLOBS]
     claim: Registration | None = None
     staged: StagedBlob | None = None
     try:
-        reader = await request.multipart()
-        while (part := await reader.next()) is not None:
-            if not isinstance(part, BodyPartReader):
-                raise MalformedRequest("nested multipart bodies are not supported")
+        while (part := await _next_part(request, reader)) is not None:
             if part.name == "metadata" and claim is None:
-                raw = await _read_limited(part, MAX_METADATA_BYTES, what="the metadata part")
+                raw = await _read_limited(request, part, MAX_METADATA_BYTES, what="the metadata part")
                 claim = parse_json_model(RegistrationMetadata, raw, what="the metadata part").claim()
             elif part.name == "artifact" and staged is None:
                 staged = await blobs.stage(
-                    _part_chunks(part), max_bytes=request.app[CONFIG].max_artifact_bytes
+                    _part_chunks(request, part), max_bytes=request.app[CONFIG].max_artifact_bytes
                 )
             else:
-                raise MalformedRequest(
-                    f"unexpected part {part.name!r}: send one 'metadata' and one 'artifact' part"
-                )
+                raise MalformedRequest(_unexpected_part(part.name))
         if claim is None or staged is None:
             missing = "metadata" if claim is None else "artifact"
             raise MalformedRequest(f"the upload has no {missing!r} part")
@@ -131,18 +133,54 @@ async def _read_upload(request: web.Request) -> tuple[Registration, StagedBlob]:
     return claim, staged
 
 
-async def _part_chunks(part: BodyPartReader) -> AsyncIterator[bytes]:
+def _unexpected_part(name: str | None) -> str:
+    expected = "send one 'metadata' part (JSON) and one 'artifact' part"
+    if name in ("metadata", "artifact"):
+        return f"the upload has a second {name!r} part; {expected}"
+    if name is None:
+        return f"a part has no name (Content-Disposition: form-data; name=...); {expected}"
+    return f"unexpected part {name!r}; {expected}"
+
+
+async def _next_part(request: web.Request, reader: MultipartReader) -> BodyPartReader | None:
+    try:
+        async with body_idle_timeout(request):
+            part = await reader.next()
+    except MULTIPART_ERRORS as exc:  # a wrong boundary, bad part headers, a body cut short
+        raise MalformedRequest(_malformed(exc)) from None
+    if part is not None and not isinstance(part, BodyPartReader):
+        raise MalformedRequest("nested multipart bodies are not supported")
+    return part
+
+
+async def _read_chunk(request: web.Request, part: BodyPartReader, size: int) -> bytes:
+    try:
+        async with body_idle_timeout(request):
+            return await part.read_chunk(size)
+    except MULTIPART_ERRORS as exc:
+        raise MalformedRequest(_malformed(exc)) from None
+
+
+def _malformed(exc: Exception) -> str:
+    if isinstance(exc, HttpProcessingError):
+        return f"the multipart body has a malformed part header: {exc.message}"
+    if "EOF" in str(exc):
+        return "the multipart body ends before its closing boundary; send the whole body"
+    return f"the multipart body is malformed: {exc}"
+
+
+async def _part_chunks(request: web.Request, part: BodyPartReader) -> AsyncIterator[bytes]:
     # read_chunk defaults to 8 KiB; 1 MiB keeps hashing close to the machine's limit.
-    while chunk := await part.read_chunk(CHUNK_BYTES):
+    while chunk := await _read_chunk(request, part, CHUNK_BYTES):
         yield chunk
 
 
-async def _read_limited(part: BodyPartReader, limit: int, *, what: str) -> bytes:
+async def _read_limited(request: web.Request, part: BodyPartReader, limit: int, *, what: str) -> bytes:
     collected = bytearray()
-    while chunk := await part.read_chunk(65536):
+    while chunk := await _read_chunk(request, part, 65536):
         collected.extend(chunk)
         if len(collected) > limit:
-            raise MalformedRequest(f"{what} is larger than {limit} bytes")
+            raise PayloadTooLarge(f"{what} is larger than {limit} bytes")
     return bytes(collected)
 
 

@@ -172,16 +172,24 @@ def plan_promotion(
     return changes
 
 
-def plan_rollback(versions: list[ModelVersion], *, actor: str, reason: str) -> list[StageChange]:
+def plan_rollback(
+    versions: list[ModelVersion], *, actor: str, reason: str, canary_version: str | None = None
+) -> list[StageChange]:
     """What a rollback means for a model (pure).
 
     With a canary: the canary goes back to staging. Without one: prod is archived
     and the version that was prod before it returns to prod.
+
+    `canary_version` names the canary a rollout is rolling back: then only that
+    canary moves, and nothing at all when it is no longer canary. A rollout retrying
+    a rollback whose first attempt was committed must not take prod back a version.
     """
     if not versions:
         raise Conflict("model has no versions to roll back")
     model_name = versions[0].model_name
     canary = holder_of(versions, Stage.CANARY)
+    if canary_version is not None and (canary is None or canary.version != canary_version):
+        return []
     if canary is not None:
         return [
             StageChange(

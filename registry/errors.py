@@ -47,3 +47,10 @@ class Unauthorized(RegistryError):
 class Forbidden(RegistryError):
     status = 403
     code = "forbidden"
+
+
+class RequestTimeout(RegistryError):
+    """The client stopped sending its body; the connection is closed after the answer."""
+
+    status = 408
+    code = "request_timeout"

@@ -249,10 +249,14 @@ class RegistryService:
         return await self.get_version(model_name, version)
 
     async def rollback(
-        self, model_name: str, *, actor: str, reason: str, force: bool = False
+        self, model_name: str, *, actor: str, reason: str, force: bool = False,
+        canary_version: str | None = None,
     ) -> list[StageChange]:
+        """Roll a model back (see `plan_rollback`); with `canary_version`, only that canary."""
         versions = await self.list_versions(model_name)
-        changes = plan_rollback(versions, actor=actor, reason=reason)
+        changes = plan_rollback(versions, actor=actor, reason=reason, canary_version=canary_version)
+        if not changes:
+            return changes
         for change in changes:
             if change.to_stage is Stage.PROD:
                 await self._require_valid(_find(versions, change.version), purpose="restored to prod")

@@ -293,9 +293,18 @@ class RolloutRunner:
             )
             await self.traffic.release(model_name)
         else:
-            await self._set_weight(policy, state, 0)
-            await self.registry.rollback(model_name, actor=ACTOR, reason=action.reason)
+            # A retry of a rollback whose registry change was committed (then recording the
+            # decision failed) finds the canary gone: only the traffic is left to hand back.
+            if await self._still_canary(state):
+                await self._set_weight(policy, state, 0)
+                await self.registry.rollback(
+                    model_name, actor=ACTOR, reason=action.reason, canary_version=state.canary_version
+                )
             await self.traffic.release(model_name)
+
+    async def _still_canary(self, state: RolloutState) -> bool:
+        versions = await self.registry.list_versions(state.model_name)
+        return any(v.version == state.canary_version and v.stage is Stage.CANARY for v in versions)
 
     async def _set_weight(self, policy: Policy | None, state: RolloutState, weight: int) -> None:
         match = [dict(m.headers) for m in policy.match] if policy is not None and weight < 100 else []

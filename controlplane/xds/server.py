@@ -36,7 +36,8 @@ from controlplane.xds.nodes import (
 from controlplane.xds.schemas import DiscoveryNode, DiscoveryRequest, DiscoveryResponse, XdsNode, XdsNodes
 from controlplane.xds.snapshot import ResourceType, Snapshot
 from registry.auth import Role
-from registry.errors import MalformedRequest, RegistryError
+from registry.errors import RegistryError
+from registry.http import read_body
 from registry.routes import Call, Operation, PathParam, Reply, parse_json_model
 
 log = logging.getLogger(__name__)
@@ -119,7 +120,7 @@ class XdsServer:
         if token.verdict in (Verdict.MISSING, Verdict.UNKNOWN):
             return self._refuse(type_label, token, node_id=None)
         try:
-            poll = _parse_poll(await request.content.read(MAX_POLL_BYTES + 1))
+            poll = _parse_poll(await read_body(request, limit=MAX_POLL_BYTES))
         except RegistryError:
             self.metrics.requests.labels(type_label, "bad_request").inc()
             raise
@@ -248,8 +249,6 @@ class _Poll:
 
 
 def _parse_poll(raw: bytes) -> _Poll:
-    if len(raw) > MAX_POLL_BYTES:
-        raise MalformedRequest(f"discovery request larger than {MAX_POLL_BYTES} bytes")
     request = parse_json_model(DiscoveryRequest, raw or b"{}", what="the discovery request")
     node = request.node or DiscoveryNode()
     return _Poll(

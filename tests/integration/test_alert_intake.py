@@ -187,3 +187,31 @@ async def test_a_real_alertmanager_delivery_rolls_the_canary_back(
         assert document["message"] == "alert AegisCanaryHighErrorRate firing: canary errors"
     finally:
         await asyncio.to_thread(alertmanager.stop)
+
+
+def on_table(statements: dict[str, list[str]], table: str) -> dict[str, list[str]]:
+    return {d: [s.replace("traffic_settings", table) for s in sql] for d, sql in statements.items()}
+
+
+async def test_a_retried_rollback_after_a_partial_failure_finishes_without_moving_prod(
+    client: TestClient[Any, Any], register: Register
+) -> None:
+    # 0 was prod before 1: a rollback of a model with no canary would restore 0.
+    for version in ("0", "1", "2"):
+        assert (await register("held-c", version, f"weights {version}".encode())).status == 201
+    for version, stage in (("0", "prod"), ("1", "prod"), ("2", "canary")):
+        promoted = await client.post(
+            f"/v1/registry/held-c/{version}/promote", json={"stage": stage}, headers=auth("operator")
+        )
+        assert promoted.status == 200, await promoted.text()
+    # The registry's rollback commits; recording the rollout's decision then fails.
+    await run_sql(client, on_table(FAIL_TRAFFIC_WRITES, "rollout_decisions"))
+    failed = await post_alerts(client, alert("held-c"))
+    assert failed.status >= 500
+    assert await stages(client, "held-c") == {"0": "archived", "1": "prod", "2": "staging"}
+
+    await run_sql(client, on_table(HEAL_TRAFFIC_WRITES, "rollout_decisions"))
+    retried = await post_alerts(client, alert("held-c"))
+    assert retried.status == 200, await retried.text()
+    assert await phase(client, "held-c") == "rolled_back"
+    assert await stages(client, "held-c") == {"0": "archived", "1": "prod", "2": "staging"}

@@ -483,6 +483,7 @@ async def test_status_shows_what_envoy_serves_beside_the_desired_weight_and_fini
     await announce(client, "held-s", "2", 9102)
     envoy = SimulatedEnvoy(client)
     await envoy.sync()
+    before_rollout = dict(envoy.versions)
     await client.post("/v1/registry/held-s/2/promote", json={"stage": "canary"}, headers=auth("operator"))
     desired = await (await client.get("/v1/rollouts/held-s", headers=auth("viewer"))).json()
     # The rollout asked for 10%, but Envoy has not taken the new routes: it serves 0%.
@@ -499,17 +500,19 @@ async def test_status_shows_what_envoy_serves_beside_the_desired_weight_and_fini
     served = (document["phase"], document["canary_weight"], document["actual_canary_weight"])
     assert served == ("paused", 10, 10)
     assert document["served_canary_weights"] == [{"canary_weight": 10, "nodes": 1}]
-    # A second Envoy joins and has not acknowledged any routes yet: the nodes differ.
+    # A second Envoy, restarted on the routes from before the rollout, has not taken the
+    # new ones yet: the nodes differ. (A node that reports no version yet is not counted.)
     newcomer = SimulatedEnvoy(client, "envoy-2")
+    newcomer.versions = dict(before_rollout)
     await newcomer.sync(rounds=1)
     document = await (await client.get("/v1/rollouts/held-s", headers=auth("viewer"))).json()
     assert document["actual_canary_weight"] is None
     assert document["served_canary_weights"] == [
-        {"canary_weight": None, "nodes": 1},
+        {"canary_weight": 0, "nodes": 1},
         {"canary_weight": 10, "nodes": 1},
     ]
     text = await asyncio.to_thread(aegis, client, "rollout", "status", "held-s")
-    assert "(Envoy nodes serve ? on 1, 10% on 1)" in text.stdout
+    assert "(Envoy nodes serve 0% on 1, 10% on 1)" in text.stdout
     await newcomer.sync()
     document = await (await client.get("/v1/rollouts/held-s", headers=auth("viewer"))).json()
     assert document["served_canary_weights"] == [{"canary_weight": 10, "nodes": 2}]

@@ -193,7 +193,7 @@ async def test_a_second_metadata_part_is_refused_not_last_wins(
     response = await client.post("/v1/registry/register", data=form, headers=auth("admin"))
 
     assert response.status == 400
-    assert "unexpected part 'metadata'" in (await response.json())["error"]["message"]
+    assert "a second 'metadata' part" in (await response.json())["error"]["message"]
     listed = await (await client.get("/v1/registry/models", headers=auth("viewer"))).json()
     assert listed["models"] == []
 

@@ -91,6 +91,26 @@ def test_rollback_of_prod_walks_back_through_earlier_prods() -> None:
 
 
 @pytest.mark.parametrize(
+    ("versions", "canary_version", "expected"),
+    [
+        # The rollout's canary is still canary: it alone goes back to staging.
+        ([version("1", P), version("2", C)], "2", [("2", S)]),
+        # Already rolled back (a retry after the first attempt was committed): nothing moves,
+        # above all prod does not go back to the version before it.
+        ([version("1", A, (1, S, P, PROMOTE), (2, P, A, ARCHIVE)), version("2", P, (2, S, P, PROMOTE)),
+          version("3", S)], "3", []),
+        # Another version became canary meanwhile: it is not this rollout's to move.
+        ([version("1", P), version("3", S), version("4", C)], "3", []),
+    ],
+)
+def test_a_rollout_rolls_back_only_its_own_canary(
+    versions: list[ModelVersion], canary_version: str, expected: list[tuple[str, Stage]]
+) -> None:
+    changes = plan_rollback(versions, actor="aegis-rollout", reason="failed", canary_version=canary_version)
+    assert [(c.version, c.to_stage) for c in changes] == expected
+
+
+@pytest.mark.parametrize(
     ("versions", "message"),
     [
         ([], "no versions"),

@@ -45,6 +45,9 @@ def test_xds_listener_and_node_tokens(tmp_path: Path) -> None:
     assert settings.xds.listen == ("10.0.0.5", 18080)
     assert settings.xds.node_credentials.check("Bearer node-secret").allows("envoy-1")
     assert "node-secret" not in repr(settings)
+def test_the_body_read_timeout_defaults_to_30_seconds_and_can_be_set() -> None:
+    assert load_settings({}).server.body_read_timeout_seconds == 30.0
+    assert load_settings({"AEGIS_BODY_READ_TIMEOUT_SECONDS": "2.5"}).server.body_read_timeout_seconds == 2.5
 
 
 def test_postgres_urls_get_the_async_driver() -> None:
@@ -65,6 +68,8 @@ def test_postgres_urls_get_the_async_driver() -> None:
         ({"AEGIS_XDS_LISTEN": "internal"}, "AEGIS_XDS_LISTEN"),
         ({"AEGIS_XDS_LISTEN": "127.0.0.1:8080"}, "AEGIS_XDS_LISTEN must differ from AEGIS_LISTEN"),
         ({"AEGIS_XDS_MAX_NODES": "0"}, "AEGIS_XDS_MAX_NODES"),
+        ({"AEGIS_BODY_READ_TIMEOUT_SECONDS": "0"}, "AEGIS_BODY_READ_TIMEOUT_SECONDS must be positive"),
+        ({"AEGIS_BODY_READ_TIMEOUT_SECONDS": "soon"}, "AEGIS_BODY_READ_TIMEOUT_SECONDS"),
     ],
 )
 def test_bad_settings_name_the_setting_and_hide_the_secret(env: dict[str, str], message: str) -> None:
