@@ -56,7 +56,8 @@ class RegistrationMetadata(RequestModel):
     version: Version
     checksum: Checksum | None = Field(default=None, description="optional claim, checked against the bytes")
     signature: str | None = Field(
-        default=None, max_length=MAX_SIGNATURE_CHARS, description="optional; over `model|version|checksum`"
+        default=None, max_length=MAX_SIGNATURE_CHARS, pattern=r"^[0-9a-fA-F]+$",
+        description="optional, hex; over `model|version|checksum`",
     )
     key_id: str | None = Field(
         default=None, max_length=MAX_KEY_ID_CHARS, description="the signature's key; default: the signing key"

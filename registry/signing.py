@@ -85,7 +85,8 @@ class Keyring:
     ) -> bool:
         if key_id in self.hmac_keys:
             expected = hmac_signature(self.hmac_keys[key_id], model_name, version, checksum)
-            return hmac.compare_digest(expected, signature.lower())
+            # Bytes, not str: compare_digest refuses non-ASCII strings with a TypeError.
+            return hmac.compare_digest(expected.encode(), signature.lower().encode())
         public = self.ed25519_public.get(key_id)
         if public is None:
             return False

@@ -198,6 +198,17 @@ async def test_a_second_metadata_part_is_refused_not_last_wins(
     assert listed["models"] == []
 
 
+@pytest.mark.parametrize("signature", ["\u00e9" * 64, "zz"])
+async def test_a_signature_that_is_not_hex_is_a_422_not_a_500(
+    client: TestClient[Any, Any], register: Register, signature: str
+) -> None:
+    # Found by the fuzz suite: a non-ASCII signature reached hmac.compare_digest (TypeError).
+    response = await register("m", "1", b"bytes", signature=signature)
+
+    assert response.status == 422, await response.text()
+    assert "signature" in (await response.json())["error"]["message"]
+
+
 async def test_a_405_says_which_methods_are_allowed(client: TestClient[Any, Any]) -> None:
     response = await client.delete("/v1/registry/models", headers=auth("admin"))
 

@@ -32,6 +32,12 @@ def test_keyring_signs_with_the_first_listed_key_and_verifies_with_the_named_one
     assert not ring.verify("m", "1", CHECKSUM, signature=made.signature, key_id="unknown")
 
 
+def test_a_signature_with_non_ascii_characters_does_not_verify_and_does_not_raise() -> None:
+    ring = keyring_from_env({"AEGIS_MODEL_SIGN_KEYS": "k1:one"})
+
+    assert not ring.verify("m", "1", CHECKSUM, signature="\u00e9" * 64, key_id="k1")
+
+
 def test_legacy_key_alone_signs_as_legacy() -> None:
     ring = keyring_from_env({"AEGIS_MODEL_SIGN_KEY": "old"})
     assert ring.sign("m", "1", CHECKSUM).key_id == "legacy"
