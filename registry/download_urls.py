@@ -22,7 +22,8 @@ def check_url_signature(
     except ValueError:
         raise Forbidden("the download URL is malformed; ask for a new one") from None
     expected = url_signature(key, model_name, version, expires_at)
-    if not hmac.compare_digest(expected, signature.lower()):
+    # Bytes, not str: compare_digest refuses non-ASCII strings with a TypeError.
+    if not hmac.compare_digest(expected.encode(), signature.lower().encode()):
         raise Forbidden("the download URL's signature is not valid; ask for a new URL")
     if now > expires_at:
         raise Forbidden("the download URL has expired; ask for a new one with POST …/artifact-url")

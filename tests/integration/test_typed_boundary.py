@@ -209,6 +209,18 @@ async def test_a_signature_that_is_not_hex_is_a_422_not_a_500(
     assert "signature" in (await response.json())["error"]["message"]
 
 
+async def test_a_download_url_with_a_non_ascii_signature_is_a_403_not_a_500(
+    client: TestClient[Any, Any], register: Register
+) -> None:
+    # Found by the fuzz suite: the signature reached hmac.compare_digest as a non-ASCII str.
+    assert (await register("m", "1", b"bytes")).status == 201
+
+    response = await client.get("/v1/registry/m/1/artifact?expires=9999999999&sig=%F0%A4%B8%8C")
+
+    assert response.status == 403
+    assert "signature is not valid" in (await response.json())["error"]["message"]
+
+
 async def test_a_405_says_which_methods_are_allowed(client: TestClient[Any, Any]) -> None:
     response = await client.delete("/v1/registry/models", headers=auth("admin"))
 
