@@ -37,7 +37,7 @@ from controlplane.xds.schemas import DiscoveryNode, DiscoveryRequest, DiscoveryR
 from controlplane.xds.snapshot import ResourceType, Snapshot
 from registry.auth import Role
 from registry.errors import RegistryError
-from registry.http import read_body
+from registry.http import error_response, read_body
 from registry.routes import Call, Operation, PathParam, Reply, parse_json_model
 
 log = logging.getLogger(__name__)
@@ -168,9 +168,10 @@ class XdsServer:
             self._last_refusal_log = now
             log.warning("refused an xDS poll (%s): %s; further refusals are only counted for a minute",
                         status, message)
-        headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
-        document = {"error": {"code": code, "message": message}}
-        return web.json_response(document, status=status, headers=headers)
+        response = error_response(status, code, message)
+        if status == 401:
+            response.headers["WWW-Authenticate"] = "Bearer"
+        return response
 
     async def _answer(
         self, resource_type: ResourceType, type_label: str, poll: _Poll, *, believed: bool
