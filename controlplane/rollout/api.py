@@ -139,7 +139,7 @@ async def get_rollout(request: web.Request) -> web.Response:
     limit, _ = _page_limit(request, DEFAULT_DECISIONS)
     found = await runner.store.latest(model_name, decisions=limit)
     if found is None:
-        raise NotFound(f"{model_name} has no rollout; `aegis rollout status` lists them")
+        raise NotFound(f"{model_name} has no rollout; GET /v1/rollouts lists them")
     return web.json_response(latest_document(runner, *found))
 
 
@@ -180,7 +180,7 @@ async def past_rollout(request: web.Request) -> web.Response:
     row = await runner.store.one(model_name, rollout_id)
     if row is None or row.id is None:
         raise NotFound(
-            f"{model_name} has no rollout {rollout_id}; `aegis rollout history {model_name}` lists them"
+            f"{model_name} has no rollout {rollout_id}; GET /v1/rollouts/{model_name}/history lists them"
         )
     limit, before = _page_limit(request, 100)
     decisions = await runner.store.decisions(row.id, limit=limit, before=before)
