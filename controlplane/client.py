@@ -42,6 +42,7 @@ _CLI_COMMANDS: tuple[tuple[re.Pattern[str], str], ...] = tuple(
         (rf"^(?P<m>{_NAME}) has no rollout; GET /v1/rollouts lists them$",
          "no rollout for {m}; start one with `aegis promote {m} VERSION --to canary` "
          "(a rollout starts when a policy matches {m}); `aegis rollout status` lists rollouts"),
+        (rf"GET /v1/rollouts/(?P<m>{_NAME})/history\b", "`aegis rollout history {m}`"),
         (rf"POST /v1/rollouts/(?P<m>{_NAME})/(?P<c>[a-z|]+)", "`aegis rollout {c} {m}`"),
         (rf"GET /v1/rollouts/(?P<m>{_NAME})", "`aegis rollout status {m}`"),
         (r"GET /v1/rollouts\b", "`aegis rollout status`"),

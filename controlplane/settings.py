@@ -37,7 +37,7 @@ class ServerSettings:
     host: str = "127.0.0.1"
     port: int = 8080
     data_dir: Path = Path("aegis-data")
-    # SQLite in the data directory by default; PostgreSQL (postgresql+asyncpg://) for replicas.
+    # SQLite in the data directory by default; PostgreSQL (postgresql+asyncpg://) as an option.
     database_url: str = ""
     # The origin (and optional path prefix) clients reach this process at: signed download
     # URLs are built on it, never on a request's Host header, which the client chooses.

@@ -16,6 +16,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 from aiohttp import web
+from sqlalchemy.exc import DBAPIError
 
 from registry.auth import Principal, Role, TokenTable, require
 from registry.boundary import JSON, Error, ErrorDetail
@@ -54,6 +55,14 @@ async def json_errors(request: web.Request, handler: Handler) -> web.StreamRespo
         if exc.status < 400:
             raise
         return _http_error(request, exc)
+    except DBAPIError:
+        # The database refused or lost a statement (full disk, failover, a lost connection):
+        # the transaction rolled back, and the same request is worth retrying.
+        log.exception("database error in %s %s", request.method, request.path)
+        return error_response(
+            503, "storage_unavailable",
+            "the database did not take the change; retry shortly (the server log has details)",
+        )
     except Exception:
         log.exception("unhandled error in %s %s", request.method, request.path)
         return error_response(500, "internal_error", "internal error; the server log has details")

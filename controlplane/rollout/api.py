@@ -97,7 +97,7 @@ async def past_rollout(call: Call[None, PageQuery]) -> PastRollout:
     row = await runner.store.one(model_name, rollout_id)
     if row is None or row.id is None:
         raise NotFound(
-            f"{model_name} has no rollout {rollout_id}; `aegis rollout history {model_name}` lists them"
+            f"{model_name} has no rollout {rollout_id}; GET /v1/rollouts/{model_name}/history lists them"
         )
     limit = call.query.limit or DEFAULT_PAST_DECISIONS
     decisions = await runner.store.decisions(row.id, limit=limit, before=call.query.before)

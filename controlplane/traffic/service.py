@@ -234,7 +234,12 @@ class TrafficService:
         result = await self.publish(self.desired(candidate))
         if not result.published:
             raise InvalidInput(f"the new routing was not published: {result.error}")
-        await self.store.save_setting(row)
+        try:
+            await self.store.save_setting(row)
+        except BaseException:
+            # Published but not stored: Envoy must not keep weights a restart would forget.
+            await self.publish(self.desired(self.settings))
+            raise
         self.settings = candidate
         return result
 

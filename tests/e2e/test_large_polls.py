@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from controlplane.xds.validate import find_envoy_binary
-from tests.e2e.stack import Stack
+from tests.e2e.stack import NODE_TOKEN, Stack
 from tests.e2e.traffic import send
 from tests.processes import Envoy
 from tests.raw_http import json_body, send_in_pieces
@@ -41,7 +41,9 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     running = Stack(root)
     running.aegis.start()
     try:
-        running.envoy = LargeNodeEnvoy(root / "envoy", xds_port=running.aegis.port).start()
+        running.envoy = LargeNodeEnvoy(
+            root / "envoy", xds_port=running.aegis.port, node_token=NODE_TOKEN
+        ).start()
         yield running
     finally:
         running.close()
@@ -83,7 +85,7 @@ async def test_an_80_kb_poll_in_two_tcp_writes_is_answered_200(stack: Stack) -> 
     half = len(body) // 2
     answer = await send_in_pieces(
         stack.aegis.port, "POST", "/v3/discovery:listeners", [body[:half], body[half:]],
-        headers={"Content-Type": "application/json"},
+        headers={"Content-Type": "application/json", "Authorization": f"Bearer {NODE_TOKEN}"},
     )
     assert answer.status == 200, answer.body[:300]
     document = answer.json()

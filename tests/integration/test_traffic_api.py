@@ -13,6 +13,7 @@ from controlplane.traffic.service import ROLLOUT_OWNER, TrafficRequest
 from controlplane.xds.resources import cluster_name
 from tests.conftest import auth
 from tests.integration.conftest import Register, StartClient
+from tests.integration.test_alert_intake import FAIL_TRAFFIC_WRITES, HEAL_TRAFFIC_WRITES, run_sql
 from tests.integration.test_xds_protocol import poll, serve_model, weights_in
 
 # Both databases: traffic settings and endpoints live in the same store as the registry.
@@ -228,3 +229,21 @@ async def test_a_first_prod_with_nothing_serving_yet_needs_no_endpoint(
     await register("m", "1", b"weights 1")
     response = await client.post("/v1/registry/m/1/promote", json={"stage": "prod"}, headers=auth("operator"))
     assert response.status == 200  # nothing served before: nothing is taken away
+
+
+async def test_weights_the_database_refused_are_not_served_to_envoy(
+    client: TestClient[Any, Any], register: Register
+) -> None:
+    await serve_model(client, register, "1", "2")
+    kept = await client.put("/v1/traffic/m", json={"weights": {"1": 90, "2": 10}}, headers=auth("operator"))
+    assert kept.status == 200
+    await run_sql(client, FAIL_TRAFFIC_WRITES)
+    half = {"weights": {"1": 50, "2": 50}}
+    refused = await client.put("/v1/traffic/m", json=half, headers=auth("operator"))
+    assert refused.status == 503
+    assert (await refused.json())["error"]["code"] == "storage_unavailable"
+    _, routes = await poll(client, "routes")
+    assert weights_in(routes) == {cluster_name("m", "1"): 90, cluster_name("m", "2"): 10}
+    await run_sql(client, HEAL_TRAFFIC_WRITES)
+    document = await (await client.get("/v1/traffic/m", headers=auth("viewer"))).json()
+    assert document["weights"] == {"1": 90, "2": 10}
