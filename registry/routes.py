@@ -125,7 +125,11 @@ class Operation:
 
 def add_operations(app: web.Application, operations: Sequence[Operation]) -> None:
     for operation in operations:
-        app.router.add_route(operation.method.upper(), operation.path, _bind(operation))
+        if operation.method.lower() == "get":
+            # HEAD answers like GET without the body, as aiohttp's add_get (and HTTP) has it.
+            app.router.add_get(operation.path, _bind(operation))
+        else:
+            app.router.add_route(operation.method.upper(), operation.path, _bind(operation))
 
 
 def _bind(operation: Operation) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
