@@ -87,8 +87,10 @@ def run_schemathesis(url: str, report_dir: Path) -> dict[str, Any]:
         "--request-timeout", "30",
         "--report", "json", "--report-dir", str(report_dir),
     ]
+    # Run in the report folder: schemathesis keeps a crash cache in its working directory.
+    report_dir.mkdir(parents=True, exist_ok=True)
     finished = subprocess.run(
-        command, capture_output=True, text=True, timeout=RUN_TIMEOUT_SECONDS, check=False
+        command, capture_output=True, text=True, timeout=RUN_TIMEOUT_SECONDS, check=False, cwd=report_dir
     )
     reports = sorted(report_dir.glob("*.json"))
     assert reports, f"schemathesis wrote no report:\n{finished.stdout[-4000:]}\n{finished.stderr[-4000:]}"
