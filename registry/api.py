@@ -212,7 +212,7 @@ async def get_version(call: Call[None, None]) -> VersionDocument:
 
 
 async def promote(call: Call[PromoteRequest, None]) -> PromotionDocument:
-    stage = call.body.stage
+    stage = Stage(call.body.stage)
     promoted = await call.app[SERVICE].promote(
         call.path["model"], call.path["version"], stage,
         actor=call.actor, reason=call.body.reason or f"promoted to {stage.value}", force=call.body.force,

@@ -84,7 +84,8 @@ Force = Annotated[
 
 
 class PromoteRequest(RequestModel):
-    stage: Literal[Stage.CANARY, Stage.PROD]
+    # Plain strings, not the enum's members: the error message then lists 'canary' or 'prod'.
+    stage: Literal["canary", "prod"]
     reason: Reason = ""
     force: Force = False
 
