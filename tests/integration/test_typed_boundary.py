@@ -225,5 +225,5 @@ async def test_a_405_says_which_methods_are_allowed(client: TestClient[Any, Any]
     response = await client.delete("/v1/registry/models", headers=auth("admin"))
 
     assert response.status == 405
-    assert set(response.headers["Allow"].split(",")) == {"GET"}
+    assert {m.strip() for m in response.headers["Allow"].split(",")} == {"GET", "HEAD"}
     assert (await response.json())["error"]["code"] == "method_not_allowed"
