@@ -5,7 +5,11 @@ Each class decides its `extra` policy once, for every model built on it.
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 from pydantic import BaseModel, ConfigDict, Field
+
+from registry.strict_json import MAX_DEPTH
 
 JSON = "application/json"
 
@@ -26,6 +30,9 @@ class ForeignRequest(BaseModel):
     unknown fields ignored, since those programs add fields between releases."""
 
     model_config = ConfigDict(strict=True, extra="ignore", populate_by_name=True)
+    # How deep the body may nest (`registry.strict_json`). A model whose fields are all
+    # shallow, and that drops everything else, sets None: nothing recurses over the rest.
+    json_max_depth: ClassVar[int | None] = MAX_DEPTH
 
 
 class QueryModel(BaseModel):

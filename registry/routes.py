@@ -21,7 +21,7 @@ from registry.auth import Principal, Role
 from registry.boundary import JSON
 from registry.errors import InvalidInput, MalformedRequest, NotFound
 from registry.http import MAX_JSON_BODY_BYTES, authorize, read_body
-from registry.strict_json import parse_json
+from registry.strict_json import MAX_DEPTH, parse_json
 
 # At most this many field errors are listed in one message, each cut to this length.
 MAX_LISTED_ERRORS = 5
@@ -185,7 +185,7 @@ ModelT = TypeVar("ModelT", bound=BaseModel)
 def parse_json_model(model: type[ModelT], raw: bytes, *, what: str) -> ModelT:
     """Raw JSON through a model: `registry.strict_json` refuses what is not JSON, nests too
     deep or holds a number no field can take (400); the model refuses the rest (422)."""
-    document = parse_json(raw, what=what)
+    document = parse_json(raw, what=what, max_depth=getattr(model, "json_max_depth", MAX_DEPTH))
     if not isinstance(document, dict):
         raise MalformedRequest(f"{what} must be a JSON object")
     return parse_model(model, document, what=what)

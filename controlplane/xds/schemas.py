@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import ClassVar, Literal
 
 from pydantic import Field
 
@@ -26,6 +26,13 @@ class DiscoveryNode(ForeignRequest):
     cluster: str | None = Field(default=None, max_length=NODE_CLUSTER_MAX_CHARS)
 
 
+class DiscoveryError(ForeignRequest):
+    """google.rpc.Status of a NACK; `details` (free-form) is dropped."""
+
+    code: int | None = None
+    message: str | None = Field(default=None, max_length=4096)
+
+
 class DiscoveryRequest(ForeignRequest):
     version_info: str | None = Field(
         default=None, max_length=VERSION_MAX_CHARS, description="the version the node runs; empty first"
@@ -34,7 +41,10 @@ class DiscoveryRequest(ForeignRequest):
     resource_names: list[str] | None = Field(default=None, max_length=MAX_RESOURCE_NAMES)
     type_url: str | None = Field(default=None, max_length=MAX_TYPE_URL_CHARS)
     response_nonce: str | None = Field(default=None, max_length=MAX_TYPE_URL_CHARS)
-    error_detail: dict[str, Any] | None = None
+    error_detail: DiscoveryError | None = None
+    # Every field read is shallow and the node's metadata (most of the ~80 KB) is dropped:
+    # the depth walk would double the cost of the hottest request for nothing.
+    json_max_depth: ClassVar[int | None] = None
 
 
 class DiscoveryResource(ResponseModel):

@@ -182,8 +182,16 @@ HOSTILE_BODIES = {
 }
 
 
-@pytest.mark.parametrize("hostile", sorted(HOSTILE_BODIES))
-@pytest.mark.parametrize("name", sorted(ENDPOINTS))
+# An xDS poll keeps four shallow fields and drops the rest, so it skips the depth walk
+# (the hottest request; see DiscoveryRequest): moderate nesting in a dropped field is
+# answered, pathological nesting is still a 400.
+DEPTH_WALKED = [
+    (name, hostile) for name in sorted(ENDPOINTS) for hostile in sorted(HOSTILE_BODIES)
+    if not (name.startswith("xds-") and hostile == "65 nested arrays")
+]
+
+
+@pytest.mark.parametrize(("name", "hostile"), DEPTH_WALKED)
 async def test_hostile_json_is_400_with_a_reason_on_every_json_endpoint(
     client: TestClient[Any, Any], model: None, name: str, hostile: str
 ) -> None:
@@ -202,6 +210,14 @@ async def test_64_levels_of_nesting_are_accepted(client: TestClient[Any, Any], m
     response = await client.post("/v3/discovery:clusters", data=body)
     assert response.status == 200
     assert (await response.json())["resources"] is not None
+
+
+async def test_an_xds_poll_nested_deep_in_a_field_aegis_drops_is_answered(
+    client: TestClient[Any, Any], model: None
+) -> None:
+    body = b'{"node": {"id": "deeper", "metadata": {"x": ' + b"[" * 200 + b"]" * 200 + b"}}}"
+    response = await client.post("/v3/discovery:clusters", data=body)
+    assert response.status == 200
 
 
 @pytest.mark.parametrize(

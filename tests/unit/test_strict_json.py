@@ -71,3 +71,9 @@ def test_the_object_check_is_separate_from_parsing() -> None:
     with pytest.raises(MalformedRequest, match="x must be a JSON object"):
         json_object([1], what="x")
     assert json_object({"a": 1}, what="x") == {"a": 1}
+
+
+def test_without_the_depth_walk_only_pathological_nesting_is_refused() -> None:
+    assert parse_json(b"[" * 200 + b"]" * 200, what="the poll", max_depth=None) is not None
+    with pytest.raises(MalformedRequest, match="nested more than"):
+        parse_json(b"[" * 5000 + b"]" * 5000, what="the poll", max_depth=None)
