@@ -80,6 +80,8 @@ class TrafficService:
         self._model_route_versions: dict[str, tuple[str, str]] = {}
         # rds version -> model -> version -> percent of the model's requests it serves.
         self._served_splits: OrderedDict[str, dict[str, dict[str, int]]] = OrderedDict()
+        # model -> the split its current routes serve (shared by the versions above).
+        self._model_splits: dict[str, dict[str, int]] = {}
         publisher.on_publish(self._track_route_versions)
 
     async def start(self) -> PublishResult:
@@ -119,14 +121,16 @@ class TrafficService:
             for host in config.get("virtual_hosts", []):
                 for route in host.get("routes", []):
                     fragments.setdefault(str(route.get("name", "")).split("/")[0], []).append(route)
+        splits: dict[str, dict[str, int]] = {}
         for model_name, routes in fragments.items():
             fingerprint = content_version(routes)
             known = self._model_route_versions.get(model_name)
-            if known is None or known[0] != fingerprint:
+            if known is None or known[0] != fingerprint or model_name not in self._model_splits:
                 self._model_route_versions[model_name] = (fingerprint, rds_version)
-        self._served_splits[rds_version] = {
-            model_name: self._split_of(model_name, routes) for model_name, routes in fragments.items()
-        }
+                # Only a model whose routes changed is parsed again: a publish touches one model.
+                self._model_splits[model_name] = self._split_of(model_name, routes)
+            splits[model_name] = self._model_splits[model_name]
+        self._served_splits[rds_version] = splits
         self._served_splits.move_to_end(rds_version)
         while len(self._served_splits) > SPLIT_HISTORY:
             self._served_splits.popitem(last=False)
