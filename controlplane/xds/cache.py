@@ -87,8 +87,9 @@ class XdsCache:
         ))
         _bounded_put(self._routed_sets, rds, routed_clusters(snapshot))
         _bounded_put(self._sequences, rds, self.sequence)
-        for kind, version in snapshot.versions.items():
-            _bounded_put(self._published[kind], version, None)
+        for versions in (snapshot.versions, snapshot.ads_versions):
+            for kind, version in versions.items():
+                _bounded_put(self._published[kind], version, None)
 
     async def wait_for_change(self, seconds: float) -> bool:
         """True when a new snapshot was published within `seconds`."""

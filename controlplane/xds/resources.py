@@ -173,22 +173,30 @@ def _duration(milliseconds: int) -> str:
     return f"{milliseconds // 1000}.{milliseconds % 1000:03d}s"
 
 
-def listener(desired: DesiredState) -> Resource:
-    """The one ingress listener; its routes come by RDS over REST. Pure."""
+def _rds_source(desired: DesiredState, *, ads: bool) -> Resource:
+    if ads:
+        # Routes come on the same gRPC stream as the listener, in the order we send them.
+        return {"resource_api_version": "V3", "ads": {}}
     polling = desired.rds_polling
-    rds = {
-        "route_config_name": ROUTE_CONFIG_NAME,
-        "config_source": {
-            "resource_api_version": "V3",
-            "api_config_source": {
-                "api_type": "REST",
-                "transport_api_version": "V3",
-                "cluster_names": [XDS_CLUSTER_NAME],
-                "refresh_delay": _duration(polling.refresh_delay_ms),
-                "request_timeout": _duration(polling.request_timeout_ms),
-            },
+    return {
+        "resource_api_version": "V3",
+        "api_config_source": {
+            "api_type": "REST",
+            "transport_api_version": "V3",
+            "cluster_names": [XDS_CLUSTER_NAME],
+            "refresh_delay": _duration(polling.refresh_delay_ms),
+            "request_timeout": _duration(polling.request_timeout_ms),
         },
     }
+
+
+def listener(desired: DesiredState, *, ads: bool = False) -> Resource:
+    """The one ingress listener; its routes come by RDS over REST polls, or over ADS. Pure.
+
+    The listener names where its routes come from, so an Envoy on ADS and one
+    polling REST get different listeners (the rest of the snapshot is the same).
+    """
+    rds = {"route_config_name": ROUTE_CONFIG_NAME, "config_source": _rds_source(desired, ads=ads)}
     connection_manager = {
         "@type": HCM_TYPE,
         "stat_prefix": STAT_PREFIX,

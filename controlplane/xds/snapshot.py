@@ -26,7 +26,7 @@ from enum import StrEnum
 from functools import cached_property
 from typing import Any
 
-from controlplane.xds import resources
+from controlplane.xds import proto, resources
 from controlplane.xds.resources import DesiredState, Resource
 
 
@@ -62,16 +62,41 @@ def resource_name(resource: Resource) -> str:
     return str(resource.get("name", resource.get("cluster_name", "")))
 
 
+@dataclass(frozen=True, eq=False)
+class ResourceEntry:
+    """One named resource at one version, with its protobuf bytes made once, when first asked."""
+
+    resource_type: ResourceType
+    name: str
+    body: Resource
+
+    @cached_property
+    def version(self) -> str:
+        return content_version(self.body)
+
+    @cached_property
+    def encoded(self) -> bytes:
+        """The serialised resource message (a Cluster, a Listener...), not wrapped in an Any."""
+        return proto.encode_resource(str(self.resource_type), self.body)
+
+
 @dataclass(frozen=True)
 class Snapshot:
-    """An internally consistent set of xDS resources, each type with its own version."""
+    """An internally consistent set of xDS resources, each type with its own version.
+
+    `listeners` take their routes over REST polls, `ads_listeners` over ADS; every
+    other resource is the same for both transports.
+    """
 
     listeners: tuple[Resource, ...]
     clusters: tuple[Resource, ...]
     routes: tuple[Resource, ...]
     endpoints: tuple[Resource, ...]
+    ads_listeners: tuple[Resource, ...] = ()
 
-    def resources(self, resource_type: ResourceType) -> tuple[Resource, ...]:
+    def resources(self, resource_type: ResourceType, *, ads: bool = False) -> tuple[Resource, ...]:
+        if ads and resource_type is ResourceType.LISTENER:
+            return self.ads_listeners
         return {
             ResourceType.LISTENER: self.listeners,
             ResourceType.CLUSTER: self.clusters,
@@ -79,10 +104,32 @@ class Snapshot:
             ResourceType.ENDPOINT: self.endpoints,
         }[resource_type]
 
+    def entries(self, resource_type: ResourceType, *, ads: bool = False) -> tuple[ResourceEntry, ...]:
+        """The resources of one type, sorted by name, each with its own version and bytes."""
+        return self._entries[(resource_type, ads)]
+
+    @cached_property
+    def _entries(self) -> Mapping[tuple[ResourceType, bool], tuple[ResourceEntry, ...]]:
+        return {
+            (kind, ads): tuple(
+                sorted(
+                    (ResourceEntry(kind, resource_name(body), body) for body in self.resources(kind, ads=ads)),
+                    key=lambda entry: entry.name,
+                )
+            )
+            for kind in ResourceType
+            for ads in (False, True)
+        }
+
     @cached_property
     def versions(self) -> Mapping[ResourceType, str]:
         """Per-type content versions: the ones to serve and to compare acks against."""
         return {kind: content_version(self.resources(kind)) for kind in ResourceType}
+
+    @cached_property
+    def ads_versions(self) -> Mapping[ResourceType, str]:
+        """The same for an Envoy on ADS: only the listener's version differs."""
+        return {**self.versions, ResourceType.LISTENER: content_version(self.ads_listeners)}
 
     @cached_property
     def version(self) -> str:
@@ -252,6 +299,7 @@ def build_snapshot(
     all_clusters = tuple(merged[name] for name in sorted(merged))
     snapshot = Snapshot(
         listeners=(resources.listener(desired),),
+        ads_listeners=(resources.listener(desired, ads=True),),
         clusters=all_clusters,
         routes=(resources.route_configuration(desired, routable=routable_clusters),),
         endpoints=tuple(cluster["load_assignment"] for cluster in all_clusters),
