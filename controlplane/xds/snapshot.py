@@ -113,7 +113,7 @@ class Snapshot:
         return {
             (kind, ads): tuple(
                 sorted(
-                    (ResourceEntry(kind, resource_name(body), body) for body in self.resources(kind, ads=ads)),
+                    (ResourceEntry(kind, resource_name(b), b) for b in self.resources(kind, ads=ads)),
                     key=lambda entry: entry.name,
                 )
             )
