@@ -75,13 +75,15 @@ def encode_resource(type_url: str, body: dict[str, Any]) -> bytes:
     builders would have produced something Envoy cannot read.
     """
     message = json_format.ParseDict(body, MESSAGES[type_url]())
-    return message.SerializeToString(deterministic=True)
+    encoded: bytes = message.SerializeToString(deterministic=True)
+    return encoded
 
 
 def encode_route(route: dict[str, Any]) -> bytes:
     """One Route (an entry of a virtual host's `routes`) as bytes."""
     message = json_format.ParseDict(route, route_components_pb2.Route())
-    return message.SerializeToString(deterministic=True)
+    encoded: bytes = message.SerializeToString(deterministic=True)
+    return encoded
 
 
 def encode_route_configuration(
