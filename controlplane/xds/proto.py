@@ -86,10 +86,15 @@ def encode_route(route: dict[str, Any]) -> bytes:
     return encoded
 
 
+def encode_virtual_host_routes(routes: Iterable[dict[str, Any]]) -> bytes:
+    """Routes as repeated `VirtualHost.routes` fields: a model's part of the route configuration."""
+    return b"".join(length_delimited(_VIRTUAL_HOST_ROUTES, encode_route(route)) for route in routes)
+
+
 def encode_route_configuration(
-    name: str, *, virtual_host: str, domains: Iterable[str], encoded_routes: Iterable[bytes]
+    name: str, *, virtual_host: str, domains: Iterable[str], encoded_routes: bytes
 ) -> bytes:
-    """A RouteConfiguration with one virtual host, from routes already encoded.
+    """A RouteConfiguration with one virtual host, from `encode_virtual_host_routes` output joined.
 
     Equal to parsing the whole JSON and serialising it, at the cost of a join.
     """
@@ -97,7 +102,7 @@ def encode_route_configuration(
         [
             length_delimited(_VIRTUAL_HOST_NAME, virtual_host.encode()),
             *(length_delimited(_VIRTUAL_HOST_DOMAINS, domain.encode()) for domain in domains),
-            *(length_delimited(_VIRTUAL_HOST_ROUTES, route) for route in encoded_routes),
+            encoded_routes,
         ]
     )
     return length_delimited(_ROUTE_CONFIG_NAME, name.encode()) + length_delimited(
