@@ -40,7 +40,6 @@ ROLLOUT_OWNER = "rollout"
 # Route versions whose per-model split is remembered, to tell what a node's acknowledged
 # version serves (as many as the xDS cache remembers of its own history).
 SPLIT_HISTORY = 256
-_UNBUILT = ModelRoute.__new__(ModelRoute)  # a marker: "not built since the last change"
 
 
 @dataclass(frozen=True)
@@ -86,7 +85,12 @@ class TrafficService:
         self._route_parts: OrderedDict[str, Mapping[str, ModelRoutes]] = OrderedDict()
         # Each model's routing as last built from the inputs; dropped when an input changes,
         # so a change to one model rebuilds one model (identity tells the snapshot builder).
-        self._routes: dict[str, ModelRoute | None] = {}
+        self._routes: dict[str, ModelRoute] = {}
+        self._stale: set[str] = set()
+        # Models changed since the last publish that succeeded, with the revision of the change.
+        self._unpublished: dict[str, int] = {}
+        self._revision = 0
+        self._full_publish = True  # until the first publish: compare every model
         publisher.on_publish(self._track_route_versions)
 
     async def start(self) -> PublishResult:
@@ -105,21 +109,26 @@ class TrafficService:
             grace = now + timedelta(seconds=row.ttl_seconds)
             members = self._endpoint_set(row.model_name, row.version)
             members[(row.address, row.port)] = max(row.expires_at, grace)
+        self._stale.update(self.stages)
         return await self.publish()
 
     def desired(self, *, model_name: str | None = None, setting: TrafficRow | None = None) -> DesiredState:
         """The routing for the current inputs; with `model_name`, that model's setting replaced."""
-        routes = []
-        for name in self.stages:
-            if name == model_name:
-                route = self._build_route(name, setting)
+        for name in self._stale:
+            route = self._build_route(name, self.settings.get(name)) if name in self.stages else None
+            if route is None:
+                self._routes.pop(name, None)
             else:
-                route = self._routes.get(name, _UNBUILT)
-                if route is _UNBUILT:
-                    route = self._routes[name] = self._build_route(name, self.settings.get(name))
-            if route is not None:
-                routes.append(route)
-        return DesiredState(listener=self.listener, models=tuple(routes), rds_polling=self.rds_polling)
+                self._routes[name] = route
+        self._stale.clear()
+        models = dict(self._routes)
+        if model_name is not None:
+            route = self._build_route(model_name, setting)
+            if route is None:
+                models.pop(model_name, None)
+            else:
+                models[model_name] = route
+        return DesiredState(listener=self.listener, models=models, rds_polling=self.rds_polling)
 
     def _build_route(self, model_name: str, row: TrafficRow | None) -> ModelRoute | None:
         return model_route(
@@ -127,11 +136,24 @@ class TrafficService:
         )
 
     def _changed(self, model_name: str) -> None:
-        """An input of this model changed: its routing is built again at the next publish."""
-        self._routes.pop(model_name, None)
+        """An input of this model changed: its routing is built again, and published as a change."""
+        self._stale.add(model_name)
+        self._revision += 1
+        self._unpublished[model_name] = self._revision
 
     async def publish(self, desired: DesiredState | None = None) -> PublishResult:
-        return await self.publisher.publish(desired or self.desired())
+        """Publish the current inputs (or `desired`, built by `desired()` with an override)."""
+        pending = dict(self._unpublished)
+        state = desired or self.desired()
+        result = await self.publisher.publish(
+            state, changed_models=None if self._full_publish else pending.keys()
+        )
+        if result.published:
+            self._full_publish = False
+            for name, revision in pending.items():
+                if self._unpublished.get(name) == revision:
+                    del self._unpublished[name]
+        return result
 
     def _track_route_versions(self, snapshot: Snapshot) -> None:
         """Remember, per model, the first route version that carried its current routes."""
@@ -251,6 +273,9 @@ class TrafficService:
             mirror_percent=request.mirror_percent, owner=owner, updated_by=actor,
             updated_at=datetime.now(UTC),
         )
+        # Marked changed before the candidate goes out, so that the publish after it (the
+        # stored setting, or the old one if storing fails) rebuilds this model again.
+        self._changed(model_name)
         result = await self.publish(self.desired(model_name=model_name, setting=row))
         if not result.published:
             raise InvalidInput(f"the new routing was not published: {result.error}")
@@ -258,6 +283,7 @@ class TrafficService:
             await self.store.save_setting(row)
         except BaseException:
             # Published but not stored: Envoy must not keep weights a restart would forget.
+            self._changed(model_name)
             await self.publish()
             raise
         self.settings[model_name] = row

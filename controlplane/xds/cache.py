@@ -13,7 +13,7 @@ import asyncio
 import logging
 import time
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Collection, Mapping
 from dataclasses import dataclass
 from typing import TypeVar
 
@@ -150,14 +150,22 @@ class Publisher:
         """Call `listener` with every snapshot published, whoever asked for it."""
         self._listeners.append(listener)
 
-    async def publish(self, desired: DesiredState | None = None) -> PublishResult:
-        """Publish `desired` (or rebuild the current desired state after an acknowledgement)."""
+    async def publish(
+        self, desired: DesiredState | None = None, *, changed_models: Collection[str] | None = None
+    ) -> PublishResult:
+        """Publish `desired` (or rebuild the current desired state after an acknowledgement).
+
+        `changed_models`: the only models that may differ from the last published
+        desired state (None: compare them all).
+        """
         async with self._lock:
             target = desired or self.desired
             if target is None:
                 return PublishResult(False, self.cache.current, "nothing to publish yet")
+            if desired is None:
+                changed_models = ()  # the same desired state: only acknowledgements moved
             try:
-                snapshot = self._build(target)
+                snapshot = self._build(target, changed_models)
             except SnapshotInconsistent as exc:
                 return self._refuse(exc.problems)
             if self.validator is not None:
@@ -199,7 +207,7 @@ class Publisher:
             self._validated.add(listener_key)
         return outcome
 
-    def _build(self, desired: DesiredState) -> Snapshot:
+    def _build(self, desired: DesiredState, changed_models: Collection[str] | None) -> Snapshot:
         now = self.clock()
         routable: frozenset[str] | None = None
         for node in self.nodes.nodes_holding(ResourceType.CLUSTER, now=now):
@@ -224,7 +232,8 @@ class Publisher:
             return False
 
         return build_snapshot(
-            desired, routable_clusters=routable, still_routed=still_routed, previous=current
+            desired, routable_clusters=routable, still_routed=still_routed, previous=current,
+            changed_models=changed_models,
         )
 
     def routes_acked(self, rds_version: str) -> tuple[int, int]:

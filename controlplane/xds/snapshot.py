@@ -29,6 +29,7 @@ applies each type as it arrives):
 
 from __future__ import annotations
 
+import bisect
 import dataclasses
 import hashlib
 import json
@@ -228,6 +229,8 @@ class Snapshot:
     changed_models: frozenset[str] = frozenset()
     # A key per model for "this shape of config was validated by Envoy" (names and weights left out).
     shapes: Mapping[str, str] = field(default_factory=dict)
+    # Models whose routes leave out an arm Envoy does not have yet: rebuilt at every build.
+    held_back_models: frozenset[str] = frozenset()
     _sorted_clusters: tuple[ResourceEntry, ...] | None = None
     # What the listener was built from (for `subset`).
     _desired_listener: resources.ListenerAddress = _NO_LISTENER
@@ -492,6 +495,7 @@ class _Build:
     candidates: dict[str, tuple[ResourceEntry, str]] = field(default_factory=dict)
     retained: set[str] = field(default_factory=set)
     changed: set[str] = field(default_factory=set)
+    rebuilt: set[str] = field(default_factory=set)
     problems: list[str] = field(default_factory=list)
 
     def put_cluster(self, entry: ResourceEntry, model_name: str) -> None:
@@ -527,6 +531,7 @@ def _rebuild_model(
     routable: frozenset[str] | None,
 ) -> None:
     name = model.model_name
+    build.rebuilt.add(name)
     wanted = {model.cluster(arm): arm for arm in model.arms}
     if old is not None:
         for arm in old.arms:
@@ -610,22 +615,35 @@ def _listeners(desired: DesiredState, previous: Snapshot | None) -> tuple[Resour
 def _route_config(
     build: _Build, inputs: Mapping[str, ModelRoute], previous: Snapshot | None
 ) -> RouteConfigEntry:
-    if previous is not None and not build.changed:
-        return previous.route_config
-    if previous is not None and len(inputs) == len(previous.inputs) and all(
-        name in inputs and name in previous.inputs for name in build.changed
-    ):
-        # The same models: swap the changed parts in place, adjust the sum.
-        prior = previous.route_config
-        parts = list(prior.parts)
-        total = prior.total
-        for name in build.changed:
-            index = prior.index[name]
-            total += build.parts[name].digest - parts[index].digest
-            parts[index] = build.parts[name]
-        return RouteConfigEntry(tuple(parts), total % _MODULUS, _index=prior.index)
-    ordered = tuple(build.parts[name] for name in sorted(inputs))
-    return RouteConfigEntry(ordered, sum(part.digest for part in ordered) % _MODULUS)
+    if previous is None:
+        ordered = tuple(build.parts[name] for name in sorted(inputs))
+        return RouteConfigEntry(ordered, sum(part.digest for part in ordered) % _MODULUS)
+    prior = previous.route_config
+    if not build.changed:
+        return prior
+    parts = list(prior.parts)
+    total = prior.total
+    moved = False
+    for name in sorted(build.changed):
+        index = prior.index.get(name) if not moved else None
+        if index is None:
+            # Added or removed: find its place by name (the parts stay in name order).
+            index = bisect.bisect_left(parts, name, key=lambda part: part.model_name)
+            moved = True
+        present = index < len(parts) and parts[index].model_name == name
+        if present:
+            total -= parts[index].digest
+        if name in build.parts:
+            total += build.parts[name].digest
+            if present:
+                parts[index] = build.parts[name]
+            else:
+                parts.insert(index, build.parts[name])
+                moved = True
+        elif present:
+            del parts[index]
+            moved = True
+    return RouteConfigEntry(tuple(parts), total % _MODULUS, _index=None if moved else prior.index)
 
 
 def build_snapshot(
@@ -634,6 +652,7 @@ def build_snapshot(
     routable_clusters: frozenset[str] | None = None,
     still_routed: Callable[[str], bool] | None = None,
     previous: Snapshot | None = None,
+    changed_models: Collection[str] | None = None,
 ) -> Snapshot:
     """The whole config for `desired`, checked; raises SnapshotInconsistent. Pure.
 
@@ -643,7 +662,9 @@ def build_snapshot(
     node still runs sends traffic to a cluster; such a cluster is kept (with its
     last hosts) after it stopped being desired. `previous`: the snapshot to build
     on; only models whose routing changed (or whose routes were held back) are
-    rebuilt, by identity of their `ModelRoute` first, then by equality.
+    rebuilt. `changed_models`: the only models that may differ from `previous`'s
+    (a caller that tracks its changes saves a pass over every model); None
+    compares every model, by identity first, then by equality.
     """
     build = _Build(
         clusters=dict(previous.cluster_entries) if previous else {},
@@ -653,16 +674,32 @@ def build_snapshot(
         cluster_total=previous.cluster_total if previous else 0,
     )
     old_inputs: Mapping[str, ModelRoute] = previous.inputs if previous else {}
-    inputs = {model.model_name: model for model in desired.models}
     only_grew = _routable_only_grew(previous, routable_clusters)
-    for name, model in inputs.items():
+    if previous is not None and changed_models is not None and only_grew:
+        inputs = dict(old_inputs)
+        wanted = desired.by_name
+        for name in set(changed_models) | previous.held_back_models:
+            model = wanted.get(name)
+            if model is not None:
+                inputs[name] = model
+            elif name in inputs:
+                del inputs[name]
+        candidates: Iterable[str] = set(changed_models) | previous.held_back_models
+        removed = [name for name in candidates if name in old_inputs and name not in inputs]
+    else:
+        inputs = dict(desired.by_name)
+        candidates = inputs
+        removed = [name for name in old_inputs if name not in inputs]
+    for name in candidates:
+        model = inputs.get(name)
+        if model is None:
+            continue
         old = old_inputs.get(name)
         if (old is model or old == model) and only_grew and not build.parts[name].held_back:
             continue
         _rebuild_model(build, model, old=old, previous=previous, routable=routable_clusters)
-    if len(inputs) != len(old_inputs) or any(name not in old_inputs for name in build.changed):
-        for name in [name for name in old_inputs if name not in inputs]:
-            _remove_model(build, old_inputs[name])
+    for name in removed:
+        _remove_model(build, old_inputs[name])
     if previous is not None:
         for cluster in previous.retained:
             build.candidates.setdefault(
@@ -674,11 +711,31 @@ def build_snapshot(
             _check_part(build, build.parts[name])
     if build.problems:
         raise SnapshotInconsistent(build.problems)
+    return _assemble(desired, build, inputs, previous, routable_clusters)
 
+
+def _held_back_models(build: _Build, previous: Snapshot | None, rebuilt: Iterable[str]) -> frozenset[str]:
+    held = set(previous.held_back_models) if previous is not None else set()
+    for name in rebuilt:
+        part = build.parts.get(name)
+        if part is not None and part.held_back:
+            held.add(name)
+        else:
+            held.discard(name)
+    return frozenset(held)
+
+
+def _assemble(
+    desired: DesiredState, build: _Build, inputs: dict[str, ModelRoute], previous: Snapshot | None,
+    routable: frozenset[str] | None,
+) -> Snapshot:
     listener, ads_listener = _listeners(desired, previous)
     same_clusters = previous is not None and build.cluster_total % _MODULUS == previous.cluster_total \
         and build.clusters.keys() == previous.cluster_entries.keys()
-    snapshot = Snapshot(
+    rebuilt = build.shapes.keys() if previous is None else (
+        set(build.changed) | set(previous.held_back_models) | build.rebuilt
+    )
+    return Snapshot(
         listener=listener,
         ads_listener=ads_listener,
         cluster_entries=build.clusters,
@@ -687,12 +744,12 @@ def build_snapshot(
         inputs=inputs,
         cluster_owner=build.owner,
         cluster_total=build.cluster_total % _MODULUS,
-        routable=routable_clusters,
+        routable=routable,
         retained=frozenset(build.retained),
         changed_models=frozenset(build.changed),
         shapes=build.shapes,
+        held_back_models=_held_back_models(build, previous, rebuilt),
         _sorted_clusters=previous.cluster_list if same_clusters and previous else None,
         _desired_listener=desired.listener,
         _desired_polling=desired.rds_polling,
     )
-    return snapshot

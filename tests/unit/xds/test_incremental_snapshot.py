@@ -1,9 +1,11 @@
-"""Incremental snapshots: building on the previous snapshot gives what a full build gives, reusing the rest."""
+"""Incremental snapshots: building on the previous one gives what a full build gives, reusing the rest."""
 
 from __future__ import annotations
 
 import dataclasses
 import random
+
+import pytest
 
 from controlplane.xds import proto
 from controlplane.xds.resources import (
@@ -35,6 +37,7 @@ def same_as_full_build(incremental: Snapshot, desired: DesiredState) -> None:
     assert incremental.versions == full.versions
     assert incremental.ads_versions == full.ads_versions
     assert incremental.view() == full.view()
+    assert incremental.route_config.encoded == full.route_config.encoded
     for kind in ResourceType:
         assert [(e.name, e.version) for e in incremental.entries(kind)] == [
             (e.name, e.version) for e in full.entries(kind)
@@ -68,7 +71,8 @@ def test_registering_and_removing_models_matches_a_full_build() -> None:
     same_as_full_build(removed, state(*base[1:], model("new", 30)))
 
 
-def test_a_random_walk_of_changes_always_matches_a_full_build() -> None:
+@pytest.mark.parametrize("hinted", [False, True], ids=["compared", "named-changes"])
+def test_a_random_walk_of_changes_always_matches_a_full_build(hinted: bool) -> None:
     rng = random.Random(7)
     models = {f"m{i}": model(f"m{i}", port=9000 + 2 * i) for i in range(12)}
     snapshot = build_snapshot(state(*models.values()))
@@ -85,11 +89,12 @@ def test_a_random_walk_of_changes_always_matches_a_full_build() -> None:
         elif choice < 0.45 and name in models and models[name].canary is not None:
             current = models[name]
             assert current.canary is not None
-            models[name] = dataclasses.replace(current, canary=dataclasses.replace(current.canary, endpoints=()))
+            no_hosts = dataclasses.replace(current.canary, endpoints=())
+            models[name] = dataclasses.replace(current, canary=no_hosts)
         else:
             models[name] = model(name, rng.choice([None, 1, 10, 50, 90, 100]), port=9000 + step)
         desired = state(*sorted(models.values(), key=lambda m: m.model_name))
-        snapshot = build_snapshot(desired, previous=snapshot)
+        snapshot = build_snapshot(desired, previous=snapshot, changed_models=(name,) if hinted else None)
         same_as_full_build(snapshot, desired)
         assert check_consistency(snapshot) == []
 
