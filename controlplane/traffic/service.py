@@ -9,22 +9,24 @@ from __future__ import annotations
 
 import logging
 from collections import OrderedDict
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from controlplane.traffic.store import EndpointRow, TrafficRow, TrafficStore, setting_of
 from controlplane.xds.cache import Publisher, PublishResult
-from controlplane.xds.desired import ModelStages, desired_state, effective_weights, model_route
+from controlplane.xds.desired import ModelStages, effective_weights, model_route
 from controlplane.xds.resources import (
     DesiredState,
     Endpoint,
     ListenerAddress,
+    ModelRoute,
     RdsPolling,
     cluster_name,
     model_routes,
 )
-from controlplane.xds.snapshot import ResourceType, Snapshot, content_version
+from controlplane.xds.snapshot import ModelRoutes, ResourceType, Snapshot, content_version
 from registry.domain import Stage, StageChange, check_model_name
 from registry.errors import Conflict, InvalidInput, NotFound
 from registry.store import RegistryStore
@@ -77,11 +79,18 @@ class TrafficService:
         self.stages: dict[str, ModelStages] = {}
         self.settings: dict[str, TrafficRow] = {}
         self.endpoints: dict[tuple[str, str], dict[tuple[str, int], datetime]] = {}
+        # model -> (its routes' version, the first route version that carried them).
         self._model_route_versions: dict[str, tuple[str, str]] = {}
-        # rds version -> model -> version -> percent of the model's requests it serves.
-        self._served_splits: OrderedDict[str, dict[str, dict[str, int]]] = OrderedDict()
-        # model -> the split its current routes serve (shared by the versions above).
-        self._model_splits: dict[str, dict[str, int]] = {}
+        # rds version -> each model's routes in it (shared with the snapshot, not copied).
+        self._route_parts: OrderedDict[str, Mapping[str, ModelRoutes]] = OrderedDict()
+        # Each model's routing as last built from the inputs; dropped when an input changes,
+        # so a change to one model rebuilds one model (identity tells the snapshot builder).
+        self._routes: dict[str, ModelRoute] = {}
+        self._stale: set[str] = set()
+        # Models changed since the last publish that succeeded, with the revision of the change.
+        self._unpublished: dict[str, int] = {}
+        self._revision = 0
+        self._full_publish = True  # until the first publish: compare every model
         publisher.on_publish(self._track_route_versions)
 
     async def start(self) -> PublishResult:
@@ -100,42 +109,69 @@ class TrafficService:
             grace = now + timedelta(seconds=row.ttl_seconds)
             members = self._endpoint_set(row.model_name, row.version)
             members[(row.address, row.port)] = max(row.expires_at, grace)
+        self._stale.update(self.stages)
         return await self.publish()
 
-    def desired(self, settings: dict[str, TrafficRow] | None = None) -> DesiredState:
-        chosen = self.settings if settings is None else settings
-        endpoints = self._endpoints_of(None)
-        return desired_state(
-            self.listener, self.stages, {name: setting_of(row) for name, row in chosen.items()},
-            endpoints, rds_polling=self.rds_polling,
+    def desired(self, *, model_name: str | None = None, setting: TrafficRow | None = None) -> DesiredState:
+        """The routing for the current inputs; with `model_name`, that model's setting replaced."""
+        for name in self._stale:
+            route = self._build_route(name, self.settings.get(name)) if name in self.stages else None
+            if route is None:
+                self._routes.pop(name, None)
+            else:
+                self._routes[name] = route
+        self._stale.clear()
+        models = dict(self._routes)
+        if model_name is not None:
+            route = self._build_route(model_name, setting)
+            if route is None:
+                models.pop(model_name, None)
+            else:
+                models[model_name] = route
+        return DesiredState(listener=self.listener, models=models, rds_polling=self.rds_polling)
+
+    def _build_route(self, model_name: str, row: TrafficRow | None) -> ModelRoute | None:
+        return model_route(
+            self.stages[model_name], setting_of(row) if row else None, self._endpoints_of(model_name)
         )
 
+    def _changed(self, model_name: str) -> None:
+        """An input of this model changed: its routing is built again, and published as a change."""
+        self._stale.add(model_name)
+        self._revision += 1
+        self._unpublished[model_name] = self._revision
+
     async def publish(self, desired: DesiredState | None = None) -> PublishResult:
-        return await self.publisher.publish(desired or self.desired())
+        """Publish the current inputs (or `desired`, built by `desired()` with an override)."""
+        pending = dict(self._unpublished)
+        state = desired or self.desired()
+        result = await self.publisher.publish(
+            state, changed_models=None if self._full_publish else pending.keys()
+        )
+        if result.published:
+            self._full_publish = False
+            for name, revision in pending.items():
+                if self._unpublished.get(name) == revision:
+                    del self._unpublished[name]
+        return result
 
     def _track_route_versions(self, snapshot: Snapshot) -> None:
         """Remember, per model, the first route version that carried its current routes."""
         rds_version = snapshot.versions[ResourceType.ROUTE]
-        fragments: dict[str, list[Any]] = {}
-        for config in snapshot.routes:
-            for host in config.get("virtual_hosts", []):
-                for route in host.get("routes", []):
-                    fragments.setdefault(str(route.get("name", "")).split("/")[0], []).append(route)
-        splits: dict[str, dict[str, int]] = {}
-        for model_name, routes in fragments.items():
-            fingerprint = content_version(routes)
+        for model_name in snapshot.changed_models:
+            part = snapshot.model_routes.get(model_name)
+            if part is None:
+                self._model_route_versions.pop(model_name, None)
+                continue
             known = self._model_route_versions.get(model_name)
-            if known is None or known[0] != fingerprint or model_name not in self._model_splits:
-                self._model_route_versions[model_name] = (fingerprint, rds_version)
-                # Only a model whose routes changed is parsed again: a publish touches one model.
-                self._model_splits[model_name] = self._split_of(model_name, routes)
-            splits[model_name] = self._model_splits[model_name]
-        self._served_splits[rds_version] = splits
-        self._served_splits.move_to_end(rds_version)
-        while len(self._served_splits) > SPLIT_HISTORY:
-            self._served_splits.popitem(last=False)
+            if known is None or known[0] != part.version:
+                self._model_route_versions[model_name] = (part.version, rds_version)
+        self._route_parts[rds_version] = snapshot.model_routes
+        self._route_parts.move_to_end(rds_version)
+        while len(self._route_parts) > SPLIT_HISTORY:
+            self._route_parts.popitem(last=False)
 
-    def _split_of(self, model_name: str, routes: list[Any]) -> dict[str, int]:
+    def _split_of(self, model_name: str, routes: tuple[Any, ...]) -> dict[str, int]:
         """Percent of requests per version that a model's plain route sends (header routes aside)."""
         main = next((r for r in routes if r.get("name") == f"{model_name}/v1"), None)
         action = main.get("route", {}) if main is not None else {}
@@ -161,10 +197,12 @@ class TrafficService:
         a route version this process never published (or none yet).
         """
         now = self.publisher.clock()
-        return [
-            self._served_splits[version].get(model_name, {}) if version in self._served_splits else None
-            for version in self.publisher.nodes.acked_versions(ResourceType.ROUTE, now=now)
-        ]
+        splits: list[dict[str, int] | None] = []
+        for version in self.publisher.nodes.acked_versions(ResourceType.ROUTE, now=now):
+            parts = self._route_parts.get(version)
+            part = parts.get(model_name) if parts is not None else None
+            splits.append(None if parts is None else self._split_of(model_name, part.routes) if part else {})
+        return splits
 
     # --- stages -------------------------------------------------------------
 
@@ -172,6 +210,7 @@ class TrafficService:
         for model_name in {change.model_name for change in changes}:
             versions = await self.registry_store.list_versions(model_name)
             self.stages[model_name] = _stages_of(model_name, [(v.version, v.stage.value) for v in versions])
+            self._changed(model_name)
         result = await self.publish()
         if not result.published:
             log.error("routing after a stage change was not published: %s", result.error)
@@ -234,22 +273,27 @@ class TrafficService:
             mirror_percent=request.mirror_percent, owner=owner, updated_by=actor,
             updated_at=datetime.now(UTC),
         )
-        candidate = {**self.settings, model_name: row}
-        result = await self.publish(self.desired(candidate))
+        # Marked changed before the candidate goes out, so that the publish after it (the
+        # stored setting, or the old one if storing fails) rebuilds this model again.
+        self._changed(model_name)
+        result = await self.publish(self.desired(model_name=model_name, setting=row))
         if not result.published:
             raise InvalidInput(f"the new routing was not published: {result.error}")
         try:
             await self.store.save_setting(row)
         except BaseException:
             # Published but not stored: Envoy must not keep weights a restart would forget.
-            await self.publish(self.desired(self.settings))
+            self._changed(model_name)
+            await self.publish()
             raise
-        self.settings = candidate
+        self.settings[model_name] = row
+        self._changed(model_name)
         return result
 
     async def release(self, model_name: str) -> None:
         """Forget a model's traffic setting: prod takes 100 again."""
         self.settings.pop(model_name, None)
+        self._changed(model_name)
         await self.store.delete_setting(model_name)
         await self.publish()
 
@@ -286,13 +330,18 @@ class TrafficService:
         known = self._model_route_versions.get(model_name)
         return known is not None and known[0] == content_version(model_routes(route))
 
-    def _endpoints_of(self, model_name: str | None) -> dict[tuple[str, str], tuple[Endpoint, ...]]:
-        """Live endpoints per (model, version): of one model, or of all with None."""
-        return {
-            key: tuple(Endpoint(address, port) for address, port in sorted(members))
-            for key, members in self.endpoints.items()
-            if members and model_name in (None, key[0])
-        }
+    def _endpoints_of(self, model_name: str) -> dict[tuple[str, str], tuple[Endpoint, ...]]:
+        """Live endpoints per (model, version) of one model's live versions."""
+        stages = self.stages.get(model_name)
+        versions = [v for v in (stages.prod, stages.canary) if v] if stages else []
+        found = {}
+        for version in versions:
+            members = self.endpoints.get((model_name, version))
+            if members:
+                found[(model_name, version)] = tuple(
+                    Endpoint(address, port) for address, port in sorted(members)
+                )
+        return found
 
     # --- endpoints ----------------------------------------------------------
 
@@ -318,6 +367,7 @@ class TrafficService:
         is_new = key not in members
         members[key] = expires_at
         if is_new:
+            self._changed(announcement.model_name)
             await self.publish()
         return is_new
 
@@ -333,16 +383,18 @@ class TrafficService:
                 f"{announcement.model_name} {announcement.version}"
             )
         members.pop(key, None)
+        self._changed(announcement.model_name)
         await self.publish()
 
     async def expire_endpoints(self) -> int:
         """Drop endpoints whose TTL passed without a renewal; returns how many went."""
         now = datetime.now(UTC)
         expired = 0
-        for members in self.endpoints.values():
+        for (model_name, _version), members in self.endpoints.items():
             for key in [k for k, expires_at in members.items() if expires_at <= now]:
                 del members[key]
                 expired += 1
+                self._changed(model_name)
         if expired:
             log.info("%d endpoint(s) expired without renewal", expired)
             await self.store.delete_expired(now)

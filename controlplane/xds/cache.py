@@ -13,21 +13,18 @@ import asyncio
 import logging
 import time
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Collection, Mapping
 from dataclasses import dataclass
 from typing import TypeVar
 
 from controlplane.xds.nodes import NodeTracker
 from controlplane.xds.resources import DesiredState
 from controlplane.xds.snapshot import (
+    ModelRoutes,
     ResourceType,
     Snapshot,
     SnapshotInconsistent,
     build_snapshot,
-    clusters_to_retain,
-    content_version,
-    resource_name,
-    routed_clusters,
 )
 
 log = logging.getLogger(__name__)
@@ -60,7 +57,7 @@ class XdsCache:
         self.sequence = 0
         self._changed = asyncio.Event()
         self._cluster_sets: OrderedDict[str, frozenset[str]] = OrderedDict()
-        self._routed_sets: OrderedDict[str, frozenset[str]] = OrderedDict()
+        self._route_parts: OrderedDict[str, Mapping[str, ModelRoutes]] = OrderedDict()
         self._sequences: OrderedDict[str, int] = OrderedDict()
         self._published: dict[ResourceType, OrderedDict[str, None]] = {
             kind: OrderedDict() for kind in ResourceType
@@ -80,13 +77,19 @@ class XdsCache:
     def _remember(self, snapshot: Snapshot) -> None:
         cds = snapshot.versions[ResourceType.CLUSTER]
         rds = snapshot.versions[ResourceType.ROUTE]
-        # Only clusters with endpoints count as "the node has it": a route to a cluster
-        # that Envoy still knows without hosts answers 503 just like an unknown one.
-        _bounded_put(self._cluster_sets, cds, frozenset(
-            resource_name(c) for c in snapshot.clusters if c.get("load_assignment", {}).get("endpoints")
-        ))
-        _bounded_put(self._routed_sets, rds, routed_clusters(snapshot))
-        _bounded_put(self._sequences, rds, self.sequence)
+        if cds not in self._cluster_sets:
+            # Only clusters with endpoints count as "the node has it": a route to a cluster
+            # that Envoy still knows without hosts answers 503 just like an unknown one.
+            _bounded_put(self._cluster_sets, cds, frozenset(
+                entry.name for entry in snapshot.cluster_entries.values()
+                if entry.body.get("load_assignment", {}).get("endpoints")
+            ))
+        else:
+            self._cluster_sets.move_to_end(cds)
+        # The per-model parts are shared with the snapshot, not copied.
+        _bounded_put(self._route_parts, rds, snapshot.model_routes)
+        if rds not in self._sequences:
+            _bounded_put(self._sequences, rds, self.sequence)
         for versions in (snapshot.versions, snapshot.ads_versions):
             for kind, version in versions.items():
                 _bounded_put(self._published[kind], version, None)
@@ -107,8 +110,9 @@ class XdsCache:
     def clusters_in(self, cds_version: str) -> frozenset[str] | None:
         return self._cluster_sets.get(cds_version)
 
-    def routed_by(self, rds_version: str) -> frozenset[str] | None:
-        return self._routed_sets.get(rds_version)
+    def route_parts(self, rds_version: str) -> Mapping[str, ModelRoutes] | None:
+        """Each model's routes in a route version this process published; None when unknown."""
+        return self._route_parts.get(rds_version)
 
     def route_sequence(self, rds_version: str) -> int | None:
         """When a route version was first published (a counter); None when unknown."""
@@ -121,30 +125,6 @@ def _bounded_put(store: OrderedDict[str, T], key: str, value: T) -> None:
     store.move_to_end(key)
     while len(store) > HISTORY_SIZE:
         store.popitem(last=False)
-
-
-def structure_key(snapshot: Snapshot) -> str:
-    """The snapshot with weights and endpoints left out: equal keys need no new validation (pure)."""
-    routes = [
-        {
-            **config,
-            "virtual_hosts": [
-                {**host, "routes": [_without_weights(route) for route in host.get("routes", [])]}
-                for host in config.get("virtual_hosts", [])
-            ],
-        }
-        for config in snapshot.routes
-    ]
-    clusters = [{k: v for k, v in c.items() if k != "load_assignment"} for c in snapshot.clusters]
-    return content_version([list(snapshot.listeners), clusters, routes])
-
-
-def _without_weights(route: dict[str, object]) -> dict[str, object]:
-    action = route.get("route")
-    if not isinstance(action, dict) or "weighted_clusters" not in action:
-        return route
-    names = sorted(str(c.get("name")) for c in action["weighted_clusters"].get("clusters", []))
-    return {**route, "route": {**action, "weighted_clusters": {"clusters": names}}}
 
 
 class Publisher:
@@ -170,23 +150,28 @@ class Publisher:
         """Call `listener` with every snapshot published, whoever asked for it."""
         self._listeners.append(listener)
 
-    async def publish(self, desired: DesiredState | None = None) -> PublishResult:
-        """Publish `desired` (or rebuild the current desired state after an acknowledgement)."""
+    async def publish(
+        self, desired: DesiredState | None = None, *, changed_models: Collection[str] | None = None
+    ) -> PublishResult:
+        """Publish `desired` (or rebuild the current desired state after an acknowledgement).
+
+        `changed_models`: the only models that may differ from the last published
+        desired state (None: compare them all).
+        """
         async with self._lock:
             target = desired or self.desired
             if target is None:
                 return PublishResult(False, self.cache.current, "nothing to publish yet")
+            if desired is None:
+                changed_models = ()  # the same desired state: only acknowledgements moved
             try:
-                snapshot = self._build(target)
+                snapshot = self._build(target, changed_models)
             except SnapshotInconsistent as exc:
                 return self._refuse(exc.problems)
             if self.validator is not None:
-                key = structure_key(snapshot)
-                if key not in self._validated:
-                    outcome = await self.validator(snapshot)
-                    if not outcome.ok:
-                        return self._refuse([f"envoy rejected the config: {outcome.message}"])
-                    self._validated.add(key)
+                outcome = await self._validate_new_shapes(snapshot)
+                if not outcome.ok:
+                    return self._refuse([f"envoy rejected the config: {outcome.message}"])
             self.desired = target
             if self.cache.publish(snapshot):
                 log.info("published xDS snapshot %s", snapshot.version[:12])
@@ -200,20 +185,56 @@ class Publisher:
         log.error("xDS snapshot not published: %s", self.last_error)
         return PublishResult(False, self.cache.current, self.last_error)
 
-    def _build(self, desired: DesiredState) -> Snapshot:
+    async def _validate_new_shapes(self, snapshot: Snapshot) -> ValidationOutcome:
+        """Ask Envoy about models whose shape of config it has not seen: one model per new shape.
+
+        Models are independent (a model's routes name only its own clusters), so a
+        snapshot of one model per new shape stands for all of them; weights and
+        endpoints alone never need a new validation.
+        """
+        listener_key = f"listener:{snapshot.listener.version}"
+        new_shapes: dict[str, str] = {}
+        for name in snapshot.changed_models:
+            shape = snapshot.shapes.get(name)
+            if shape is not None and shape not in self._validated:
+                new_shapes.setdefault(shape, name)
+        if not new_shapes and listener_key in self._validated:
+            return ValidationOutcome(True, "OK")
+        assert self.validator is not None
+        outcome = await self.validator(snapshot.subset(new_shapes.values()))
+        if outcome.ok:
+            self._validated.update(new_shapes)
+            self._validated.add(listener_key)
+        return outcome
+
+    def _build(self, desired: DesiredState, changed_models: Collection[str] | None) -> Snapshot:
         now = self.clock()
         routable: frozenset[str] | None = None
-        still_routed: set[str] = set()
         for node in self.nodes.nodes_holding(ResourceType.CLUSTER, now=now):
             for cds_version in node.type_state(ResourceType.CLUSTER).possible_versions():
                 clusters = self.cache.clusters_in(cds_version)
                 if clusters is not None:
                     routable = clusters if routable is None else routable & clusters
-        for node in self.nodes.nodes_holding(ResourceType.ROUTE, now=now):
-            for rds_version in node.type_state(ResourceType.ROUTE).possible_versions():
-                still_routed |= self.cache.routed_by(rds_version) or frozenset()
-        retained = clusters_to_retain(self.cache.current, still_routed=frozenset(still_routed))
-        return build_snapshot(desired, routable_clusters=routable, retained_clusters=retained)
+        route_holders = [
+            node.type_state(ResourceType.ROUTE).possible_versions()
+            for node in self.nodes.nodes_holding(ResourceType.ROUTE, now=now)
+        ]
+        current = self.cache.current
+
+        def still_routed(cluster: str) -> bool:
+            owner = current.cluster_owner.get(cluster, "")
+            for versions in route_holders:
+                for rds_version in versions:
+                    parts = self.cache.route_parts(rds_version)
+                    part = parts.get(owner) if parts is not None else None
+                    if part is not None and cluster in part.routed_clusters:
+                        return True
+            return False
+
+        return build_snapshot(
+            desired, routable_clusters=routable, still_routed=still_routed, previous=current,
+            changed_models=changed_models,
+        )
 
     def routes_acked(self, rds_version: str) -> tuple[int, int]:
         """(nodes surely running `rds_version` or a later one, nodes that must acknowledge routes)."""

@@ -23,8 +23,9 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any, NamedTuple
 
 Resource = dict[str, Any]
@@ -146,16 +147,31 @@ class ModelRoute:
 
 @dataclass(frozen=True)
 class DesiredState:
-    """Everything Envoy should be told: the listener and every routed model."""
+    """Everything Envoy should be told: the listener and every routed model.
+
+    `models` is a tuple, or a mapping by model name (what a caller that keeps the
+    models by name passes, so that a change to one model costs no pass over all).
+    """
 
     listener: ListenerAddress
-    models: tuple[ModelRoute, ...]
+    models: tuple[ModelRoute, ...] | Mapping[str, ModelRoute]
     rds_polling: RdsPolling = RdsPolling()
 
     def __post_init__(self) -> None:
-        names = [model.model_name for model in self.models]
-        if len(names) != len(set(names)):
-            raise ValueError(f"a model is routed twice: {sorted(names)}")
+        if isinstance(self.models, tuple):
+            names = [model.model_name for model in self.models]
+            if len(names) != len(set(names)):
+                raise ValueError(f"a model is routed twice: {sorted(names)}")
+
+    @cached_property
+    def by_name(self) -> Mapping[str, ModelRoute]:
+        if isinstance(self.models, tuple):
+            return {model.model_name: model for model in self.models}
+        return self.models
+
+    def routed(self) -> Iterable[ModelRoute]:
+        """Every routed model, in no particular order."""
+        return self.models if isinstance(self.models, tuple) else self.models.values()
 
 
 def cluster_name(model: str, version: str) -> str:
@@ -237,7 +253,7 @@ def cluster(model: ModelRoute, arm: Arm) -> Resource:
 
 def clusters(desired: DesiredState) -> tuple[Resource, ...]:
     """Every arm's cluster, sorted by name, with or without endpoints. Pure."""
-    built = (cluster(model, arm) for model in desired.models for arm in model.arms)
+    built = (cluster(model, arm) for model in desired.routed() for arm in model.arms)
     return tuple(sorted(built, key=lambda resource: str(resource["name"])))
 
 
@@ -348,7 +364,7 @@ def route_configuration(desired: DesiredState, *, routable: frozenset[str] | Non
     `routable`: the clusters every Envoy node has acknowledged (make-before-break);
     None routes to every desired cluster.
     """
-    models = sorted(desired.models, key=lambda model: model.model_name)
+    models = sorted(desired.routed(), key=lambda model: model.model_name)
     routes = [route for model in models for route in model_routes(model, routable=routable)]
     return {
         "name": ROUTE_CONFIG_NAME,

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from controlplane.xds.resources import Resource
-from controlplane.xds.snapshot import Snapshot, resource_name
+from controlplane.xds.snapshot import Snapshot, SnapshotView, resource_name
 
 # Envoy's error text is cut to this length: an unknown-field error may quote a lot of JSON.
 _MAX_MESSAGE_CHARS = 2000
@@ -60,7 +60,7 @@ def _inline_routes(listener: Resource, route_configs: dict[str, Resource]) -> Re
     return static
 
 
-def static_bootstrap(snapshot: Snapshot) -> Resource:
+def static_bootstrap(snapshot: Snapshot | SnapshotView) -> Resource:
     """A bootstrap holding the snapshot as static resources. Pure.
 
     A listener whose RDS names a route config the snapshot lacks keeps its `rds`,
@@ -112,7 +112,7 @@ async def _run_validate(binary: str, config_path: Path, timeout_s: float) -> Val
 
 
 async def validate_with_envoy(
-    snapshot: Snapshot, *, envoy_binary: str | None = None, timeout_s: float = 30.0
+    snapshot: Snapshot | SnapshotView, *, envoy_binary: str | None = None, timeout_s: float = 30.0
 ) -> ValidationResult:
     """Run `envoy --mode validate` on the snapshot as a static bootstrap.
 

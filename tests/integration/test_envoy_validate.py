@@ -25,7 +25,7 @@ from controlplane.xds.resources import (
     ModelRoute,
     cluster_name,
 )
-from controlplane.xds.snapshot import Snapshot, build_snapshot
+from controlplane.xds.snapshot import SnapshotView, build_snapshot
 from controlplane.xds.validate import (
     EnvoyUnavailable,
     find_envoy_binary,
@@ -55,7 +55,7 @@ def desired(listener_port: int = 10000, foo_endpoints: tuple[Endpoint, ...] = UP
     )
 
 
-def with_first_route_action(snapshot: Snapshot, action: dict[str, Any]) -> Snapshot:
+def with_first_route_action(snapshot: SnapshotView, action: dict[str, Any]) -> SnapshotView:
     routes = copy.deepcopy(snapshot.routes)
     first = routes[0]["virtual_hosts"][0]["routes"][0]
     first.pop("direct_response", None)
@@ -81,7 +81,7 @@ async def test_envoy_accepts_a_built_snapshot() -> None:
     ids=["unknown weighted cluster", "unknown cluster", "weights sum to 0", "unknown field"],
 )
 async def test_envoy_rejects_a_broken_snapshot_and_says_why(action: dict[str, Any], reason: str) -> None:
-    broken = with_first_route_action(build_snapshot(desired()), action)
+    broken = with_first_route_action(build_snapshot(desired()).view(), action)
     result = await validate_with_envoy(broken, envoy_binary=ENVOY)
     assert not result.ok
     assert reason in result.message

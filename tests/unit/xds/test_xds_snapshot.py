@@ -20,9 +20,9 @@ from controlplane.xds.resources import (
 from controlplane.xds.snapshot import (
     ResourceType,
     Snapshot,
+    SnapshotView,
     build_snapshot,
     check_consistency,
-    clusters_to_retain,
     routed_clusters,
 )
 
@@ -93,38 +93,38 @@ def test_built_snapshot_is_consistent_and_serves_endpoints_for_eds() -> None:
     assert [assignment["cluster_name"] for assignment in snapshot.endpoints] == sorted([V1, V2])
 
 
-def _routes(snapshot: Snapshot) -> list[dict[str, Any]]:
+def _routes(snapshot: Snapshot | SnapshotView) -> list[dict[str, Any]]:
     routes: list[dict[str, Any]] = snapshot.routes[0]["virtual_hosts"][0]["routes"]
     return routes
 
 
-def _to_missing_cluster(snapshot: Snapshot) -> None:
+def _to_missing_cluster(snapshot: SnapshotView) -> None:
     _routes(snapshot)[1]["route"]["weighted_clusters"]["clusters"][1]["name"] = "gone"
 
 
-def _zero_weights(snapshot: Snapshot) -> None:
+def _zero_weights(snapshot: SnapshotView) -> None:
     for entry in _routes(snapshot)[1]["route"]["weighted_clusters"]["clusters"]:
         entry["weight"] = 0
 
 
-def _weight_to_empty_cluster(snapshot: Snapshot) -> None:
+def _weight_to_empty_cluster(snapshot: SnapshotView) -> None:
     v2 = next(cluster for cluster in snapshot.clusters if cluster["name"] == V2)
     v2["load_assignment"]["endpoints"] = []
 
 
-def _mirror_to_missing_cluster(snapshot: Snapshot) -> None:
+def _mirror_to_missing_cluster(snapshot: SnapshotView) -> None:
     _routes(snapshot)[1]["route"]["request_mirror_policies"] = [{"cluster": "shadow"}]
 
 
-def _listener_without_routes(snapshot: Snapshot) -> None:
+def _listener_without_routes(snapshot: SnapshotView) -> None:
     snapshot.routes[0]["name"] = "other_routes"
 
 
-def _endpoints_for_unknown_cluster(snapshot: Snapshot) -> None:
+def _endpoints_for_unknown_cluster(snapshot: SnapshotView) -> None:
     snapshot.endpoints[0]["cluster_name"] = "stray"
 
 
-Mutation = Callable[[Snapshot], None]
+Mutation = Callable[[SnapshotView], None]
 SPLIT = "route aegis_routes/foo/v1-verb"
 
 
@@ -150,7 +150,7 @@ SPLIT = "route aegis_routes/foo/v1-verb"
 def test_inconsistent_snapshot_reports_the_problem(
     mutate: Mutation, expected: str, routes_affected: int
 ) -> None:
-    snapshot = copy.deepcopy(build_snapshot(desired()))
+    snapshot = copy.deepcopy(build_snapshot(desired()).view())
     mutate(snapshot)
     problems = check_consistency(snapshot)
     assert problems[0] == expected
@@ -158,7 +158,7 @@ def test_inconsistent_snapshot_reports_the_problem(
 
 
 def test_each_problem_is_reported_once_per_route() -> None:
-    snapshot = copy.deepcopy(build_snapshot(desired()))
+    snapshot = copy.deepcopy(build_snapshot(desired()).view())
     _to_missing_cluster(snapshot)
     _mirror_to_missing_cluster(snapshot)
     assert check_consistency(snapshot) == [
@@ -168,7 +168,7 @@ def test_each_problem_is_reported_once_per_route() -> None:
 
 
 def test_duplicate_clusters_are_reported() -> None:
-    snapshot = build_snapshot(desired())
+    snapshot = build_snapshot(desired()).view()
     doubled = dataclasses.replace(snapshot, clusters=snapshot.clusters + snapshot.clusters[:1])
     assert check_consistency(doubled) == [f"cluster {V1!r} appears 2 times"]
 
@@ -186,14 +186,12 @@ def test_removed_canary_stays_in_cds_until_no_acked_route_uses_it() -> None:
     running = build_snapshot(desired())
     rolled_back = desired(canary=None)
     draining = build_snapshot(
-        rolled_back,
-        retained_clusters=clusters_to_retain(running, still_routed=routed_clusters(running)),
+        rolled_back, still_routed=routed_clusters(running).__contains__, previous=running
     )
     assert {cluster["name"] for cluster in draining.clusters} == {V1, V2}
     assert routed_clusters(draining) == {V1}
     done = build_snapshot(
-        rolled_back,
-        retained_clusters=clusters_to_retain(running, still_routed=routed_clusters(draining)),
+        rolled_back, still_routed=routed_clusters(draining).__contains__, previous=draining
     )
     assert {cluster["name"] for cluster in done.clusters} == {V1}
     assert versions_that_differ(draining, done) == {ResourceType.CLUSTER, ResourceType.ENDPOINT}
