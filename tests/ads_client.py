@@ -97,7 +97,7 @@ class AdsClient:
         }
         if error is not None:
             fields["error_detail"] = status_pb2.Status(code=13, message=error)
-        await self.call.write(discovery_pb2.DiscoveryRequest(**fields))
+        await self._write(discovery_pb2.DiscoveryRequest(**fields))
 
     async def ack(self, response: Any) -> None:
         """Acknowledge a state-of-the-world response, asking for the same names again."""
@@ -115,7 +115,13 @@ class AdsClient:
         }
         if error is not None:
             fields["error_detail"] = status_pb2.Status(code=13, message=error)
-        await self.call.write(discovery_pb2.DeltaDiscoveryRequest(**fields))
+        await self._write(discovery_pb2.DeltaDiscoveryRequest(**fields))
+
+    async def _write(self, request: Any) -> None:
+        try:
+            await self.call.write(request)
+        except grpc.aio.AioRpcError as exc:
+            self.error = exc  # the stream ended (refused): `refusal` reports it
 
     async def receive(self, within: float = 10) -> Any:
         try:

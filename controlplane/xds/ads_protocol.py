@@ -253,10 +253,15 @@ class DeltaTypeState:
     # What the client holds (acknowledged, or declared on reconnect). May be a map shared
     # with other streams: replaced, never changed in place.
     known: ResourceVersions = field(default_factory=dict)
+    # `known` is a published type's map (after a full wildcard sync), shared by reference.
+    known_is_published: bool = False
     # Subscribed names that do not exist and that the client was told so.
     told_absent: set[str] = field(default_factory=set)
     pending: PendingDelta | None = None
     rejected_versions: list[str] = field(default_factory=list)
+    # Names in the last rejected response: not offered again while that version is current,
+    # unless subscribed again.
+    withheld: set[str] = field(default_factory=set)
 
     def receive(self, resource_type: ResourceType, request: DeltaRequest) -> RequestKind:
         """Take one request for this type; returns what it was."""
@@ -272,6 +277,7 @@ class DeltaTypeState:
                 self.wildcard = True
             else:
                 self.names.add(name)
+                self.withheld.discard(name)
         for name in request.unsubscribe:
             self._unsubscribe(name)
         return kind
@@ -285,11 +291,13 @@ class DeltaTypeState:
         self.pending = None
         if request.error_message is not None:
             _remember_rejection(self.rejected_versions, pending.system_version)
+            self.withheld = {*pending.changes.upserts, *pending.changes.removals}
             return RequestKind.NACK
         changes = pending.changes
         if changes.result is not None and self.wildcard:
-            self.known = changes.result
+            self.known, self.known_is_published = changes.result, True
         else:
+            self.known_is_published = False
             known = {**self.known, **{name: pending.current[name] for name in changes.upserts}}
             for name in changes.removals:
                 known.pop(name, None)
@@ -300,12 +308,14 @@ class DeltaTypeState:
         if name == WILDCARD:
             self.wildcard = False
             self.known = {n: v for n, v in self.known.items() if n in self.names}
+            self.known_is_published = False
             return
         self.names.discard(name)
         self.told_absent.discard(name)
         if not self.wildcard and name in self.known:
             # The client forgets what it no longer subscribes to.
             self.known = {n: v for n, v in self.known.items() if n != name}
+            self.known_is_published = False
 
     def changes(
         self, current: PublishedType, *, rejected: bool = False, diffs: DiffCache | None = None
@@ -313,32 +323,33 @@ class DeltaTypeState:
         """What to send now to bring the client to `current`; None when nothing (or it must wait).
 
         `rejected`: the node table says the node rejected `current.version` (perhaps on
-        an earlier stream). Then only resources the client never had, and news of
-        names that do not exist, are sent: the rejected changes are not sent again.
+        an earlier stream). Then nothing of that version is sent again, except to a
+        named subscription the client has nothing for and that was not in the
+        rejected response (or was subscribed again since): the client asked for it.
         """
         if not self.started or self.pending is not None:
             return None
-        resources = current.resources
+        rejected = rejected or current.version in self.rejected_versions
         if self.wildcard:
-            full = diffs.between(self.known, resources) if diffs is not None else _wildcard_diff(
-                self.known, resources
-            )
-            upserts, removals, result = full.upserts, full.removals, full.result
-        else:
-            upserts = tuple(sorted(
-                n for n in self.names if n in resources and self.known.get(n) != resources[n]
-            ))
-            removals = tuple(sorted(
-                n for n in self.names if n not in resources and (n in self.known or n not in self.told_absent)
-            ))
-            result = None
-        if rejected or current.version in self.rejected_versions:
-            upserts = tuple(n for n in upserts if n not in self.known)
-            removals = tuple(n for n in removals if n not in self.known)
-            result = None
+            if rejected:
+                return None
+            # Only diffs between two published maps are worth sharing; a stream's own map is not.
+            if diffs is not None and self.known_is_published:
+                full = diffs.between(self.known, current.resources)
+            else:
+                full = _wildcard_diff(self.known, current.resources)
+            return full if full.upserts or full.removals else None
+        resources, known = current.resources, self.known
+        upserts = tuple(sorted(n for n in self.names if n in resources and known.get(n) != resources[n]))
+        removals = tuple(sorted(
+            n for n in self.names if n not in resources and (n in known or n not in self.told_absent)
+        ))
+        if rejected:
+            upserts = tuple(n for n in upserts if n not in known and n not in self.withheld)
+            removals = tuple(n for n in removals if n not in known and n not in self.withheld)
         if not upserts and not removals:
             return None
-        return DeltaChanges(upserts, removals, result)
+        return DeltaChanges(upserts, removals)
 
     def sent(self, nonce: str, current: PublishedType, changes: DeltaChanges) -> None:
         self.pending = PendingDelta(nonce, current.version, changes, current.resources)
