@@ -1,0 +1,549 @@
+"""The gRPC ADS server: state-of-the-world and delta aggregated discovery over the published snapshot.
+
+`envoy.service.discovery.v3.AggregatedDiscoveryService` on its own listener
+(AEGIS_XDS_GRPC_LISTEN), in the same event loop as the HTTP API (grpc.aio). Each
+stream feeds its requests into the protocol state of ads_protocol.py and writes
+what that says is due, whenever a request arrives or a snapshot is published:
+a change reaches every connected Envoy without waiting for a poll.
+
+Same snapshot, versions and node table as REST: an ACK or NACK is recorded in the
+NodeTracker (a NACK with Envoy's message, logged and counted), acknowledgements of
+clusters and routes ask the publisher to rebuild (make before break), and a node
+is live while its stream is open.
+
+Work per publish, not per stream: a state-of-the-world response for a (type,
+version, names) is serialised once and shared, each stream appending its nonce;
+a delta `Resource` is built once per resource version; the delta changes between
+two published versions are computed once for every stream in step.
+
+Who may speak for a node: with mutual TLS, a client certificate naming the node
+id (ads_tls.py); otherwise, with AEGIS_XDS_NODE_TOKENS, gRPC metadata
+`authorization: Bearer <token>` valid for it. Refused streams end with
+UNAUTHENTICATED or PERMISSION_DENIED and leave nothing in the node table.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+import time
+import weakref
+from collections import OrderedDict
+from collections.abc import AsyncIterator, Callable, Mapping
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any, NoReturn, TypeAlias
+
+import grpc
+from envoy.service.discovery.v3 import discovery_pb2
+
+from controlplane.xds import ads_messages
+from controlplane.xds.ads_protocol import (
+    DeltaRequest,
+    DeltaTypeState,
+    DiffCache,
+    PublishedType,
+    RequestKind,
+    SotwRequest,
+    SotwTypeState,
+    delta_plan,
+    requested_names,
+    sotw_plan,
+)
+from controlplane.xds.ads_tls import GrpcTls, certificate_names
+from controlplane.xds.cache import Publisher, XdsCache
+from controlplane.xds.credentials import NodeCredentials, Verdict
+from controlplane.xds.nodes import (
+    NODE_CLUSTER_MAX_CHARS,
+    NODE_ID_MAX_CHARS,
+    NodeTracker,
+    PollKind,
+    PollOutcome,
+    Transport,
+    clean_message,
+)
+from controlplane.xds.server import REFUSAL_LOG_INTERVAL, TYPE_LABELS, XdsMetrics
+from controlplane.xds.snapshot import ResourceEntry, ResourceType, Snapshot
+
+log = logging.getLogger(__name__)
+
+Context: TypeAlias = "grpc.aio.ServicerContext[Any, Any]"
+
+SERVICE = "envoy.service.discovery.v3.AggregatedDiscoveryService"
+TYPES_BY_URL = {str(kind): kind for kind in ResourceType}
+# Shared state-of-the-world responses kept: a few versions of each type and name set.
+BODY_CACHE_SIZE = 64
+# Published types (name -> version maps) kept for delta streams.
+PUBLISHED_CACHE_SIZE = 16
+# A reconnecting delta Envoy declares every resource it has: ~100 bytes each, and
+# 10,000 models make ~20,000 resources. Far above that, still bounded.
+MAX_REQUEST_BYTES = 16 << 20
+# Envoy's NACK message in a log line: the node view keeps the longer form.
+LOGGED_MESSAGE_CHARS = 300
+
+GRPC_OPTIONS: tuple[tuple[str, Any], ...] = (
+    # Without this, a second process on the same port would silently share its connections.
+    ("grpc.so_reuseport", 0),
+    ("grpc.max_receive_message_length", MAX_REQUEST_BYTES),
+    # An idle stream sends nothing: ping, so that a vanished Envoy's stream ends and the
+    # node stops holding rollouts, instead of staying "connected" forever.
+    ("grpc.keepalive_time_ms", 30_000),
+    ("grpc.keepalive_timeout_ms", 10_000),
+    ("grpc.http2.max_pings_without_data", 0),
+    # Envoy's own keepalive pings (if its bootstrap sets them) must not get it disconnected.
+    ("grpc.http2.min_ping_interval_without_data_ms", 5_000),
+    ("grpc.http2.max_ping_strikes", 0),
+)
+
+
+class StreamKind(StrEnum):
+    SOTW = "sotw"
+    DELTA = "delta"
+
+
+TRANSPORTS = {StreamKind.SOTW: Transport.ADS, StreamKind.DELTA: Transport.DELTA}
+ACKNOWLEDGED_TYPES = (ResourceType.CLUSTER, ResourceType.ROUTE)
+
+
+@dataclass(frozen=True)
+class Admission:
+    """Who a stream speaks for, once its credentials and first request were checked."""
+
+    node_id: str
+    cluster: str
+    authenticated: bool
+
+
+@dataclass(eq=False)
+class _Stream:
+    kind: StreamKind
+    admission: Admission
+    wake: asyncio.Event = field(default_factory=asyncio.Event)
+    closed: bool = False
+    nonces: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
+    # Unknown type URLs this stream asked for, reported once each.
+    ignored_types: set[str] = field(default_factory=set)
+
+    @property
+    def node_id(self) -> str:
+        return self.admission.node_id
+
+    def next_nonce(self) -> str:
+        return str(next(self.nonces))
+
+
+class AdsServer:
+    """Serves ADS streams from the published snapshot; `start` binds the gRPC listener."""
+
+    def __init__(
+        self, cache: XdsCache, nodes: NodeTracker, publisher: Publisher, metrics: XdsMetrics, *,
+        credentials: NodeCredentials, tls: GrpcTls | None = None,
+    ) -> None:
+        self.cache = cache
+        self.nodes = nodes
+        self.publisher = publisher
+        self.metrics = metrics
+        self.credentials = credentials
+        self.tls = tls
+        self.port: int | None = None
+        self._server: grpc.aio.Server | None = None
+        self._fan_out: asyncio.Task[None] | None = None
+        self._streams: set[_Stream] = set()
+        self._bodies: OrderedDict[tuple[ResourceType, str, frozenset[str]], bytes] = OrderedDict()
+        self._published: OrderedDict[
+            tuple[ResourceType, str], tuple[PublishedType, Mapping[str, ResourceEntry]]
+        ] = OrderedDict()
+        self._delta_resources: weakref.WeakKeyDictionary[ResourceEntry, bytes] = weakref.WeakKeyDictionary()
+        self._diffs = {kind: DiffCache() for kind in ResourceType}
+        self._last_refusal_log = -REFUSAL_LOG_INTERVAL
+
+    # --- lifecycle -----------------------------------------------------------------
+
+    def handler(self) -> grpc.GenericRpcHandler:
+        return grpc.method_handlers_generic_handler(
+            SERVICE,
+            {
+                "StreamAggregatedResources": grpc.stream_stream_rpc_method_handler(
+                    self.stream_aggregated_resources,
+                    request_deserializer=discovery_pb2.DiscoveryRequest.FromString,
+                    response_serializer=_as_bytes,
+                ),
+                "DeltaAggregatedResources": grpc.stream_stream_rpc_method_handler(
+                    self.delta_aggregated_resources,
+                    request_deserializer=discovery_pb2.DeltaDiscoveryRequest.FromString,
+                    response_serializer=_as_bytes,
+                ),
+            },
+        )
+
+    async def start(self, host: str, port: int) -> int:
+        """Bind and serve; returns the port (useful with port 0). Raises OSError if it cannot bind."""
+        server = grpc.aio.server(handlers=[self.handler()], options=GRPC_OPTIONS)
+        address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        try:
+            if self.tls is None:
+                bound = server.add_insecure_port(address)
+            else:
+                credentials = grpc.ssl_server_credentials(
+                    [(self.tls.private_key, self.tls.certificate_chain)],
+                    root_certificates=self.tls.client_ca,
+                    require_client_auth=self.tls.mutual,
+                )
+                bound = server.add_secure_port(address, credentials)
+        except RuntimeError as exc:
+            bound = 0
+            reason = str(exc)
+        else:
+            reason = "the port is taken or the address is not this machine's"
+        if not bound:
+            raise OSError(f"AEGIS_XDS_GRPC_LISTEN={host}:{port}: cannot listen there ({reason})")
+        await server.start()
+        self._server, self.port = server, int(bound)
+        self._fan_out = asyncio.get_running_loop().create_task(self._wake_on_publish())
+        mode = "plaintext" if self.tls is None else ("mutual TLS" if self.tls.mutual else "TLS")
+        log.info("gRPC ADS (state of the world and delta) on %s:%d, %s", host, self.port, mode)
+        return self.port
+
+    async def stop(self, grace: float) -> None:
+        """End every stream (Envoy keeps its config and reconnects elsewhere), then the server."""
+        for stream in list(self._streams):
+            stream.closed = True
+            stream.wake.set()
+        if self._fan_out is not None:
+            self._fan_out.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._fan_out
+        if self._server is not None:
+            await self._server.stop(grace)
+
+    async def _wake_on_publish(self) -> None:
+        """One waiter for every stream: a publish wakes them all."""
+        while True:
+            if await self.cache.wait_for_change(3600):
+                for stream in self._streams:
+                    stream.wake.set()
+
+    # --- state of the world --------------------------------------------------------
+
+    async def stream_aggregated_resources(
+        self, requests: AsyncIterator[discovery_pb2.DiscoveryRequest], context: Context
+    ) -> None:
+        first = await self._first_request(requests, context, StreamKind.SOTW)
+        if first is None:
+            return
+        admission = await self._admit(context, StreamKind.SOTW, first.node)
+        stream = _Stream(StreamKind.SOTW, admission)
+        states: dict[ResourceType, SotwTypeState] = {}
+
+        def take(request: discovery_pb2.DiscoveryRequest) -> None:
+            kind = self._known_type(stream, request.type_url)
+            if kind is None:
+                return
+            state = states.setdefault(kind, SotwTypeState())
+            sent_version = state.sent_version
+            answer = state.receive(
+                SotwRequest(
+                    request.version_info,
+                    requested_names(kind, list(request.resource_names)),
+                    request.response_nonce,
+                    request.error_detail.message if request.HasField("error_detail") else None,
+                )
+            )
+            self._record(stream, kind, answer, reported=request.version_info, answered=sent_version,
+                         message=request.error_detail.message)
+
+        async def write_due() -> None:
+            snapshot = self.cache.current
+            versions = snapshot.ads_versions
+            for kind in sotw_plan(states, versions, rejected=self._rejected_by(stream)):
+                state = states[kind]
+                body = self._sotw_body(snapshot, kind, state.requested)
+                nonce = stream.next_nonce()
+                state.sent(versions[kind], nonce)
+                self._served(stream, kind, versions[kind])
+                await context.write(ads_messages.with_nonce(body, nonce))
+
+        await self._serve(stream, first, requests, take, write_due)
+
+    def _sotw_body(self, snapshot: Snapshot, kind: ResourceType, names: frozenset[str]) -> bytes:
+        """The response for (type, version, names) without its nonce, made once for all streams."""
+        version = snapshot.ads_versions[kind]
+        key = (kind, version, names)
+        body = self._bodies.get(key)
+        if body is None:
+            _, entries = self._published_type(snapshot, kind)
+            chosen = [entries[name] for name in _selected(names, entries)]
+            body = ads_messages.sotw_response(version, str(kind), (entry.encoded for entry in chosen))
+            self._bodies[key] = body
+            while len(self._bodies) > BODY_CACHE_SIZE:
+                self._bodies.popitem(last=False)
+        else:
+            self._bodies.move_to_end(key)
+        return body
+
+    # --- delta -----------------------------------------------------------------------
+
+    async def delta_aggregated_resources(
+        self, requests: AsyncIterator[discovery_pb2.DeltaDiscoveryRequest],
+        context: Context,
+    ) -> None:
+        first = await self._first_request(requests, context, StreamKind.DELTA)
+        if first is None:
+            return
+        admission = await self._admit(context, StreamKind.DELTA, first.node)
+        stream = _Stream(StreamKind.DELTA, admission)
+        states: dict[ResourceType, DeltaTypeState] = {}
+
+        def take(request: discovery_pb2.DeltaDiscoveryRequest) -> None:
+            kind = self._known_type(stream, request.type_url)
+            if kind is None:
+                return
+            state = states.setdefault(kind, DeltaTypeState())
+            pending = state.pending
+            answer = state.receive(
+                kind,
+                DeltaRequest(
+                    subscribe=tuple(request.resource_names_subscribe),
+                    unsubscribe=tuple(request.resource_names_unsubscribe),
+                    initial_versions=dict(request.initial_resource_versions),
+                    response_nonce=request.response_nonce,
+                    error_message=request.error_detail.message if request.HasField("error_detail") else None,
+                ),
+            )
+            if answer is RequestKind.INITIAL:
+                # Delta requests carry no version: a node that declares exactly the current
+                # resources runs the current version (a reconnect to a restarted control plane).
+                published, _ = self._published_type(self.cache.current, kind)
+                in_sync = (state.wildcard or bool(state.names)) and state.changes(published) is None
+                self._record(stream, kind, answer, reported=published.version if in_sync else "", answered="")
+                return
+            answered = pending.system_version if pending is not None else ""
+            self._record(stream, kind, answer, reported=answered, answered=answered,
+                         message=request.error_detail.message)
+
+        async def write_due() -> None:
+            snapshot = self.cache.current
+            published = {kind: self._published_type(snapshot, kind) for kind in states}
+            plan = delta_plan(
+                states, {kind: p[0] for kind, p in published.items()},
+                rejected=self._rejected_by(stream), diffs=self._diffs,
+            )
+            for kind, changes in plan:
+                current, entries = published[kind]
+                nonce = stream.next_nonce()
+                body = ads_messages.delta_response(
+                    current.version, str(kind),
+                    (self._delta_resource(kind, entries[name]) for name in changes.upserts),
+                    changes.removals, nonce,
+                )
+                states[kind].sent(nonce, current, changes)
+                self._served(stream, kind, current.version)
+                await context.write(body)
+
+        await self._serve(stream, first, requests, take, write_due)
+
+    def _published_type(
+        self, snapshot: Snapshot, kind: ResourceType
+    ) -> tuple[PublishedType, Mapping[str, ResourceEntry]]:
+        """One type of the snapshot by name; the same objects for every stream, per version."""
+        version = snapshot.ads_versions[kind]
+        key = (kind, version)
+        hit = self._published.get(key)
+        if hit is None:
+            entries = {entry.name: entry for entry in snapshot.entries(kind, ads=True)}
+            hit = (PublishedType(version, {name: e.version for name, e in entries.items()}), entries)
+            self._published[key] = hit
+            while len(self._published) > PUBLISHED_CACHE_SIZE:
+                self._published.popitem(last=False)
+        else:
+            self._published.move_to_end(key)
+        return hit
+
+    def _delta_resource(self, kind: ResourceType, entry: ResourceEntry) -> bytes:
+        """A delta Resource (name, version, Any), made once per resource version."""
+        encoded = self._delta_resources.get(entry)
+        if encoded is None:
+            encoded = ads_messages.delta_resource(entry.name, entry.version, str(kind), entry.encoded)
+            self._delta_resources[entry] = encoded
+        return encoded
+
+    # --- both kinds ----------------------------------------------------------------
+
+    async def _serve(
+        self, stream: _Stream, first: Any, requests: AsyncIterator[Any],
+        take: Callable[[Any], None], write_due: Callable[[], Any],
+    ) -> None:
+        """Read requests in one task, write what is due in this one, until the stream ends."""
+        admission = stream.admission
+        self.nodes.stream_opened(
+            admission.node_id, admission.cluster, now=time.monotonic(),
+            transport=TRANSPORTS[stream.kind], authenticated=admission.authenticated,
+        )
+        self._streams.add(stream)
+        self.metrics.streams.labels(stream.kind.value).inc()
+        take(first)
+        reader = asyncio.get_running_loop().create_task(self._read(stream, requests, take))
+        try:
+            while not stream.closed:
+                stream.wake.clear()
+                await write_due()
+                await stream.wake.wait()
+        finally:
+            reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await reader
+            self._streams.discard(stream)
+            self.metrics.streams.labels(stream.kind.value).dec()
+            self.nodes.stream_closed(admission.node_id, now=time.monotonic())
+
+    async def _read(self, stream: _Stream, requests: AsyncIterator[Any], take: Callable[[Any], None]) -> None:
+        try:
+            async for request in requests:
+                take(request)
+                stream.wake.set()
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            # The stream ends (a broken connection, or a bug here): Envoy reconnects.
+            log.debug("ADS stream of node %r ended while reading", stream.node_id, exc_info=True)
+        finally:
+            stream.closed = True
+            stream.wake.set()
+
+    async def _first_request(
+        self, requests: AsyncIterator[Any], context: Context, kind: StreamKind
+    ) -> Any:
+        """The first request, once the stream's credentials (before any body) passed; None at EOF."""
+        if self.tls is None or not self.tls.mutual:
+            token = self.credentials.check(_metadata(context, "authorization"))
+            if token.verdict is Verdict.MISSING:
+                await self._refuse(
+                    context, kind, grpc.StatusCode.UNAUTHENTICATED,
+                    "this xDS server needs a node token: send gRPC metadata 'authorization: Bearer <token>' "
+                    "(the bootstrap's grpc_services initial_metadata)",
+                )
+            if token.verdict is Verdict.UNKNOWN:
+                await self._refuse(
+                    context, kind, grpc.StatusCode.PERMISSION_DENIED,
+                    "the node token is not one of AEGIS_XDS_NODE_TOKENS",
+                )
+        return await anext(aiter(requests), None)
+
+    async def _admit(self, context: Context, kind: StreamKind, node: Any) -> Admission:
+        """Check the node the first request names against the stream's credentials."""
+        node_id, cluster = str(node.id), str(node.cluster)
+        if not node_id:
+            await self._refuse(context, kind, grpc.StatusCode.INVALID_ARGUMENT,
+                               "the first request on an ADS stream must carry node.id")
+        if len(node_id) > NODE_ID_MAX_CHARS or len(cluster) > NODE_CLUSTER_MAX_CHARS:
+            await self._refuse(
+                context, kind, grpc.StatusCode.INVALID_ARGUMENT,
+                f"node.id (at most {NODE_ID_MAX_CHARS} characters) or node.cluster "
+                f"(at most {NODE_CLUSTER_MAX_CHARS}) is too long to be real",
+            )
+        if self.tls is not None and self.tls.mutual:
+            names = _certificate_names(context)
+            if node_id not in names:
+                await self._refuse(
+                    context, kind, grpc.StatusCode.PERMISSION_DENIED,
+                    f"the client certificate names {sorted(names)!r} (CN, DNS and URI SANs), "
+                    f"not node id {node_id!r}",
+                )
+            return Admission(node_id, cluster, authenticated=True)
+        token = self.credentials.check(_metadata(context, "authorization"))
+        if not token.allows(node_id):
+            await self._refuse(
+                context, kind, grpc.StatusCode.PERMISSION_DENIED,
+                "the node token is not valid for this node id "
+                "(AEGIS_XDS_NODE_TOKENS pairs node ids with tokens)",
+            )
+        return Admission(node_id, cluster, authenticated=token.verdict is Verdict.ACCEPTED)
+
+    async def _refuse(
+        self, context: Context, kind: StreamKind, code: grpc.StatusCode, message: str
+    ) -> NoReturn:
+        self.metrics.refused_streams.labels(kind.value, code.name.lower()).inc()
+        now = time.monotonic()
+        if now - self._last_refusal_log >= REFUSAL_LOG_INTERVAL:
+            self._last_refusal_log = now
+            log.warning("refused an ADS stream (%s): %s; further refusals are only counted for a minute",
+                        code.name, message)
+        await context.abort(code, message)
+        raise AssertionError("context.abort returns only by raising")
+
+    def _known_type(self, stream: _Stream, type_url: str) -> ResourceType | None:
+        kind = TYPES_BY_URL.get(type_url)
+        if kind is None and type_url not in stream.ignored_types and len(stream.ignored_types) < 8:
+            stream.ignored_types.add(type_url)
+            log.info("node %r asked for %r over ADS, which Aegis does not serve: ignored",
+                     stream.node_id, type_url[:200])
+        return kind
+
+    def _rejected_by(self, stream: _Stream) -> Callable[[ResourceType, str], bool]:
+        def rejected(kind: ResourceType, version: str) -> bool:
+            return self.nodes.has_rejected(stream.node_id, kind, version)
+
+        return rejected
+
+    def _served(self, stream: _Stream, kind: ResourceType, version: str) -> None:
+        self.nodes.record_served(stream.node_id, kind, version)
+        self.metrics.responses.labels(TYPE_LABELS[kind], stream.kind.value).inc()
+
+    def _record(
+        self, stream: _Stream, kind: ResourceType, answer: RequestKind, *, reported: str, answered: str,
+        message: str = "",
+    ) -> None:
+        """Tell the node table what a request said. `reported`: the version the node runs;
+        `answered`: the version of the response the request answers (ACK or NACK)."""
+        admission = stream.admission
+        now = time.monotonic()
+        if answer is RequestKind.NACK:
+            self.nodes.observe_rejection(stream.node_id, kind, answered, message=message, now=now)
+            self.metrics.rejected.labels(TYPE_LABELS[kind]).inc()
+            log.warning(
+                "node %r rejected %s version %s over ADS (it keeps %s): %s",
+                stream.node_id, TYPE_LABELS[kind], answered[:12], reported[:12] or "nothing",
+                clean_message(message)[:LOGGED_MESSAGE_CHARS] or "(no message)",
+            )
+            return
+        if answer not in (RequestKind.INITIAL, RequestKind.ACK):
+            return
+        outcome: PollOutcome = self.nodes.observe(
+            stream.node_id, admission.cluster, kind, reported, now=now,
+            published=self.cache.was_published(kind, reported), authenticated=admission.authenticated,
+            transport=TRANSPORTS[stream.kind],
+        )
+        if outcome.kind is PollKind.UNKNOWN:
+            self.metrics.unknown_versions.labels(TYPE_LABELS[kind]).inc()
+        if outcome.ack_changed and kind in ACKNOWLEDGED_TYPES:
+            self.publisher.request_rebuild()
+
+
+def _as_bytes(message: bytes) -> bytes:
+    """Responses are assembled as bytes already (ads_messages.py)."""
+    return message
+
+
+def _selected(names: frozenset[str], entries: Mapping[str, ResourceEntry]) -> list[str]:
+    if "*" in names:
+        return list(entries)
+    return sorted(name for name in names if name in entries)
+
+
+def _metadata(context: Context, key: str) -> str | None:
+    for name, value in context.invocation_metadata() or ():
+        if name == key:
+            return value if isinstance(value, str) else None
+    return None
+
+
+def _certificate_names(context: Context) -> frozenset[str]:
+    pems = context.auth_context().get("x509_pem_cert") or []
+    if not pems:
+        return frozenset()
+    try:
+        return certificate_names(pems[0])
+    except ValueError:
+        return frozenset()
