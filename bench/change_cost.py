@@ -143,7 +143,7 @@ async def changes_in_app(
     The baseline is the full rebuild: the whole desired state built into a checked,
     versioned snapshot from nothing.
     """
-    seeded = seed_models(data_dir, desired_state(models, canaries).models, sign_key=SIGN_KEY)
+    seeded = seed_models(data_dir, desired_state(models, canaries).routed(), sign_key=SIGN_KEY)
     app = create_app(app_settings(data_dir))
     server = TestServer(app)
     started = time.perf_counter()

@@ -162,7 +162,8 @@ def ads_propagation(models: int, canaries: int, *, switches: int) -> dict[str, A
     """
     with tempfile.TemporaryDirectory(prefix="aegis-bench-scale-ads-") as scratch:
         root = Path(scratch)
-        seeded = seed_models(root / "aegis", desired_state(models, canaries).models, sign_key=STACK_SIGN_KEY)
+        layout = desired_state(models, canaries).routed()
+        seeded = seed_models(root / "aegis", layout, sign_key=STACK_SIGN_KEY)
         started = time.monotonic()
         stack = Stack(root, transport=XdsTransport.ADS, extra_env={"AEGIS_XDS_VALIDATE": "false"}).start()
         try:

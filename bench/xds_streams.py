@@ -17,7 +17,8 @@ new RDS version (target <= 1 s), median over several changes.
 
 Baseline, same run, same node count: REST long-poll. As many simulated Envoys
 poll RDS over REST with the full ~80 KB JSON node in every poll (what Envoy 1.40
-sends), wait 1-2 s after each answer (`refresh_delay` 1 s) and are held by the
+sends), wait R..2R after each answer (R: the RDS `refresh_delay` Aegis gives REST
+Envoys, AEGIS_XDS_RDS_REFRESH_DELAY_MS, 250 ms by default) and are held by the
 server while up to date; the hold is raised to 60 s so that every node sits in a
 held poll when the change comes (the kindest case for REST: with the shipped 5 s
 hold they would also re-poll every 5 s). Time from the PUT to the last node
@@ -51,6 +52,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.common import ADMIN_TOKEN, free_port, report, rss_bytes, running_server
 from bench.xds_poll import SAMPLE, BodyMaker, client_session, cpu_seconds, node_template, raise_open_files
+from controlplane.settings import load_settings
 
 MIB = 1 << 20
 MODEL = "bench-streams"
@@ -60,6 +62,7 @@ LDS = "type.googleapis.com/envoy.config.listener.v3.Listener"
 RDS = "type.googleapis.com/envoy.config.route.v3.RouteConfiguration"
 ROUTE_CONFIG = "aegis_routes"  # what the listener's RDS asks for; REST nodes name it directly
 TARGET_SECONDS = 1.0
+REST_REFRESH_SECONDS = load_settings({}).xds.rds_refresh_delay_ms / 1000
 TARGET_RSS_BYTES = 1 << 30
 
 # Events a client process sends up: (kind, stream, version or message, monotonic time).
@@ -212,7 +215,8 @@ async def rest_client(plan: ClientPlan, conn: Connection) -> None:
                 events.append(("rds", stream, version, time.monotonic()))
             elif status != 304:
                 events.append(("error", stream, f"HTTP {status}", time.monotonic()))
-            await asyncio.sleep(random.uniform(1.0, 2.0))  # refresh_delay 1 s: R..2R after each answer
+            # Envoy waits R..2R after each answer (R: the RDS refresh_delay Aegis gives REST Envoys).
+            await asyncio.sleep(random.uniform(REST_REFRESH_SECONDS, 2 * REST_REFRESH_SECONDS))
 
     reporter = asyncio.create_task(report_events(conn, events, stop))
     async with client_session(timeout=180) as session:
@@ -243,6 +247,7 @@ class Collector:
         self.polled: dict[int, str] = {}  # REST: the version of each node's last poll
         self.errors: Counter[str] = Counter()
         self.closed = False
+        self.workers: list[Any] = []  # the client processes, to stop waiting when one died
         self.thread = threading.Thread(target=self._run, daemon=True)
         self.thread.start()
 
@@ -268,13 +273,16 @@ class Collector:
 
     def until(self, condition: Callable[[], bool], timeout: float) -> bool:
         deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
+        while time.monotonic() < deadline and not self.clients_failed():
             with self.lock:
                 if condition():
                     return True
             time.sleep(0.01)
         with self.lock:
             return condition()
+
+    def clients_failed(self) -> bool:
+        return any(worker.exitcode not in (None, 0) for worker in self.workers)
 
     def moved_on(self, before: str) -> bool:
         """Every stream has received one same RDS version, other than `before`."""
@@ -293,15 +301,15 @@ class Collector:
         return None
 
 
-def settle(pid: int, *, timeout: float = 60) -> None:
-    """Until the server has gone idle (under 2 % of a core over half a second)."""
+def settle(pids: list[int], *, timeout: float = 60) -> None:
+    """Until these processes have been idle for a second (under 2 % of a core each half second)."""
     deadline = time.monotonic() + timeout
-    last = cpu_seconds(pid)
-    while time.monotonic() < deadline:
+    last = [cpu_seconds(pid) for pid in pids]
+    quiet = 0
+    while time.monotonic() < deadline and quiet < 2:
         time.sleep(0.5)
-        now = cpu_seconds(pid)
-        if now - last < 0.01:
-            return
+        now = [cpu_seconds(pid) for pid in pids]
+        quiet = quiet + 1 if max(b - a for a, b in zip(last, now, strict=True)) < 0.01 else 0
         last = now
 
 
@@ -359,7 +367,7 @@ def run_transport(
         Path(scratch) / "data", **env
     ) as (url, server):
         prepare_model(url)
-        settle(server.pid, timeout=10)
+        settle([server.pid], timeout=10)
         rss_before = rss_bytes(server.pid)
         per_client = -(-streams // clients)
         workers, conns = [], []
@@ -372,13 +380,14 @@ def run_transport(
             workers.append(worker)
             conns.append(parent_end)
         collector = Collector(conns, streams)
+        collector.workers = workers
         try:
             opened = time.monotonic()
             subscribed = collector.until(lambda: collector.common_version() is not None, 300)
             if transport == "rest":  # and every node back in a held poll on that version
                 collector.until(lambda: collector.all_polled(collector.common_version() or ""), 60)
             seconds_to_subscribe = time.monotonic() - opened
-            settle(server.pid)
+            settle([server.pid, *(worker.pid or 0 for worker in workers)])
             rss_held = rss_bytes(server.pid)
             fanouts, halves, reached, server_cpu, client_cpu = [], [], [], [], []
             for change in range(changes if subscribed else 0):
@@ -402,8 +411,8 @@ def run_transport(
                     halves.append(times[len(times) // 2] * 1000)
                 if transport == "rest":
                     collector.until(partial(collector.all_polled, after), 60)
-                settle(server.pid)
-            peak = rss_bytes(server.pid, "VmHWM")
+                settle([server.pid, *(worker.pid or 0 for worker in workers)])
+            peak = max(rss_bytes(server.pid, "VmHWM"), rss_held)
             rss_after = rss_bytes(server.pid)
         finally:
             for conn in conns:
@@ -435,6 +444,7 @@ def run_transport(
         "server_cpu_s_per_change": [round(s, 2) for s in server_cpu],
         "clients_cpu_s_per_change": [round(s, 2) for s in client_cpu],
         "errors": dict(collector.errors.most_common(5)),
+        "client_exit_codes": [worker.exitcode for worker in workers],
     }
 
 
@@ -466,7 +476,8 @@ def main() -> None:
         "xds_streams",
         value=value,
         unit="ms",
-        baseline=f"REST long-poll, the same {args.streams} nodes (80 KB node per poll, hold 60 s)",
+        baseline=f"REST long-poll, the same {args.streams} nodes (80 KB node per poll, hold 60 s, "
+        f"refresh_delay {REST_REFRESH_SECONDS:g} s)",
         baseline_value=rest.get("fanout_median_ms") or float("nan"),
         target=TARGET_SECONDS * 1000,
         higher_is_better=False,
