@@ -172,7 +172,7 @@ def ads_propagation(models: int, canaries: int, *, switches: int) -> dict[str, A
                 "seeded_canaries": canaries,
                 "stack_ready_s": round(time.monotonic() - started, 1),
             }
-            serve_two_versions(stack)
+            details["first_two_flips_not_counted_ms"] = [round(ms, 1) for ms in serve_two_versions(stack)]
             for pattern in Pattern:
                 timings = asyncio.run(switches_through_envoy(stack, switches, pattern=pattern))
                 details[pattern.value] = summary(timings)
