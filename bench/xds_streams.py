@@ -430,7 +430,7 @@ def run_transport(
             seconds_to_subscribe = time.monotonic() - opened
             settle([server.pid, *(worker.pid or 0 for worker in workers)])
             rss_held = rss_bytes(server.pid)
-            fanouts, halves, reached, server_cpu, client_cpu = [], [], [], [], []
+            fanouts, halves, reached, server_cpu, client_cpu, busy = [], [], [], [], [], []
             for change in range(changes if subscribed else 0):
                 with collector.lock:
                     before = collector.common_version() or ""
@@ -448,6 +448,7 @@ def run_transport(
                 server_cpu.append(cpu_seconds(server.pid) - cpu_server)
                 client_cpu.append(sum(cpu_seconds(worker.pid or 0) for worker in workers) - cpu_clients)
                 if times and reached[-1] == streams:
+                    busy.append(server_cpu[-1] / times[-1])
                     fanouts.append(times[-1] * 1000)
                     halves.append(times[len(times) // 2] * 1000)
                 if transport == "rest":
@@ -486,6 +487,8 @@ def run_transport(
         "half_reached_median_ms": round(statistics.median(halves), 1) if halves else None,
         "server_cpu_s_per_change": [round(s, 2) for s in server_cpu],
         "clients_cpu_s_per_change": [round(s, 2) for s in client_cpu],
+        # Near 1: the server's one event loop was busy the whole fan-out (the server is the limit).
+        "server_busy_share_of_fanout": [round(share, 2) for share in busy],
         "errors": dict(collector.errors.most_common(5)),
         "client_exit_codes": [worker.exitcode for worker in workers],
         "server_log_tail": log_tail,
