@@ -62,6 +62,7 @@ LDS = "type.googleapis.com/envoy.config.listener.v3.Listener"
 RDS = "type.googleapis.com/envoy.config.route.v3.RouteConfiguration"
 ROUTE_CONFIG = "aegis_routes"  # what the listener's RDS asks for; REST nodes name it directly
 TARGET_SECONDS = 1.0
+CLIENT_NICENESS = 10
 REST_REFRESH_SECONDS = load_settings({}).xds.rds_refresh_delay_ms / 1000
 TARGET_RSS_BYTES = 1 << 30
 
@@ -87,6 +88,9 @@ class ClientPlan:
 
 
 def client_main(plan: ClientPlan, conn: Connection) -> None:
+    # Below the server's priority: on two shared cores the clients take only what the
+    # server leaves, so a slow fan-out is the server's and not the clients' doing.
+    os.nice(CLIENT_NICENESS)
     run = ads_client if plan.transport == "ads" else rest_client
     asyncio.run(run(plan, conn))
 
@@ -503,6 +507,7 @@ def run_transport(
     return {
         "streams": streams,
         "client_processes": clients,
+        "client_niceness": CLIENT_NICENESS,
         "channels_per_process": channels if transport == "ads" else "one TCP connection per node",
         "all_subscribed": subscribed,
         "streams_subscribed": len(collector.latest),
