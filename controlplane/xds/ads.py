@@ -54,7 +54,7 @@ from controlplane.xds.ads_protocol import (
 )
 from controlplane.xds.ads_tls import GrpcTls, certificate_names
 from controlplane.xds.cache import Publisher, XdsCache
-from controlplane.xds.credentials import NodeCredentials, Verdict
+from controlplane.xds.credentials import NodeCredentials, TokenCheck, Verdict
 from controlplane.xds.nodes import (
     NODE_CLUSTER_MAX_CHARS,
     NODE_ID_MAX_CHARS,
@@ -230,10 +230,11 @@ class AdsServer:
     async def stream_aggregated_resources(
         self, requests: AsyncIterator[discovery_pb2.DiscoveryRequest], context: Context
     ) -> None:
-        first = await self._first_request(requests, context, StreamKind.SOTW)
+        token = await self._check_token(context, StreamKind.SOTW)
+        first = await anext(aiter(requests), None)
         if first is None:
             return
-        admission = await self._admit(context, StreamKind.SOTW, first.node)
+        admission = await self._admit(context, StreamKind.SOTW, first.node, token)
         stream = _Stream(StreamKind.SOTW, admission)
         states: dict[ResourceType, SotwTypeState] = {}
 
@@ -289,10 +290,11 @@ class AdsServer:
         self, requests: AsyncIterator[discovery_pb2.DeltaDiscoveryRequest],
         context: Context,
     ) -> None:
-        first = await self._first_request(requests, context, StreamKind.DELTA)
+        token = await self._check_token(context, StreamKind.DELTA)
+        first = await anext(aiter(requests), None)
         if first is None:
             return
-        admission = await self._admit(context, StreamKind.DELTA, first.node)
+        admission = await self._admit(context, StreamKind.DELTA, first.node, token)
         stream = _Stream(StreamKind.DELTA, admission)
         states: dict[ResourceType, DeltaTypeState] = {}
 
@@ -383,17 +385,19 @@ class AdsServer:
         )
         self._streams.add(stream)
         self.metrics.streams.labels(stream.kind.value).inc()
-        take(first)
-        reader = asyncio.get_running_loop().create_task(self._read(stream, requests, take))
+        reader: asyncio.Task[None] | None = None
         try:
+            take(first)
+            reader = asyncio.get_running_loop().create_task(self._read(stream, requests, take))
             while not stream.closed:
                 stream.wake.clear()
                 await write_due()
                 await stream.wake.wait()
         finally:
-            reader.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await reader
+            if reader is not None:
+                reader.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await reader
             self._streams.discard(stream)
             self.metrics.streams.labels(stream.kind.value).dec()
             self.nodes.stream_closed(admission.node_id, now=time.monotonic())
@@ -412,12 +416,10 @@ class AdsServer:
             stream.closed = True
             stream.wake.set()
 
-    async def _first_request(
-        self, requests: AsyncIterator[Any], context: Context, kind: StreamKind
-    ) -> Any:
-        """The first request, once the stream's credentials (before any body) passed; None at EOF."""
-        if self.tls is None or not self.tls.mutual:
-            token = self.credentials.check(_metadata(context, "authorization"))
+    async def _check_token(self, context: Context, kind: StreamKind) -> TokenCheck:
+        """The stream's node token, checked before any request is read (refused: the stream ends)."""
+        token = self.credentials.check(_metadata(context, "authorization"))
+        if not self._mutual_tls:
             if token.verdict is Verdict.MISSING:
                 await self._refuse(
                     context, kind, grpc.StatusCode.UNAUTHENTICATED,
@@ -429,9 +431,13 @@ class AdsServer:
                     context, kind, grpc.StatusCode.PERMISSION_DENIED,
                     "the node token is not one of AEGIS_XDS_NODE_TOKENS",
                 )
-        return await anext(aiter(requests), None)
+        return token
 
-    async def _admit(self, context: Context, kind: StreamKind, node: Any) -> Admission:
+    @property
+    def _mutual_tls(self) -> bool:
+        return self.tls is not None and self.tls.mutual
+
+    async def _admit(self, context: Context, kind: StreamKind, node: Any, token: TokenCheck) -> Admission:
         """Check the node the first request names against the stream's credentials."""
         node_id, cluster = str(node.id), str(node.cluster)
         if not node_id:
@@ -443,7 +449,8 @@ class AdsServer:
                 f"node.id (at most {NODE_ID_MAX_CHARS} characters) or node.cluster "
                 f"(at most {NODE_CLUSTER_MAX_CHARS}) is too long to be real",
             )
-        if self.tls is not None and self.tls.mutual:
+        if self._mutual_tls:
+            # The certificate is the node's credential; a token is not consulted.
             names = _certificate_names(context)
             if node_id not in names:
                 await self._refuse(
@@ -452,7 +459,6 @@ class AdsServer:
                     f"not node id {node_id!r}",
                 )
             return Admission(node_id, cluster, authenticated=True)
-        token = self.credentials.check(_metadata(context, "authorization"))
         if not token.allows(node_id):
             await self._refuse(
                 context, kind, grpc.StatusCode.PERMISSION_DENIED,
