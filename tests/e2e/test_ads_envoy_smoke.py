@@ -198,3 +198,39 @@ def test_envoy_on_ads_gets_listener_clusters_and_routes_and_follows_a_weight_cha
     assert tally == {(200, "2"): 20}
     envoy_nodes = aegis.api("GET", f"/v1/traffic/{MODEL}", role="viewer")
     assert envoy_nodes["acked"] is True
+
+
+def envoy_stats(admin_port: int) -> dict[str, int]:
+    url = f"http://127.0.0.1:{admin_port}/stats?filter=update_success|connected_state"
+    with urllib.request.urlopen(url) as r:
+        lines = r.read().decode().splitlines()
+    return {name: int(value) for name, value in (line.split(": ", 1) for line in lines) if value.isdigit()}
+
+
+@pytest.mark.parametrize("api_type", ["GRPC", "DELTA_GRPC"])
+def test_envoy_keeps_serving_while_aegis_restarts_and_applies_nothing_again(
+    aegis: Aegis, envoy_factory: Any, api_type: str
+) -> None:
+    aegis.api("PUT", f"/v1/traffic/{MODEL}", {"weights": {"1": 50, "2": 50}})
+    node_id = f"ads-restart-{api_type.lower()}"
+    admin_port = envoy_factory(aegis, api_type, node_id)
+    gateway = f"http://127.0.0.1:{aegis.listener_port}"
+    wait_until(lambda: aegis.api("GET", f"/v1/traffic/{MODEL}", role="viewer")["acked"])
+    before = envoy_stats(admin_port)
+    assert before["control_plane.connected_state"] == 1
+
+    aegis.server.stop()
+    tally = asyncio.run(send(gateway, MODEL, 40))
+    assert {status for status, _ in tally} == {200}, tally
+    aegis.server.start()
+    wait_until(lambda: envoy_stats(admin_port)["control_plane.connected_state"] == 1)
+    wait_until(lambda: any(
+        n["node_id"] == node_id and n["streams"] == 1
+        for n in aegis.api("GET", "/v1/xds/nodes", role="viewer")["nodes"]
+    ))
+    time.sleep(1.0)
+    after = envoy_stats(admin_port)
+    applied = {name: after[name] - count for name, count in before.items() if name.endswith("update_success")}
+    assert applied and set(applied.values()) == {0}, applied
+    tally = asyncio.run(send(gateway, MODEL, 40))
+    assert {status for status, _ in tally} == {200}, tally
