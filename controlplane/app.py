@@ -25,6 +25,7 @@ from controlplane.traffic import api as traffic_api
 from controlplane.traffic.service import TrafficService
 from controlplane.traffic.store import TrafficStore
 from controlplane.xds import server as xds_server
+from controlplane.xds.ads import AdsServer
 from controlplane.xds.cache import Publisher, ValidationOutcome, Validator, XdsCache
 from controlplane.xds.nodes import NodeTracker
 from controlplane.xds.resources import DesiredState, ListenerAddress, RdsPolling
@@ -43,6 +44,7 @@ log = logging.getLogger(__name__)
 SETTINGS = web.AppKey("settings", Settings)
 DATABASE = web.AppKey("database", Database)
 XDS = xds_server.SERVER
+ADS = web.AppKey("ads_server", AdsServer)
 
 ROLLOUT_METRICS = web.AppKey("rollout_metrics", RolloutMetrics)
 
@@ -71,12 +73,18 @@ def create_app(settings: Settings) -> web.Application:
         credentials=settings.xds.node_credentials,
     )
     app[XDS] = xds
+    if settings.xds.grpc_listen is not None:
+        app[ADS] = AdsServer(
+            cache, nodes, publisher, xds_metrics,
+            credentials=settings.xds.node_credentials, tls=settings.xds.grpc_tls,
+        )
     app[ROLLOUT_METRICS] = RolloutMetrics(metrics_registry)
     policies_path = settings.integrations.policies_path
     app[rollout_api.POLICIES] = PolicyRegistry(policies_path) if policies_path else None
     app.cleanup_ctx.append(_storage)
     # After storage: the stored routing is published before any Envoy is answered.
     app.cleanup_ctx.append(_xds_listener)
+    app.cleanup_ctx.append(_ads_listener)
     app.cleanup_ctx.append(_endpoint_expiry)
     app.cleanup_ctx.append(_policy_watch)
     app.cleanup_ctx.append(_rollout_loop)
@@ -105,6 +113,19 @@ async def _xds_listener(app: web.Application) -> AsyncIterator[None]:
     log.info("xDS discovery on %s (not on the API listener)", site.name)
     yield
     await runner.cleanup()
+
+
+async def _ads_listener(app: web.Application) -> AsyncIterator[None]:
+    """The gRPC ADS listener (AEGIS_XDS_GRPC_LISTEN), in this event loop, after storage."""
+    ads = app.get(ADS)
+    listen = app[SETTINGS].xds.grpc_listen
+    if ads is None or listen is None:
+        yield
+        return
+    await ads.start(*listen)
+    yield
+    # Streams never end by themselves: end them, then give their last writes a moment.
+    await ads.stop(grace=1.0)
 
 
 def _empty_snapshot(listener: ListenerAddress, rds_polling: RdsPolling) -> Snapshot:

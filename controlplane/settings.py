@@ -17,6 +17,7 @@ from typing import Any
 
 import yaml
 
+from controlplane.xds.ads_tls import GrpcTls, TlsConfigError, check_server_tls
 from controlplane.xds.credentials import NodeCredentials, NodeTokenConfigError
 from controlplane.xds.nodes import DEFAULT_MAX_NODES
 from registry.auth import TokenTable
@@ -24,6 +25,8 @@ from registry.http import DEFAULT_BODY_READ_TIMEOUT_SECONDS
 from registry.signing import Keyring, keyring_from_env
 
 DEFAULT_MAX_ARTIFACT_BYTES = 10 * 1024**3  # 10 GiB: large models fit, a runaway upload does not fill the disk
+# gRPC ADS: the port go-control-plane's examples and most Envoy bootstraps use for xDS.
+DEFAULT_XDS_GRPC_LISTEN = "127.0.0.1:18000"
 
 
 class SettingsError(ValueError):
@@ -93,7 +96,14 @@ class XdsSettings:
     node_credentials: NodeCredentials = field(repr=False, default_factory=NodeCredentials)
     # Nodes tracked at most; past it the least recently seen is forgotten. Above any
     # real fleet, low enough that made-up node ids cannot grow memory without bound.
+    # Nodes with an open ADS stream go last, so keep it above the number of Envoys.
     max_nodes: int = DEFAULT_MAX_NODES
+    # (host, port) of the gRPC ADS listener (AEGIS_XDS_GRPC_LISTEN; port 0: any free
+    # port); None ("off"): no ADS, REST only.
+    grpc_listen: tuple[str, int] | None = ("127.0.0.1", 18000)
+    # Server TLS for the gRPC listener, mutual with a client CA (AEGIS_XDS_GRPC_TLS_*);
+    # None: plaintext (keep the listener on an internal interface then).
+    grpc_tls: GrpcTls | None = None
 
 
 @dataclass(frozen=True)
@@ -179,6 +189,7 @@ def _xds_settings(values: Mapping[str, str], server: ServerSettings) -> XdsSetti
         credentials = NodeCredentials.parse(_secret(values, "AEGIS_XDS_NODE_TOKENS"))
     except NodeTokenConfigError as exc:
         raise SettingsError(str(exc)) from exc
+    grpc_listen = _grpc_listen(values, server, listen)
     return XdsSettings(
         hold_seconds=hold,
         node_stale_seconds=_non_negative_float(values, "AEGIS_XDS_NODE_STALE_SECONDS", 30.0),
@@ -188,7 +199,60 @@ def _xds_settings(values: Mapping[str, str], server: ServerSettings) -> XdsSetti
         listen=listen,
         node_credentials=credentials,
         max_nodes=_positive_int(values, "AEGIS_XDS_MAX_NODES", DEFAULT_MAX_NODES),
+        grpc_listen=grpc_listen,
+        grpc_tls=_grpc_tls(values),
     )
+
+
+def _grpc_listen(
+    values: Mapping[str, str], server: ServerSettings, rest_listen: tuple[str, int] | None
+) -> tuple[str, int] | None:
+    text = values.get("AEGIS_XDS_GRPC_LISTEN", "") or DEFAULT_XDS_GRPC_LISTEN
+    if text.strip().lower() == "off":
+        return None
+    listen = parse_listen(text, "AEGIS_XDS_GRPC_LISTEN")
+    for other, name in (((server.host, server.port), "AEGIS_LISTEN"), (rest_listen, "AEGIS_XDS_LISTEN")):
+        if listen[1] != 0 and listen == other:
+            raise SettingsError(
+                f"AEGIS_XDS_GRPC_LISTEN must differ from {name}: gRPC ADS needs a listener of its own "
+                "(or set it to 'off')"
+            )
+    return listen
+
+
+def _grpc_tls(values: Mapping[str, str]) -> GrpcTls | None:
+    """AEGIS_XDS_GRPC_TLS_CERT + _KEY (PEM files), and _CLIENT_CA for mutual TLS."""
+    cert, key, ca = (
+        values.get(f"AEGIS_XDS_GRPC_TLS_{part}", "") for part in ("CERT", "KEY", "CLIENT_CA")
+    )
+    if not (cert or key or ca):
+        return None
+    if not (cert and key):
+        if cert:
+            problem = "AEGIS_XDS_GRPC_TLS_CERT is set without AEGIS_XDS_GRPC_TLS_KEY"
+        elif key:
+            problem = "AEGIS_XDS_GRPC_TLS_KEY is set without AEGIS_XDS_GRPC_TLS_CERT"
+        else:
+            problem = "AEGIS_XDS_GRPC_TLS_CLIENT_CA is set without AEGIS_XDS_GRPC_TLS_CERT and _KEY"
+        raise SettingsError(
+            f"{problem}: TLS on the gRPC listener needs the server's certificate and key "
+            "(PEM files); mutual TLS adds AEGIS_XDS_GRPC_TLS_CLIENT_CA"
+        )
+    try:
+        return check_server_tls(
+            _pem_file(cert, "AEGIS_XDS_GRPC_TLS_CERT"),
+            _pem_file(key, "AEGIS_XDS_GRPC_TLS_KEY"),
+            _pem_file(ca, "AEGIS_XDS_GRPC_TLS_CLIENT_CA") if ca else None,
+        )
+    except TlsConfigError as exc:
+        raise SettingsError(str(exc)) from exc
+
+
+def _pem_file(path: str, name: str) -> bytes:
+    try:
+        return Path(path).read_bytes()
+    except OSError as exc:
+        raise SettingsError(f"{name}={path!r} cannot be read: {exc.strerror}") from exc
 
 
 def _non_negative_float(values: Mapping[str, str], name: str, default: float) -> float:

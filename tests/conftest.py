@@ -61,6 +61,8 @@ def make_settings(tmp_path: Path) -> Callable[..., Settings]:
             "AEGIS_DATABASE_URL": database_url,
             "AEGIS_API_TOKENS": API_TOKENS,
             "AEGIS_MODEL_SIGN_KEY": SIGN_KEY,
+            # gRPC ADS on a free port of its own (app[ADS].port), never the shared default.
+            "AEGIS_XDS_GRPC_LISTEN": "127.0.0.1:0",
         }
         values.update({key: str(value) for key, value in env.items()})
         return load_settings(values)

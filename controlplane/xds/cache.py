@@ -145,6 +145,9 @@ class Publisher:
         self._validated: set[str] = set()
         self._lock = asyncio.Lock()
         self._listeners: list[Callable[[Snapshot], None]] = []
+        self._rebuild_pending = False
+        self._rebuilds: set[asyncio.Task[None]] = set()  # strong references: the loop keeps weak ones
+        self._rebuild_refused: list[Callable[[str], None]] = []
 
     def on_publish(self, listener: Callable[[Snapshot], None]) -> None:
         """Call `listener` with every snapshot published, whoever asked for it."""
@@ -235,6 +238,34 @@ class Publisher:
             desired, routable_clusters=routable, still_routed=still_routed, previous=current,
             changed_models=changed_models,
         )
+
+    def request_rebuild(self) -> None:
+        """Rebuild soon: a node acknowledged clusters or routes (REST or ADS), so clusters it
+        now has may be routed to and clusters no route uses any more may go. Requests made
+        before the rebuild starts share it."""
+        if self._rebuild_pending:
+            return
+        self._rebuild_pending = True
+        task = asyncio.get_running_loop().create_task(self._rebuild_once())
+        self._rebuilds.add(task)
+        task.add_done_callback(self._rebuilds.discard)
+
+    def on_rebuild_refused(self, listener: Callable[[str], None]) -> None:
+        """Call `listener` with the reason when a requested rebuild was not published."""
+        self._rebuild_refused.append(listener)
+
+    async def _rebuild_once(self) -> None:
+        # Let the other acknowledgements of this moment arrive first: one build for all.
+        await asyncio.sleep(0)
+        self._rebuild_pending = False
+        try:
+            result = await self.publish()
+        except Exception:
+            log.exception("rebuild after acknowledgement failed")
+            return
+        if not result.published and result.error:
+            for listener in self._rebuild_refused:
+                listener(result.error)
 
     def routes_acked(self, rds_version: str) -> tuple[int, int]:
         """(nodes surely running `rds_version` or a later one, nodes that must acknowledge routes)."""

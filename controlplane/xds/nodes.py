@@ -4,6 +4,12 @@ REST xDS has no NACK: a node that was served version V and polls again still
 reporting an older version has rejected V. This module turns polls into those
 facts; it keeps state in memory and does no I/O (time is passed in).
 
+ADS (gRPC) acknowledges explicitly: an ACK is recorded as a poll reporting the
+version served (`observe`), a NACK with Envoy's message (`observe_rejection`).
+An ADS stream sends nothing while idle, so a node with an open stream is live
+for as long as the stream stays open (`stream_opened` / `stream_closed`), and is
+forgotten `stale_after` seconds after its last stream closed.
+
 Anyone who can reach the discovery endpoints can send a poll, so a poll is only
 believed when what it reports could be true:
 
@@ -39,6 +45,16 @@ NODE_CLUSTER_MAX_CHARS = 256
 # Our versions are short hex digests; anything longer is not one of ours.
 VERSION_MAX_CHARS = 128
 DEFAULT_MAX_NODES = 4096
+# Envoy's NACK messages list every problem found; the first kilobyte says what broke.
+REJECTION_MESSAGE_MAX_CHARS = 1024
+
+
+class Transport(StrEnum):
+    """How a node last spoke to us."""
+
+    REST = "rest"            # REST-JSON polls
+    ADS = "ads"              # gRPC ADS, state of the world
+    DELTA = "delta"          # gRPC ADS, incremental
 
 
 class PollKind(StrEnum):
@@ -60,6 +76,8 @@ class TypeState:
     served_version: str = ""
     served_recent: list[str] = field(default_factory=list)
     rejected_versions: list[str] = field(default_factory=list)
+    # Envoy's own message with the last NACK (ADS only: REST carries none).
+    rejection_message: str = ""
     # Last poll that reported a genuine, non-empty version: the node holds rollouts
     # for this type only while this is recent.
     confirmed_at: float | None = None
@@ -96,6 +114,9 @@ class NodeState:
     last_seen: float
     authenticated: bool = False
     types: dict[ResourceType, TypeState] = field(default_factory=dict)
+    transport: Transport = Transport.REST
+    # Open ADS streams: the node is live while one is open, though it sends nothing.
+    streams: int = 0
 
     def type_state(self, resource_type: ResourceType) -> TypeState:
         return self.types.setdefault(resource_type, TypeState())
@@ -107,7 +128,7 @@ class NodeState:
             state is not None
             and bool(state.acked_version)
             and state.confirmed_at is not None
-            and now - state.confirmed_at <= stale_after
+            and (self.streams > 0 or now - state.confirmed_at <= stale_after)
         )
 
 
@@ -148,8 +169,10 @@ class NodeTracker:
     def observe(
         self, node_id: str, cluster: str, resource_type: ResourceType, version_info: str, *,
         now: float, published: bool = False, authenticated: bool = False,
+        transport: Transport = Transport.REST,
     ) -> PollOutcome:
-        """Record one poll. `published`: this process published `version_info` for this type."""
+        """Record one poll (or ADS request). `published`: this process published `version_info`
+        for this type."""
         self.expire(now=now)
         node = self.get(node_id) or self._add(node_id, cluster, now)
         state = node.type_state(resource_type)
@@ -161,6 +184,7 @@ class NodeTracker:
         node.last_seen = now
         node.cluster = cluster
         node.authenticated = authenticated
+        node.transport = transport
         self._touch(node)
         changed = version_info != state.acked_version
         state.acked_version = version_info
@@ -181,6 +205,49 @@ class NodeTracker:
                 del state.rejected_versions[:-MAX_REMEMBERED_REJECTIONS]
             return PollOutcome(PollKind.REJECT, rejected_version=served, ack_changed=changed)
         return PollOutcome(PollKind.ACK if served else PollKind.STEADY, ack_changed=changed)
+
+    def observe_rejection(
+        self, node_id: str, resource_type: ResourceType, version: str, *, message: str, now: float
+    ) -> bool:
+        """An explicit NACK (ADS): the node rejected `version`, saying `message`, and keeps
+        running what it ran. False when the node is not known (nothing recorded)."""
+        node = self.get(node_id)
+        if node is None:
+            return False
+        state = node.type_state(resource_type)
+        if version and version not in state.rejected_versions:
+            state.rejected_versions.append(version)
+            del state.rejected_versions[:-MAX_REMEMBERED_REJECTIONS]
+        state.rejection_message = clean_message(message)
+        state.served_version = ""
+        node.last_seen = now
+        if state.acked_version:
+            state.confirmed_at = now
+        self._touch(node)
+        return True
+
+    def stream_opened(
+        self, node_id: str, cluster: str, *, now: float, transport: Transport, authenticated: bool
+    ) -> None:
+        """An ADS stream for this (authorised) node opened: it is live until the stream closes."""
+        self.expire(now=now)
+        node = self.get(node_id) or self._add(node_id, cluster, now)
+        node.streams += 1
+        node.cluster, node.transport, node.authenticated = cluster, transport, authenticated
+        node.last_seen = now
+        self._touch(node)
+
+    def stream_closed(self, node_id: str, *, now: float) -> None:
+        """An ADS stream ended: the node counts for `stale_after` more seconds, as after a poll."""
+        node = self.get(node_id)
+        if node is None:
+            return
+        node.streams = max(0, node.streams - 1)
+        node.last_seen = now
+        for state in node.types.values():
+            if state.confirmed_at is not None:
+                state.confirmed_at = now
+        self._touch(node)
 
     def has_rejected(self, node_id: str, resource_type: ResourceType, version: str) -> bool:
         node = self.get(node_id)
@@ -220,21 +287,36 @@ class NodeTracker:
         return [node.type_state(resource_type).acked_version for node in holding]
 
     def expire(self, *, now: float) -> None:
-        """Forget nodes silent for longer than stale_after (both pools are oldest first)."""
+        """Forget nodes silent for longer than stale_after (both pools are oldest first).
+
+        A node with an open stream is not silent: it is seen now."""
         for pool in (self._confirmed, self._provisional):
             while pool:
                 oldest = next(iter(pool.values()))
                 if now - oldest.last_seen <= self.stale_after:
                     break
+                if oldest.streams:
+                    oldest.last_seen = now
+                    pool.move_to_end(oldest.node_id)
+                    continue
                 pool.popitem(last=False)
                 self._evicted(EvictionReason.STALE)
 
     def _add(self, node_id: str, cluster: str, now: float) -> NodeState:
         while len(self) >= self.max_nodes:
-            (self._provisional or self._confirmed).popitem(last=False)
+            self._evict_one()
             self._evicted(EvictionReason.CAPACITY)
         node = self._provisional[node_id] = NodeState(node_id, cluster, now, now)
         return node
+
+    def _evict_one(self) -> None:
+        """The least recently seen node without an open stream; if every node streams, the oldest."""
+        for pool in (self._provisional, self._confirmed):
+            idle = next((node_id for node_id, node in pool.items() if not node.streams), None)
+            if idle is not None:
+                del pool[idle]
+                return
+        (self._provisional or self._confirmed).popitem(last=False)
 
     def _touch(self, node: NodeState) -> None:
         pool = self._confirmed if node.node_id in self._confirmed else self._provisional
@@ -247,3 +329,12 @@ class NodeTracker:
     def _evicted(self, reason: EvictionReason) -> None:
         if self.on_evict is not None:
             self.on_evict(reason)
+
+
+def clean_message(message: str) -> str:
+    """Envoy's NACK message as one printable line of bounded length (it goes into logs and JSON)."""
+    printable = "".join(ch if ch.isprintable() else " " for ch in message[: REJECTION_MESSAGE_MAX_CHARS * 2])
+    line = " ".join(printable.split())
+    if len(line) > REJECTION_MESSAGE_MAX_CHARS:
+        return line[: REJECTION_MESSAGE_MAX_CHARS - 1] + "…"
+    return line

@@ -7,7 +7,13 @@ from typing import ClassVar, Literal
 
 from pydantic import Field
 
-from controlplane.xds.nodes import NODE_CLUSTER_MAX_CHARS, NODE_ID_MAX_CHARS, VERSION_MAX_CHARS, NodeState
+from controlplane.xds.nodes import (
+    NODE_CLUSTER_MAX_CHARS,
+    NODE_ID_MAX_CHARS,
+    VERSION_MAX_CHARS,
+    NodeState,
+    Transport,
+)
 from registry.boundary import ForeignRequest, ResponseModel
 from registry.fields import Timestamp
 
@@ -64,13 +70,20 @@ class TypeDocument(ResponseModel):
     acked_version: str
     served_version: str
     rejected_versions: list[str]
+    rejection_message: str = Field(
+        description="Envoy's message with the last NACK (ADS); empty over REST (it carries none)"
+    )
 
 
 class XdsNode(ResponseModel):
     node_id: str
     cluster: str
     live: bool = Field(description="polls and must acknowledge changes")
-    authenticated: bool = Field(description="its last poll had a valid node token")
+    authenticated: bool = Field(
+        description="its last poll or stream had a valid node token or ADS client certificate naming it"
+    )
+    transport: Transport = Field(description="how it last spoke: rest, ads (state of the world) or delta")
+    streams: int = Field(description="open gRPC ADS streams; a node with one is live though it sends nothing")
     first_seen: Timestamp
     last_seen: Timestamp
     types: dict[TypeName, TypeDocument]
@@ -80,12 +93,14 @@ class XdsNode(ResponseModel):
         """`wall_offset` turns the tracker's monotonic seconds into wall-clock time."""
         return cls(
             node_id=node.node_id, cluster=node.cluster, live=live, authenticated=node.authenticated,
+            transport=node.transport, streams=node.streams,
             first_seen=datetime.fromtimestamp(node.first_seen + wall_offset, UTC),
             last_seen=datetime.fromtimestamp(node.last_seen + wall_offset, UTC),
             types={
                 kind.name.lower(): TypeDocument(  # type: ignore[misc]
                     acked_version=state.acked_version, served_version=state.served_version,
                     rejected_versions=list(state.rejected_versions),
+                    rejection_message=state.rejection_message,
                 )
                 for kind, state in sorted(node.types.items())
             },
@@ -94,6 +109,9 @@ class XdsNode(ResponseModel):
 
 class XdsNodes(ResponseModel):
     nodes: list[XdsNode]
-    current: dict[TypeName, str]
+    current: dict[TypeName, str] = Field(description="the versions served over REST")
+    current_ads: dict[TypeName, str] = Field(
+        description="the versions served over ADS (the listener's differs: it takes its routes over ADS)"
+    )
     last_publish_error: str = Field(description="empty when the last publish worked")
     last_publish_error_at: Timestamp | None

@@ -15,13 +15,11 @@ nodes.py), so a made-up version neither holds nor steers a rollout.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
 
 from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Gauge
@@ -48,6 +46,8 @@ TYPES_BY_PATH = {
     "routes": ResourceType.ROUTE,
     "endpoints": ResourceType.ENDPOINT,
 }
+# The `type` label of the xDS metrics, the same for REST and ADS.
+TYPE_LABELS = {kind: label for label, kind in TYPES_BY_PATH.items()}
 # Envoy sends its whole node description (~80 KB) with every REST poll.
 MAX_POLL_BYTES = 4 << 20
 # Serialised responses kept: a few versions of each type, for a few resource-name sets.
@@ -78,8 +78,24 @@ class XdsMetrics:
             "aegis_xds_tracked_nodes", "Envoy nodes in the node table.", registry=registry
         )
         self.rejected = Counter(
-            "aegis_xds_rejected", "Versions an Envoy node rejected (polled again on an older version).",
+            "aegis_xds_rejected",
+            "Versions an Envoy node rejected: over REST, polled again on an older version; "
+            "over ADS, a NACK (its message is in GET /v1/xds/nodes).",
             ["type"], registry=registry,
+        )
+        self.streams = Gauge(
+            "aegis_xds_streams", "Open gRPC ADS streams by kind (sotw: state of the world, delta).",
+            ["kind"], registry=registry,
+        )
+        self.responses = Counter(
+            "aegis_xds_ads_responses", "ADS responses sent, by resource type and stream kind.",
+            ["type", "kind"], registry=registry,
+        )
+        self.refused_streams = Counter(
+            "aegis_xds_refused_streams",
+            "ADS streams refused before anything was recorded, by kind and gRPC status "
+            "(unauthenticated, permission_denied, invalid_argument).",
+            ["kind", "code"], registry=registry,
         )
         self.live_nodes = Gauge(
             "aegis_xds_live_nodes", "Envoy nodes that must acknowledge changes (polling, genuine versions).",
@@ -107,10 +123,9 @@ class XdsServer:
     def __post_init__(self) -> None:
         self.metrics.live_nodes.set_function(lambda: len(self.nodes.live_nodes(now=time.monotonic())))
         self.metrics.tracked_nodes.set_function(lambda: len(self.nodes))
+        self.publisher.on_rebuild_refused(lambda _reason: self.metrics.publish_failures.inc())
         self._last_refusal_log = -REFUSAL_LOG_INTERVAL
-        self._rebuild_pending = False
         self._bodies: dict[tuple[str, ResourceType, tuple[str, ...]], bytes] = {}
-        self._background: set[asyncio.Task[Any]] = set()
 
     async def discovery(self, request: web.Request, type_label: str) -> web.StreamResponse:
         resource_type = TYPES_BY_PATH[type_label]
@@ -141,7 +156,7 @@ class XdsServer:
                 poll.node_id, type_label, outcome.rejected_version[:12], poll.version_info[:12] or "none",
             )
         if outcome.ack_changed and resource_type in (ResourceType.CLUSTER, ResourceType.ROUTE):
-            self._schedule_rebuild()
+            self.publisher.request_rebuild()
         believed = outcome.kind is not PollKind.UNKNOWN
         return await self._answer(resource_type, type_label, poll, believed=believed)
 
@@ -203,27 +218,6 @@ class XdsServer:
                 self._bodies.pop(next(iter(self._bodies)))
         return body
 
-    def _schedule_rebuild(self) -> None:
-        # A node acknowledged new clusters or routes: clusters it now has may be
-        # routed to, and clusters no node routes to any more may go.
-        if self._rebuild_pending:
-            return
-        self._rebuild_pending = True
-
-        async def rebuild() -> None:
-            try:
-                await asyncio.sleep(0)
-                self._rebuild_pending = False
-                result = await self.publisher.publish()
-                if not result.published and result.error:
-                    self.metrics.publish_failures.inc()
-            except Exception:
-                log.exception("rebuild after acknowledgement failed")
-
-        task = asyncio.get_running_loop().create_task(rebuild())
-        self._background.add(task)
-        task.add_done_callback(self._background.discard)
-
     def node_view(self) -> XdsNodes:
         now = time.monotonic()
         wall_offset = time.time() - now
@@ -233,6 +227,7 @@ class XdsServer:
                 for node in sorted(self.nodes.all_nodes(now=now), key=lambda n: n.node_id)
             ],
             current={kind.name.lower(): version for kind, version in self.cache.current.versions.items()},  # type: ignore[misc]
+            current_ads={kind.name.lower(): v for kind, v in self.cache.current.ads_versions.items()},  # type: ignore[misc]
             last_publish_error=self.publisher.last_error,
             last_publish_error_at=(
                 None if self.publisher.last_error_at is None
@@ -308,7 +303,8 @@ DISCOVER = Operation(
 )
 NODE_VIEW = Operation(
     "get", "/v1/xds/nodes", "listXdsNodes",
-    "Each Envoy node: live or not, authenticated, acknowledged, served and rejected versions",
+    "Each Envoy node: live or not, transport, authenticated, acknowledged, served and rejected "
+    "versions (with Envoy's message for an ADS NACK)",
     "xds", Role.VIEWER, list_nodes, responses={200: Reply("the nodes", XdsNodes)},
 )
 OPERATIONS = (DISCOVER, NODE_VIEW)

@@ -125,3 +125,68 @@ def test_a_bad_public_url_is_refused_with_the_reason(url: str, problem: str) -> 
     assert "AEGIS_PUBLIC_URL" in str(raised.value)
     assert problem in str(raised.value)
     assert "secretpw" not in str(raised.value)
+
+
+def test_grpc_ads_listens_on_18000_by_default_and_off_turns_it_off() -> None:
+    assert load_settings({}).xds.grpc_listen == ("127.0.0.1", 18000)
+    assert load_settings({"AEGIS_XDS_GRPC_LISTEN": "0.0.0.0:18443"}).xds.grpc_listen == ("0.0.0.0", 18443)
+    assert load_settings({"AEGIS_XDS_GRPC_LISTEN": "off"}).xds.grpc_listen is None
+    assert load_settings({}).xds.grpc_tls is None
+
+
+def _tls_files(tmp_path: Path) -> dict[str, str]:
+    from tests.certificates import Authority
+
+    authority = Authority()
+    server = authority.issue("aegis", ips=("127.0.0.1",), server=True)
+    cert, key = server.write(tmp_path, "server")
+    ca = tmp_path / "ca.pem"
+    ca.write_bytes(authority.pem)
+    other_key = tmp_path / "other.key"
+    other_key.write_bytes(authority.issue("someone else").key)
+    junk = tmp_path / "junk.pem"
+    junk.write_text("not a certificate")
+    return {"cert": str(cert), "key": str(key), "ca": str(ca), "other_key": str(other_key), "junk": str(junk)}
+
+
+def test_grpc_tls_reads_the_pem_files_and_mutual_tls_adds_the_client_ca(tmp_path: Path) -> None:
+    files = _tls_files(tmp_path)
+    tls = load_settings(
+        {"AEGIS_XDS_GRPC_TLS_CERT": files["cert"], "AEGIS_XDS_GRPC_TLS_KEY": files["key"]}
+    ).xds.grpc_tls
+    assert tls is not None and not tls.mutual
+    assert b"PRIVATE KEY" not in repr(tls).encode()
+    mutual = load_settings(
+        {"AEGIS_XDS_GRPC_TLS_CERT": files["cert"], "AEGIS_XDS_GRPC_TLS_KEY": files["key"],
+         "AEGIS_XDS_GRPC_TLS_CLIENT_CA": files["ca"]}
+    ).xds.grpc_tls
+    assert mutual is not None and mutual.mutual
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"AEGIS_XDS_GRPC_LISTEN": "grpc"}, "AEGIS_XDS_GRPC_LISTEN"),
+        ({"AEGIS_XDS_GRPC_LISTEN": "127.0.0.1:8080"}, "AEGIS_XDS_GRPC_LISTEN must differ from AEGIS_LISTEN"),
+        ({"AEGIS_XDS_LISTEN": "127.0.0.1:18000"}, "AEGIS_XDS_GRPC_LISTEN must differ from AEGIS_XDS_LISTEN"),
+        ({"AEGIS_XDS_GRPC_TLS_KEY": "{key}"}, "_TLS_KEY is set without AEGIS_XDS_GRPC_TLS_CERT"),
+        ({"AEGIS_XDS_GRPC_TLS_CERT": "{cert}"}, "_TLS_CERT is set without AEGIS_XDS_GRPC_TLS_KEY"),
+        ({"AEGIS_XDS_GRPC_TLS_CLIENT_CA": "{ca}"}, "AEGIS_XDS_GRPC_TLS_CLIENT_CA is set without"),
+        ({"AEGIS_XDS_GRPC_TLS_CERT": "{cert}", "AEGIS_XDS_GRPC_TLS_KEY": "{cert}.missing"},
+         "AEGIS_XDS_GRPC_TLS_KEY='"),
+        ({"AEGIS_XDS_GRPC_TLS_CERT": "{junk}", "AEGIS_XDS_GRPC_TLS_KEY": "{key}"},
+         "AEGIS_XDS_GRPC_TLS_CERT is not a PEM certificate"),
+        ({"AEGIS_XDS_GRPC_TLS_CERT": "{cert}", "AEGIS_XDS_GRPC_TLS_KEY": "{junk}"},
+         "AEGIS_XDS_GRPC_TLS_KEY is not an unencrypted PEM private key"),
+        ({"AEGIS_XDS_GRPC_TLS_CERT": "{cert}", "AEGIS_XDS_GRPC_TLS_KEY": "{other_key}"},
+         "is not the key of AEGIS_XDS_GRPC_TLS_CERT"),
+        ({"AEGIS_XDS_GRPC_TLS_CERT": "{cert}", "AEGIS_XDS_GRPC_TLS_KEY": "{key}",
+          "AEGIS_XDS_GRPC_TLS_CLIENT_CA": "{junk}"}, "AEGIS_XDS_GRPC_TLS_CLIENT_CA is not a PEM"),
+    ],
+)
+def test_bad_grpc_settings_are_clear_at_start_up(tmp_path: Path, env: dict[str, str], message: str) -> None:
+    files = _tls_files(tmp_path)
+    with pytest.raises(SettingsError) as raised:
+        load_settings({name: value.format(**files) for name, value in env.items()})
+    assert message in str(raised.value)
+    assert "PRIVATE KEY" not in str(raised.value)
