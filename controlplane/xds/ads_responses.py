@@ -16,7 +16,7 @@ from typing import TypeVar
 
 from controlplane.xds import ads_messages
 from controlplane.xds.ads_protocol import WILDCARD, DiffCache, PublishedType
-from controlplane.xds.snapshot import ResourceEntry, ResourceType, Snapshot
+from controlplane.xds.snapshot import Entry, ResourceType, Snapshot
 
 # Shared state-of-the-world responses kept: a few versions of each type and name set.
 BODY_CACHE_SIZE = 64
@@ -33,10 +33,10 @@ class SharedResponses:
     def __init__(self) -> None:
         self._bodies: OrderedDict[tuple[ResourceType, str, frozenset[str]], bytes] = OrderedDict()
         self._published: OrderedDict[
-            tuple[ResourceType, str], tuple[PublishedType, Mapping[str, ResourceEntry]]
+            tuple[ResourceType, str], tuple[PublishedType, Mapping[str, Entry]]
         ] = OrderedDict()
         # Keyed by the entry itself: an entry a later snapshot reuses keeps its bytes.
-        self._delta_resources: weakref.WeakKeyDictionary[ResourceEntry, bytes] = weakref.WeakKeyDictionary()
+        self._delta_resources: weakref.WeakKeyDictionary[Entry, bytes] = weakref.WeakKeyDictionary()
         self.diffs = {kind: DiffCache() for kind in ResourceType}
 
     def sotw_body(self, snapshot: Snapshot, kind: ResourceType, names: frozenset[str]) -> bytes:
@@ -53,7 +53,7 @@ class SharedResponses:
 
     def published(
         self, snapshot: Snapshot, kind: ResourceType
-    ) -> tuple[PublishedType, Mapping[str, ResourceEntry]]:
+    ) -> tuple[PublishedType, Mapping[str, Entry]]:
         """One type of the snapshot by name (entries sorted by name), per version."""
         version = snapshot.ads_versions[kind]
         key = (kind, version)
@@ -64,7 +64,7 @@ class SharedResponses:
             _put(self._published, key, hit, PUBLISHED_CACHE_SIZE)
         return hit
 
-    def delta_resource(self, kind: ResourceType, entry: ResourceEntry) -> bytes:
+    def delta_resource(self, kind: ResourceType, entry: Entry) -> bytes:
         """A delta Resource (name, version, the resource in an Any)."""
         encoded = self._delta_resources.get(entry)
         if encoded is None:
