@@ -398,7 +398,7 @@ class AdsServer:
         if outcome.kind is PollKind.UNKNOWN:
             self.metrics.unknown_versions.labels(TYPE_LABELS[kind]).inc()
         if outcome.ack_changed and kind in ACKNOWLEDGED_TYPES:
-            self.publisher.request_rebuild()
+            self.publisher.request_rebuild(kind, reported)
 
 
 def _as_bytes(message: bytes) -> bytes:

@@ -239,10 +239,23 @@ class Publisher:
             changed_models=changed_models,
         )
 
-    def request_rebuild(self) -> None:
+    def request_rebuild(self, resource_type: ResourceType | None = None, acked_version: str = "") -> None:
         """Rebuild soon: a node acknowledged clusters or routes (REST or ADS), so clusters it
         now has may be routed to and clusters no route uses any more may go. Requests made
-        before the rebuild starts share it."""
+        before the rebuild starts share it.
+
+        A node acknowledging the current version while no route is held back and no
+        cluster is kept for draining changes nothing: no rebuild (a change acknowledged
+        by thousands of streams would otherwise start a build per moment of the wave).
+        """
+        current = self.cache.current
+        if (
+            resource_type is not None
+            and acked_version in (current.versions[resource_type], current.ads_versions[resource_type])
+            and not current.held_back_models
+            and not current.retained
+        ):
+            return
         if self._rebuild_pending:
             return
         self._rebuild_pending = True

@@ -156,7 +156,7 @@ class XdsServer:
                 poll.node_id, type_label, outcome.rejected_version[:12], poll.version_info[:12] or "none",
             )
         if outcome.ack_changed and resource_type in (ResourceType.CLUSTER, ResourceType.ROUTE):
-            self.publisher.request_rebuild()
+            self.publisher.request_rebuild(resource_type, poll.version_info)
         believed = outcome.kind is not PollKind.UNKNOWN
         return await self._answer(resource_type, type_label, poll, believed=believed)
 
