@@ -183,7 +183,7 @@ class AegisServer:
     def grpc_port(self) -> int:
         """Where Envoy's ADS stream goes (AEGIS_XDS_GRPC_LISTEN); an error when it is off."""
         listen = self.env["AEGIS_XDS_GRPC_LISTEN"]
-        if listen == "off":
+        if listen.strip().lower() == "off":
             raise RuntimeError("this server has no gRPC xDS listener (AEGIS_XDS_GRPC_LISTEN=off)")
         return int(listen.rpartition(":")[2])
 
