@@ -119,6 +119,14 @@ class Envoy:
         return config
 
     def start(self) -> Envoy:
+        """Launch, and return once Envoy is ready: its listener came from the control plane."""
+        self.launch()
+        assert self.process is not None
+        wait_for_http(f"http://127.0.0.1:{self.admin_port}/ready", process=self.process, timeout=60)
+        return self
+
+    def launch(self) -> Envoy:
+        """Start the process without waiting for its config (for an Envoy that should get none)."""
         self.workdir.mkdir(parents=True, exist_ok=True)
         path = self.workdir / "envoy.yaml"
         path.write_text(yaml.safe_dump(self.bootstrap()))
@@ -142,7 +150,6 @@ class Envoy:
             stderr=subprocess.DEVNULL,
             env=self.environment(),
         )
-        wait_for_http(f"http://127.0.0.1:{self.admin_port}/ready", process=self.process, timeout=60)
         return self
 
     def environment(self) -> dict[str, str]:
