@@ -136,7 +136,13 @@ class AegisServer:
 
     def __init__(self, env: dict[str, str], *, port: int | None = None) -> None:
         self.port = port or free_port()
-        self.env = {**clean_environment(), **env, "AEGIS_LISTEN": f"127.0.0.1:{self.port}"}
+        # gRPC ADS on a free port unless given: the default 18000 would collide between processes.
+        grpc_listen = env.get("AEGIS_XDS_GRPC_LISTEN") or f"127.0.0.1:{free_port()}"
+        self.grpc_port = None if grpc_listen == "off" else int(grpc_listen.rpartition(":")[2])
+        self.env = {
+            **clean_environment(), **env, "AEGIS_LISTEN": f"127.0.0.1:{self.port}",
+            "AEGIS_XDS_GRPC_LISTEN": grpc_listen,
+        }
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
