@@ -175,6 +175,7 @@ class AegisServer:
 
     def __init__(self, env: dict[str, str], *, port: int | None = None) -> None:
         self.port = port or free_port()
+        # gRPC ADS on a free port unless given: the default 18000 would collide between processes.
         grpc_listen = env.get("AEGIS_XDS_GRPC_LISTEN") or f"127.0.0.1:{free_port()}"
         self.env = {
             **clean_environment(), **env,
