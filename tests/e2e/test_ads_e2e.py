@@ -156,7 +156,7 @@ async def test_twenty_weight_flips_made_back_to_back_each_reach_traffic(stack: S
         f"median {median:.1f} ms, max {max(latencies):.1f} ms (the PUT itself: median {put_median:.1f} ms); "
         f"{len(answers)} answers, all 200"
     )
-    # Generous: REST polling with refresh_delay 1 s measured a median of ~790 ms here.
+    # Generous: REST polling (refresh_delay 1 s) took a median of ~790 ms for such flips (issue 10).
     assert median < 250, latencies
 
 
