@@ -1,6 +1,6 @@
 """propagation: from `PUT /v1/traffic` to the first response from the new target, through real Envoy.
 
-Two real model servers behind Envoy from envoy/envoy.yaml; the weights flip between
+Two real model servers behind Envoy from envoy/envoy-rest.yaml; the weights flip between
 them and a client polling through Envoy notes when the new version first answers.
 Measured with long-poll (the default hold) and with plain polling (hold 0, Envoy's
 RDS refresh_delay 1 s) in the same run; the plain-polling median is the baseline.
@@ -23,6 +23,7 @@ import aiohttp
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.common import report, rss_bytes
 from tests.e2e.stack import Stack
+from tests.processes import XdsTransport
 
 MODEL = "bench-propagation"
 
@@ -60,7 +61,11 @@ async def switches(stack: Stack, count: int) -> list[float]:
 
 def measure(hold_seconds: float, count: int) -> tuple[list[float], dict[str, float]]:
     with tempfile.TemporaryDirectory(prefix="aegis-bench-prop-") as scratch:
-        stack = Stack(Path(scratch), hold_seconds=hold_seconds).start()
+        # REST: this benchmark compares long-poll with plain polling (envoy/envoy-rest.yaml).
+        stack = Stack(
+            Path(scratch), hold_seconds=hold_seconds, transport=XdsTransport.REST,
+            extra_env={"AEGIS_XDS_RDS_REFRESH_DELAY_MS": "1000"},  # the baseline this benchmark names
+        ).start()
         try:
             for version in ("1", "2"):
                 stack.register(MODEL, version, f"weights {version}".encode() * 100)

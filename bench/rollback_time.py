@@ -90,7 +90,7 @@ class Bench:
 
     def start(self) -> None:
         self.aegis.start()
-        self.envoy = Envoy(self.root / "envoy", xds_port=self.aegis.port).start()
+        self.envoy = Envoy(self.root / "envoy", xds_port=self.aegis.grpc_port).start()
         self.alertmanager = Alertmanager(
             self.root / "am",
             webhook_url=f"{self.aegis.url}/v1/alerts/alertmanager",

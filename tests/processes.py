@@ -2,12 +2,17 @@
 
 from controlplane.demo.processes import (
     BOOTSTRAP,
+    REST_BOOTSTRAP,
     ROOT,
     AegisServer,
     Envoy,
+    XdsTransport,
     free_port,
     stop,
     wait_for_http,
 )
 
-__all__ = ["BOOTSTRAP", "ROOT", "AegisServer", "Envoy", "free_port", "stop", "wait_for_http"]
+__all__ = [
+    "BOOTSTRAP", "REST_BOOTSTRAP", "ROOT", "AegisServer", "Envoy", "XdsTransport", "free_port", "stop",
+    "wait_for_http",
+]

