@@ -31,6 +31,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from enum import StrEnum
 
+from controlplane.xds.envoy_errors import reason_of
 from controlplane.xds.snapshot import ResourceType
 
 MAX_REMEMBERED_REJECTIONS = 16
@@ -337,6 +338,7 @@ class NodeTracker:
 
 def clean_message(message: str) -> str:
     """Envoy's NACK message as one printable line of bounded length (it goes into logs and JSON)."""
+    message = reason_of(message)
     printable = "".join(ch if ch.isprintable() else " " for ch in message[: REJECTION_MESSAGE_MAX_CHARS * 2])
     line = " ".join(printable.split())
     if len(line) > REJECTION_MESSAGE_MAX_CHARS:
