@@ -45,10 +45,11 @@ from controlplane.app import create_app
 from controlplane.rollout import api as rollout_api
 from controlplane.settings import load_settings
 from controlplane.xds import resources
+from controlplane.xds.builder import build_snapshot
 from controlplane.xds.cache import Publisher, XdsCache
 from controlplane.xds.nodes import NodeTracker
 from controlplane.xds.resources import Arm, DesiredState, Endpoint, ListenerAddress, ModelRoute
-from controlplane.xds.snapshot import ResourceType, Snapshot, build_snapshot
+from controlplane.xds.snapshot import ResourceType, Snapshot
 
 MIB = 1 << 20
 SIGN_KEY = "bench-sign-key"  # what bench.common.running_server gives the server

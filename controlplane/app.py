@@ -26,10 +26,11 @@ from controlplane.traffic.service import TrafficService
 from controlplane.traffic.store import TrafficStore
 from controlplane.xds import server as xds_server
 from controlplane.xds.ads import AdsServer
+from controlplane.xds.builder import build_snapshot
 from controlplane.xds.cache import Publisher, ValidationOutcome, Validator, XdsCache
 from controlplane.xds.nodes import NodeTracker
 from controlplane.xds.resources import DesiredState, ListenerAddress, RdsPolling
-from controlplane.xds.snapshot import Snapshot, build_snapshot
+from controlplane.xds.snapshot import Snapshot
 from controlplane.xds.validate import EnvoyUnavailable, find_envoy_binary, validate_with_envoy
 from registry import api as registry_api
 from registry.blobs import BLOB_GRACE_SECONDS, BlobStore

@@ -17,15 +17,10 @@ from collections.abc import Awaitable, Callable, Collection, Mapping
 from dataclasses import dataclass
 from typing import TypeVar
 
+from controlplane.xds.builder import build_snapshot, subset
 from controlplane.xds.nodes import NodeTracker
 from controlplane.xds.resources import DesiredState
-from controlplane.xds.snapshot import (
-    ModelRoutes,
-    ResourceType,
-    Snapshot,
-    SnapshotInconsistent,
-    build_snapshot,
-)
+from controlplane.xds.snapshot import ModelRoutes, ResourceType, Snapshot, SnapshotInconsistent
 
 log = logging.getLogger(__name__)
 
@@ -204,7 +199,7 @@ class Publisher:
         if not new_shapes and listener_key in self._validated:
             return ValidationOutcome(True, "OK")
         assert self.validator is not None
-        outcome = await self.validator(snapshot.subset(new_shapes.values()))
+        outcome = await self.validator(subset(snapshot, new_shapes.values()))
         if outcome.ok:
             self._validated.update(new_shapes)
             self._validated.add(listener_key)

@@ -7,6 +7,7 @@ from envoy.service.discovery.v3 import discovery_pb2
 from google.protobuf import any_pb2
 
 from controlplane.xds import ads_messages
+from controlplane.xds.builder import build_snapshot
 from controlplane.xds.nodes import (
     REJECTION_MESSAGE_MAX_CHARS,
     NodeTracker,
@@ -16,7 +17,7 @@ from controlplane.xds.nodes import (
 )
 from controlplane.xds.resources import Arm, DesiredState, Endpoint, ListenerAddress, ModelRoute
 from controlplane.xds.schemas import XdsNode
-from controlplane.xds.snapshot import ResourceType, Snapshot, build_snapshot
+from controlplane.xds.snapshot import ResourceType, Snapshot
 
 RDS, CDS = ResourceType.ROUTE, ResourceType.CLUSTER
 
