@@ -47,6 +47,7 @@ from controlplane.xds.ads_responses import SharedResponses
 from controlplane.xds.ads_tls import GrpcTls
 from controlplane.xds.cache import Publisher, XdsCache
 from controlplane.xds.credentials import NodeCredentials
+from controlplane.xds.explain import RejectionExplainer
 from controlplane.xds.nodes import (
     NodeTracker,
     PollKind,
@@ -115,8 +116,10 @@ class AdsServer:
     def __init__(
         self, cache: XdsCache, nodes: NodeTracker, publisher: Publisher, metrics: XdsMetrics, *,
         credentials: NodeCredentials, tls: GrpcTls | None = None,
+        explainer: RejectionExplainer | None = None,
     ) -> None:
         self.cache = cache
+        self.explainer = explainer
         self.nodes = nodes
         self.publisher = publisher
         self.metrics = metrics
@@ -381,6 +384,8 @@ class AdsServer:
         now = time.monotonic()
         if answer is RequestKind.NACK:
             self.nodes.observe_rejection(stream.node_id, kind, answered, message=message, now=now)
+            if self.explainer is not None:
+                self.explainer.explain(stream.node_id, kind, answered, message)
             self.metrics.rejected.labels(TYPE_LABELS[kind]).inc()
             log.warning(
                 "node %r rejected %s version %s over ADS (it keeps %s): %s",

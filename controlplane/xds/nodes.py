@@ -207,6 +207,17 @@ class NodeTracker:
             return PollOutcome(PollKind.REJECT, rejected_version=served, ack_changed=changed)
         return PollOutcome(PollKind.ACK if served else PollKind.STEADY, ack_changed=changed)
 
+    def explain_rejection(
+        self, node_id: str, resource_type: ResourceType, version: str, message: str
+    ) -> None:
+        """Replace the message of a rejection of `version` the node reported (a fuller reason)."""
+        node = self.get(node_id)
+        if node is None:
+            return
+        state = node.type_state(resource_type)
+        if state.rejected_versions and state.rejected_versions[-1] == version:
+            state.rejection_message = clean_message(message)
+
     def observe_rejection(
         self, node_id: str, resource_type: ResourceType, version: str, *, message: str, now: float
     ) -> bool:
