@@ -20,11 +20,13 @@ RUN pip install --no-cache-dir /src \
 USER aegis
 WORKDIR /var/lib/aegis
 # Inside a container 127.0.0.1 is the container's own loopback, which a published port
-# never reaches: listen on all of its interfaces (outside a container the default stays
-# 127.0.0.1; compose, on the host network, sets AEGIS_LISTEN back to 127.0.0.1).
+# never reaches: listen on all of its interfaces, the API (8080) and gRPC ADS for Envoy
+# (18000) alike (outside a container the defaults stay 127.0.0.1; compose, on the host
+# network, sets both back to 127.0.0.1).
 ENV AEGIS_DATA_DIR=/var/lib/aegis \
     AEGIS_LISTEN=0.0.0.0:8080 \
+    AEGIS_XDS_GRPC_LISTEN=0.0.0.0:18000 \
     PYTHONUNBUFFERED=1
-EXPOSE 8080
+EXPOSE 8080 18000
 ENTRYPOINT ["aegis"]
 CMD ["serve"]

@@ -41,8 +41,9 @@ from controlplane.app import DATABASE, create_app
 from controlplane.settings import Settings, load_settings
 from controlplane.traffic import api as traffic_api
 from controlplane.traffic.service import EndpointAnnouncement, TrafficRequest
+from controlplane.xds.builder import build_snapshot
 from controlplane.xds.resources import DesiredState
-from controlplane.xds.snapshot import Snapshot, build_snapshot
+from controlplane.xds.snapshot import Snapshot
 from registry import api as registry_api
 from registry.domain import ChangeAction, HistoryEntry, ModelVersion, Stage, StageChange
 from registry.store import Database

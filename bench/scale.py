@@ -63,10 +63,11 @@ from controlplane.app import create_app
 from controlplane.rollout import api as rollout_api
 from controlplane.settings import load_settings
 from controlplane.xds import resources
+from controlplane.xds.builder import build_snapshot
 from controlplane.xds.cache import Publisher, XdsCache
 from controlplane.xds.nodes import NodeTracker
 from controlplane.xds.resources import DesiredState
-from controlplane.xds.snapshot import ResourceType, build_snapshot
+from controlplane.xds.snapshot import ResourceType
 from tests.conftest import SIGN_KEY as STACK_SIGN_KEY
 from tests.e2e.stack import Stack
 from tests.processes import XdsTransport

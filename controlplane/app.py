@@ -26,10 +26,12 @@ from controlplane.traffic.service import TrafficService
 from controlplane.traffic.store import TrafficStore
 from controlplane.xds import server as xds_server
 from controlplane.xds.ads import AdsServer
+from controlplane.xds.builder import build_snapshot
 from controlplane.xds.cache import Publisher, ValidationOutcome, Validator, XdsCache
+from controlplane.xds.explain import RejectionExplainer
 from controlplane.xds.nodes import NodeTracker
 from controlplane.xds.resources import DesiredState, ListenerAddress, RdsPolling
-from controlplane.xds.snapshot import Snapshot, build_snapshot
+from controlplane.xds.snapshot import Snapshot
 from controlplane.xds.validate import EnvoyUnavailable, find_envoy_binary, validate_with_envoy
 from registry import api as registry_api
 from registry.blobs import BLOB_GRACE_SECONDS, BlobStore
@@ -74,9 +76,11 @@ def create_app(settings: Settings) -> web.Application:
     )
     app[XDS] = xds
     if settings.xds.grpc_listen is not None:
+        envoy_binary = find_envoy_binary()
         app[ADS] = AdsServer(
             cache, nodes, publisher, xds_metrics,
             credentials=settings.xds.node_credentials, tls=settings.xds.grpc_tls,
+            explainer=RejectionExplainer(cache, nodes, envoy_binary=envoy_binary) if envoy_binary else None,
         )
     app[ROLLOUT_METRICS] = RolloutMetrics(metrics_registry)
     policies_path = settings.integrations.policies_path

@@ -185,20 +185,31 @@ def _parse_weights(text: str) -> dict[str, int]:
 
 def _nodes(args: argparse.Namespace, client: AegisClient) -> tuple[Any, str]:
     document = client.call("GET", "/v1/xds/nodes")
-    current = document["current"]
-    rows: list[tuple[str, ...]] = [("NODE", "LIVE", "TOKEN", "LISTENERS", "CLUSTERS", "ROUTES", "REJECTED")]
+    rows: list[tuple[str, ...]] = [
+        ("NODE", "LIVE", "VIA", "TOKEN", "LISTENERS", "CLUSTERS", "ROUTES", "REJECTED")
+    ]
+    messages: list[str] = []
     for node in document["nodes"]:
         types = node["types"]
+        transport = node.get("transport", "rest")
+        # An Envoy on ADS runs the ADS flavour of the listener (its routes come over ADS).
+        current = document.get("current_ads", {}) if transport != "rest" else document["current"]
 
-        def state(kind: str, types: dict[str, Any] = types) -> str:
+        def state(kind: str, types: dict[str, Any] = types, current: dict[str, str] = current) -> str:
             acked = types.get(kind, {}).get("acked_version", "")
             return "current" if acked and acked == current.get(kind) else (acked[:8] or "none")
+
+        messages += [
+            f"{node['node_id']} rejected {kind}: {t['rejection_message']}"
+            for kind, t in types.items() if t.get("rejection_message")
+        ]
 
         rejected = sum(len(t["rejected_versions"]) for t in types.values())
         rows.append(
             (
                 node["node_id"],
                 "yes" if node["live"] else "no",
+                transport,
                 "yes" if node.get("authenticated") else "no",
                 state("listener"),
                 state("cluster"),
@@ -207,6 +218,8 @@ def _nodes(args: argparse.Namespace, client: AegisClient) -> tuple[Any, str]:
             )
         )
     text = table(rows) if len(rows) > 1 else "no Envoy node has polled yet"
+    if messages:
+        text += "\n" + "\n".join(messages)
     if document.get("last_publish_error"):
         text += f"\nlast publish error: {document['last_publish_error']}"
     return document, text

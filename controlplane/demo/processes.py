@@ -119,6 +119,14 @@ class Envoy:
         return config
 
     def start(self) -> Envoy:
+        """Launch, and return once Envoy is ready: its listener came from the control plane."""
+        self.launch()
+        assert self.process is not None
+        wait_for_http(f"http://127.0.0.1:{self.admin_port}/ready", process=self.process, timeout=60)
+        return self
+
+    def launch(self) -> Envoy:
+        """Start the process without waiting for its config (for an Envoy that should get none)."""
         self.workdir.mkdir(parents=True, exist_ok=True)
         path = self.workdir / "envoy.yaml"
         path.write_text(yaml.safe_dump(self.bootstrap()))
@@ -142,7 +150,6 @@ class Envoy:
             stderr=subprocess.DEVNULL,
             env=self.environment(),
         )
-        wait_for_http(f"http://127.0.0.1:{self.admin_port}/ready", process=self.process, timeout=60)
         return self
 
     def environment(self) -> dict[str, str]:
@@ -168,6 +175,7 @@ class AegisServer:
 
     def __init__(self, env: dict[str, str], *, port: int | None = None) -> None:
         self.port = port or free_port()
+        # gRPC ADS on a free port unless given: the default 18000 would collide between processes.
         grpc_listen = env.get("AEGIS_XDS_GRPC_LISTEN") or f"127.0.0.1:{free_port()}"
         self.env = {
             **clean_environment(), **env,
@@ -183,7 +191,7 @@ class AegisServer:
     def grpc_port(self) -> int:
         """Where Envoy's ADS stream goes (AEGIS_XDS_GRPC_LISTEN); an error when it is off."""
         listen = self.env["AEGIS_XDS_GRPC_LISTEN"]
-        if listen == "off":
+        if listen.strip().lower() == "off":
             raise RuntimeError("this server has no gRPC xDS listener (AEGIS_XDS_GRPC_LISTEN=off)")
         return int(listen.rpartition(":")[2])
 

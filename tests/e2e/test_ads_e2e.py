@@ -1,7 +1,7 @@
 """What ADS adds over REST polling, with real Envoy on the gRPC stream (state of the world and delta).
 
 - A push reaches traffic at once: weight flips made back to back, without waiting for
-  Envoy's acknowledgement, each reach traffic before the next one is made.
+  Envoy's acknowledgement, each reach traffic (none is lost in a coalesced update).
 - Envoy's NACK carries its reason: a config Envoy rejects is shown in
   `GET /v1/xds/nodes` with Envoy's own message, Envoy keeps serving the config it had,
   and the rollout that produced it holds at its step.
@@ -83,8 +83,8 @@ class Answer:
 @dataclass(frozen=True)
 class Flip:
     target: str
-    put_at: float  # the PUT was sent
-    published_at: float  # the PUT answered: the new weights are published
+    put_at: float  # the PUT was sent: latencies count from here
+    published_at: float  # the PUT answered (Envoy may have the push before the client has this answer)
 
 
 async def answers_until(gateway: str, model: str, stop: asyncio.Event, into: list[Answer]) -> None:
@@ -103,9 +103,18 @@ async def answers_until(gateway: str, model: str, stop: asyncio.Event, into: lis
         await asyncio.gather(*(worker(session) for _ in range(4)))
 
 
-def reached_at(flip: Flip, answers: list[Answer]) -> float | None:
-    """When the first answer from the flip's target came to a request sent after the PUT."""
-    times = [a.received for a in answers if a.sent >= flip.put_at and a.version == flip.target]
+def reached_at(flip: Flip, answers: list[Answer], *, until: float) -> float | None:
+    """When the first answer from the flip's target came, to a request sent after the PUT.
+
+    Flips alternate between the two versions, so until the flip after next (which goes
+    back to this target) is made, an answer from this target can only be this flip's.
+    A flip that Envoy never ran (coalesced into the next one) has no such answer.
+    """
+    times = [
+        a.received
+        for a in answers
+        if a.version == flip.target and flip.put_at <= a.sent and a.received <= until
+    ]
     return min(times, default=None)
 
 
@@ -136,31 +145,30 @@ async def test_twenty_weight_flips_made_back_to_back_each_reach_traffic(stack: S
 
     latencies: list[float] = []
     for index, flip in enumerate(flips):
-        reached = reached_at(flip, answers)
-        # Before the next flip was made: after it, an answer from this target could be stale.
-        window_end = flips[index + 1].put_at if index + 1 < len(flips) else flips[-1].published_at + 3
-        assert reached is not None and reached <= window_end, (
-            f"flip {index} to version {flip.target} did not reach traffic before the next flip "
-            f"(window {1000 * (window_end - flip.put_at):.0f} ms)"
-        )
-        latencies.append(1000 * (reached - flip.published_at))
+        until = flips[index + 2].put_at if index + 2 < len(flips) else flips[-1].published_at + 3
+        reached = reached_at(flip, answers, until=until)
+        assert reached is not None, f"flip {index} to version {flip.target} never reached traffic"
+        latencies.append(1000 * (reached - flip.put_at))
     median = statistics.median(latencies)
+    put_median = statistics.median(1000 * (flip.published_at - flip.put_at) for flip in flips)
     print(
-        f"\n[{stack.transport}] 20 flips back to back: publish -> first answer from the new version: "
-        f"median {median:.1f} ms, max {max(latencies):.1f} ms; {len(answers)} answers, all 200"
+        f"\n[{stack.transport}] 20 flips back to back: PUT sent -> first answer from the new version: "
+        f"median {median:.1f} ms, max {max(latencies):.1f} ms (the PUT itself: median {put_median:.1f} ms); "
+        f"{len(answers)} answers, all 200"
     )
-    # Generous: REST polling with refresh_delay 1 s measured a median of ~790 ms here.
+    # Generous: REST polling (refresh_delay 1 s) took a median of ~790 ms for such flips (issue 10).
     assert median < 250, latencies
 
 
 # --- a NACK ------------------------------------------------------------------------------------
 
 
-def node_rejections(stack: Stack) -> str:
-    """GET /v1/xds/nodes for Envoy's node, as text: where its NACK and Envoy's message show."""
+def route_rejection(stack: Stack) -> dict[str, object]:
+    """What GET /v1/xds/nodes says about Envoy's route config: acked, rejected, Envoy's message."""
     nodes = stack.api("GET", "/v1/xds/nodes", role="viewer")["nodes"]
     (node,) = (n for n in nodes if n["node_id"] == "aegis-envoy-1")
-    return json.dumps(node)
+    route: dict[str, object] = node["types"]["route"]
+    return route
 
 
 def rds_rejected(stack: Stack) -> int:
@@ -182,17 +190,18 @@ async def test_a_config_envoy_rejects_shows_its_message_keeps_the_last_good_conf
         stack.register(NACKED, version, f"nacked weights {version}".encode() * 64)
     stack.promote(NACKED, "1", "prod")
     stack.start_model_server(NACKED, "1", ttl=30)
+    stack.start_model_server(NACKED, "2", ttl=30)  # up first: the first step can route to it
     stack.wait_acked(NACKED)
     good_routes = config_versions(stack.envoy)["route/aegis_routes"]
     rejected_before = rds_rejected(stack)
 
     # The canary's first step routes requests with the bad header to it: Envoy says no.
     stack.promote(NACKED, "2", "canary")
-    stack.start_model_server(NACKED, "2", ttl=30)
     deadline = time.monotonic() + 30
-    while ENVOY_REASON not in node_rejections(stack):
-        assert time.monotonic() < deadline, f"no NACK with Envoy's message: {node_rejections(stack)}"
+    while not route_rejection(stack)["rejected_versions"]:
+        assert time.monotonic() < deadline, f"no NACK: {route_rejection(stack)}"
         await asyncio.sleep(0.1)
+    shown = route_rejection(stack)
     assert rds_rejected(stack) > rejected_before
 
     # Envoy still runs the routes it had: version 1 answers everything.
@@ -212,3 +221,13 @@ async def test_a_config_envoy_rejects_shows_its_message_keeps_the_last_good_conf
     stack.api("POST", f"/v1/rollouts/{NACKED}/abort", {"reason": "Envoy rejects the match"}, role="operator")
     stack.wait_acked(NACKED)
     assert await send(stack.gateway, NACKED, 40) == {(200, "1"): 40}
+
+    # Why, in Envoy's words: its reason, not only the proto it quotes before the reason.
+    # Envoy cuts a NACK message at 4,096 characters, the quoted proto first: with the
+    # models of the earlier tests in the table the reason is cut off, and Aegis finds it
+    # by validating the rejected version itself (in the background).
+    deadline = time.monotonic() + 60
+    while ENVOY_REASON not in str(shown["rejection_message"]):
+        assert time.monotonic() < deadline, shown
+        await asyncio.sleep(0.2)
+        shown = route_rejection(stack)

@@ -18,8 +18,10 @@ from typing import Any
 import pytest
 
 from tests.e2e.envoy_admin import (
+    UPDATE_PREFIXES,
     config_versions,
     connected_to_control_plane,
+    stats,
     update_counters,
     wait_until_connected,
 )
@@ -68,6 +70,10 @@ async def test_envoy_gets_listener_clusters_and_routes_and_proxies_predictions(s
         assert "ads" in rds_source(stack.envoy)  # routes on the same stream, not polled
     else:
         assert "api_config_source" in rds_source(stack.envoy)
+    # Envoy started before any model existed; every type was answered all the same, so
+    # Envoy never sat out its 15 s initial fetch timeout before it was ready.
+    timeouts = stats(stack.envoy, tuple(prefix + "init_fetch_timeout" for prefix in UPDATE_PREFIXES))
+    assert set(timeouts.values()) == {0}, timeouts
     tally = await send(stack.gateway, MODEL, 20)
     assert tally == {(200, "1"): 20}
     request = urllib.request.Request(
@@ -82,7 +88,8 @@ async def test_envoy_gets_listener_clusters_and_routes_and_proxies_predictions(s
         assert json.loads(response.read())["model_version"] == "1"
     nodes = stack.api("GET", "/v1/xds/nodes", role="viewer")["nodes"]
     # Authenticated: the node token from Envoy's environment reached Aegis.
-    assert [(n["node_id"], n["authenticated"]) for n in nodes] == [("aegis-envoy-1", True)]
+    seen = [(n["node_id"], n["authenticated"], n["transport"]) for n in nodes]
+    assert seen == [("aegis-envoy-1", True, str(stack.transport))]
     assert all(t["acked_version"] for t in nodes[0]["types"].values())
 
 

@@ -76,7 +76,7 @@ def test_the_ads_bootstrap_takes_everything_over_one_http2_grpc_stream_to_aegis_
     cluster = xds_cluster(config)
     (options,) = cluster["typed_extension_protocol_options"].values()
     assert "http2_protocol_options" in options["explicit_http_config"]  # gRPC needs HTTP/2
-    assert endpoint_addresses(cluster) == [("127.0.0.1", 18000)]  # AEGIS_XDS_GRPC_LISTEN's default
+    assert endpoint_addresses(cluster) == [load_settings({}).xds.grpc_listen]  # the default listener
 
 
 def test_the_rest_bootstrap_polls_like_the_routes_aegis_gives_it_and_outlasts_the_hold() -> None:

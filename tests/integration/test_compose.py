@@ -154,9 +154,11 @@ def test_the_image_listens_on_all_interfaces_while_aegis_alone_stays_on_loopback
     # Inside a container 127.0.0.1 is the container's own loopback: a published port never reaches it.
     inside = load_settings(dockerfile_environment())
     assert (inside.server.host, inside.server.port) == ("0.0.0.0", 8080)
+    assert inside.xds.grpc_listen == ("0.0.0.0", 18000)  # Envoys outside the container reach ADS
     assert inside.server.data_dir == Path("/var/lib/aegis")
     outside = load_settings({})
     assert (outside.server.host, outside.server.port) == ("127.0.0.1", 8080)
+    assert outside.xds.grpc_listen == ("127.0.0.1", 18000)
 
 
 def test_configs_are_mounted_where_the_commands_and_each_other_look(services: dict[str, Any]) -> None:
@@ -181,14 +183,21 @@ def test_configs_are_mounted_where_the_commands_and_each_other_look(services: di
 # -- addresses ----------------------------------------------------------------------------------------
 
 
-def test_envoy_finds_aegis_and_prometheus_finds_envoys_admin(services: dict[str, Any]) -> None:
-    bootstrap = load_yaml("envoy/envoy.yaml")
+def xds_address(bootstrap_path: str) -> tuple[str, int]:
+    bootstrap = load_yaml(bootstrap_path)
     (xds,) = (c for c in bootstrap["static_resources"]["clusters"] if c["name"] == "xds_cluster")
     (endpoints,) = xds["load_assignment"]["endpoints"]
-    xds_address = socket_address(endpoints["lb_endpoints"][0]["endpoint"]["address"])
-    admin = socket_address(bootstrap["admin"]["address"])
+    return socket_address(endpoints["lb_endpoints"][0]["endpoint"]["address"])
 
-    assert xds_address == aegis_listen(services) == ("127.0.0.1", 8080)
+
+def test_envoy_finds_aegis_and_prometheus_finds_envoys_admin(services: dict[str, Any]) -> None:
+    environment = {key: with_defaults(value) for key, value in services["aegis"]["environment"].items()}
+    settings = load_settings(environment)
+    admin = socket_address(load_yaml("envoy/envoy.yaml")["admin"]["address"])
+
+    # ADS (the mounted bootstrap) goes to the gRPC listener; REST (envoy-rest.yaml) to the API's.
+    assert xds_address("envoy/envoy.yaml") == settings.xds.grpc_listen == ("127.0.0.1", 18000)
+    assert xds_address("envoy/envoy-rest.yaml") == aegis_listen(services) == ("127.0.0.1", 8080)
     assert scrape_targets(load_yaml("deploy/prometheus.yml"), "envoy") == {admin} == {("127.0.0.1", 9901)}
 
 

@@ -16,6 +16,7 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
+from controlplane.xds.builder import build_snapshot
 from controlplane.xds.resources import (
     Arm,
     DesiredState,
@@ -25,7 +26,7 @@ from controlplane.xds.resources import (
     ModelRoute,
     cluster_name,
 )
-from controlplane.xds.snapshot import SnapshotView, build_snapshot
+from controlplane.xds.snapshot import SnapshotView
 from controlplane.xds.validate import (
     EnvoyUnavailable,
     find_envoy_binary,

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import subprocess
+import sys
 from typing import Any
 
 import pytest
@@ -11,7 +14,7 @@ from aiohttp.test_utils import TestClient
 from controlplane.app import ADS
 from controlplane.xds.resources import ROUTE_CONFIG_NAME, cluster_name
 from tests.ads_client import CDS, LDS, RDS, AdsClient, decode, route_weights
-from tests.conftest import auth
+from tests.conftest import TOKENS, auth
 from tests.integration.conftest import Register, StartClient
 from tests.integration.test_xds_protocol import serve_model
 
@@ -42,6 +45,16 @@ async def current_ads(client: TestClient[Any, Any]) -> dict[str, str]:
 async def set_weights(client: TestClient[Any, Any], weights: dict[str, int]) -> None:
     response = await client.put("/v1/traffic/m", json={"weights": weights}, headers=auth("operator"))
     assert response.status == 200, await response.text()
+
+
+def aegis_cli(client: TestClient[Any, Any], *args: str) -> str:
+    """The `aegis` CLI against the running app, as an operator would run it."""
+    env = {**os.environ, "AEGIS_URL": str(client.make_url("")).rstrip("/"), "AEGIS_TOKEN": TOKENS["viewer"]}
+    done = subprocess.run(
+        [sys.executable, "-m", "controlplane.cli", *args], capture_output=True, text=True, env=env,
+        timeout=120, check=True,
+    )
+    return done.stdout
 
 
 async def sync_sotw(envoy: AdsClient) -> dict[str, Any]:
@@ -123,6 +136,11 @@ async def test_a_nack_is_shown_with_envoys_message_counted_and_that_version_is_n
         )
         metrics = await (await client.get("/metrics")).text()
         assert 'aegis_xds_rejected_total{type="routes"} 1.0' in metrics
+        shown = await asyncio.to_thread(aegis_cli, client, "nodes")
+        row = next(line.split() for line in shown.splitlines() if line.startswith("picky"))
+        assert row[:3] == ["picky", "yes", "ads"]
+        assert row[4:7] == ["current", "current", good.version_info[:8]], "the routes it still runs"
+        assert "picky rejected route: Sum of weights in the weighted_cluster" in shown
 
         # The node keeps its last good config; the next change reaches it.
         await set_weights(client, {"1": 60, "2": 40})

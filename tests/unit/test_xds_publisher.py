@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+from controlplane.xds.builder import build_snapshot
 from controlplane.xds.cache import Publisher, XdsCache
 from controlplane.xds.nodes import NodeTracker
 from controlplane.xds.resources import Arm, DesiredState, Endpoint, ListenerAddress, ModelRoute, cluster_name
-from controlplane.xds.snapshot import ResourceType, build_snapshot, routed_clusters
+from controlplane.xds.snapshot import ResourceType, routed_clusters
 
 LISTENER = ListenerAddress("127.0.0.1", 10000)
 E1, E2 = (Endpoint("127.0.0.1", 9001),), (Endpoint("127.0.0.1", 9002),)

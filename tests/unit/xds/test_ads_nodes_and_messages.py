@@ -7,6 +7,7 @@ from envoy.service.discovery.v3 import discovery_pb2
 from google.protobuf import any_pb2
 
 from controlplane.xds import ads_messages
+from controlplane.xds.builder import build_snapshot
 from controlplane.xds.nodes import (
     REJECTION_MESSAGE_MAX_CHARS,
     NodeTracker,
@@ -16,7 +17,7 @@ from controlplane.xds.nodes import (
 )
 from controlplane.xds.resources import Arm, DesiredState, Endpoint, ListenerAddress, ModelRoute
 from controlplane.xds.schemas import XdsNode
-from controlplane.xds.snapshot import ResourceType, Snapshot, build_snapshot
+from controlplane.xds.snapshot import ResourceType, Snapshot
 
 RDS, CDS = ResourceType.ROUTE, ResourceType.CLUSTER
 
@@ -60,6 +61,18 @@ def test_a_nack_is_recorded_with_a_clean_message_and_no_longer_awaited() -> None
     document = XdsNode.of(node, live=True, wall_offset=0)
     assert (document.transport, document.streams) == ("ads", 1)
     assert document.types["route"].rejection_message == "bad weights !"
+
+
+def test_a_push_lost_with_a_broken_stream_is_not_taken_for_a_rejection() -> None:
+    tracker = NodeTracker(stale_after=10)
+    streaming_node(tracker)
+    tracker.record_served("envoy", RDS, "v2")
+    tracker.stream_closed("envoy", now=1)
+    tracker.stream_opened("envoy", "gw", now=2, transport=Transport.ADS, authenticated=False)
+    assert tracker.observe("envoy", "gw", RDS, "v1", now=2, transport=Transport.ADS).kind is PollKind.STEADY
+    assert not tracker.has_rejected("envoy", RDS, "v2")
+    tracker.record_served("envoy", RDS, "v2")
+    assert tracker.observe("envoy", "gw", RDS, "v2", now=3, transport=Transport.ADS).kind is PollKind.ACK
 
 
 def test_long_nack_messages_are_cut() -> None:

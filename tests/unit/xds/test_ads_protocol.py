@@ -194,6 +194,18 @@ def test_a_wildcard_subscription_gets_everything_then_only_changes_and_removals(
     assert state.changes(v2) == DeltaChanges(("a", "c"), ("b",), result=v2.resources)
 
 
+def test_a_wildcard_client_that_knows_nothing_gets_a_first_answer_even_when_nothing_exists() -> None:
+    state = start(CDS)
+    empty = published("s0")
+    first = state.changes(empty)
+    assert first is not None and first.upserts == () and first.removals == (), (
+        "Envoy waits for a first CDS answer (15 s initial fetch timeout) before it listens"
+    )
+    state.sent("n1", empty, first)
+    state.receive(CDS, DeltaRequest(response_nonce="n1"))
+    assert state.changes(empty) is None, "after the first answer, nothing new means no answer"
+
+
 def test_initial_resource_versions_leave_only_what_differs() -> None:
     state = start(CDS, initial_versions={"a": "1", "b": "0", "gone": "9"})
     current = published("s1", a="1", b="1")

@@ -8,6 +8,8 @@ import random
 import pytest
 
 from controlplane.xds import proto
+from controlplane.xds.builder import build_snapshot
+from controlplane.xds.consistency import check_consistency
 from controlplane.xds.resources import (
     Arm,
     DesiredState,
@@ -17,7 +19,7 @@ from controlplane.xds.resources import (
     ModelRoute,
     cluster_name,
 )
-from controlplane.xds.snapshot import ResourceType, Snapshot, build_snapshot, check_consistency
+from controlplane.xds.snapshot import ResourceType, Snapshot
 
 LISTENER = ListenerAddress("127.0.0.1", 10000)
 

@@ -7,6 +7,7 @@ from envoy.config.route.v3 import route_components_pb2
 from google.protobuf import json_format
 
 from controlplane.xds import proto
+from controlplane.xds.builder import build_snapshot
 from controlplane.xds.resources import (
     Arm,
     DesiredState,
@@ -16,7 +17,7 @@ from controlplane.xds.resources import (
     ModelRoute,
     model_routes,
 )
-from controlplane.xds.snapshot import ResourceType, build_snapshot
+from controlplane.xds.snapshot import ResourceType
 
 MODELS = (
     ModelRoute(

@@ -9,6 +9,8 @@ from typing import Any
 
 import pytest
 
+from controlplane.xds.builder import build_snapshot
+from controlplane.xds.consistency import check_consistency
 from controlplane.xds.resources import (
     Arm,
     DesiredState,
@@ -17,14 +19,7 @@ from controlplane.xds.resources import (
     ModelRoute,
     cluster_name,
 )
-from controlplane.xds.snapshot import (
-    ResourceType,
-    Snapshot,
-    SnapshotView,
-    build_snapshot,
-    check_consistency,
-    routed_clusters,
-)
+from controlplane.xds.snapshot import ResourceType, Snapshot, SnapshotView, routed_clusters
 
 LISTENER = ListenerAddress("127.0.0.1", 10000)
 UP_1 = (Endpoint("127.0.0.1", 9001), Endpoint("127.0.0.2", 9001))
