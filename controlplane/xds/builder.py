@@ -93,9 +93,12 @@ class _Build:
     retained: set[str] = field(default_factory=set)
     changed: set[str] = field(default_factory=set)
     rebuilt: set[str] = field(default_factory=set)
+    # Clusters put or dropped: what may differ from the previous snapshot's.
+    touched: set[str] = field(default_factory=set)
     problems: list[str] = field(default_factory=list)
 
     def put_cluster(self, entry: ResourceEntry, model_name: str) -> None:
+        self.touched.add(entry.name)
         old = self.clusters.get(entry.name)
         if old is not None:
             self.cluster_total -= old.digest
@@ -104,6 +107,7 @@ class _Build:
         self.cluster_total += entry.digest
 
     def drop_cluster(self, name: str) -> None:
+        self.touched.add(name)
         old = self.clusters.pop(name, None)
         if old is not None:
             self.cluster_total -= old.digest
@@ -218,15 +222,12 @@ def _route_config(
     prior = previous.route_config
     if not build.changed:
         return prior
+    # The parts stay in name order: each changed model is found by bisection, replaced,
+    # inserted or removed, and the sum adjusted; no pass over every model.
     parts = list(prior.parts)
     total = prior.total
-    moved = False
     for name in sorted(build.changed):
-        index = prior.index.get(name) if not moved else None
-        if index is None:
-            # Added or removed: find its place by name (the parts stay in name order).
-            index = bisect.bisect_left(parts, name, key=lambda part: part.model_name)
-            moved = True
+        index = bisect.bisect_left(parts, name, key=lambda part: part.model_name)
         present = index < len(parts) and parts[index].model_name == name
         if present:
             total -= parts[index].digest
@@ -236,11 +237,9 @@ def _route_config(
                 parts[index] = build.parts[name]
             else:
                 parts.insert(index, build.parts[name])
-                moved = True
         elif present:
             del parts[index]
-            moved = True
-    return RouteConfigEntry(tuple(parts), total % MODULUS, _index=None if moved else prior.index)
+    return RouteConfigEntry(tuple(parts), total % MODULUS)
 
 
 def build_snapshot(
@@ -344,6 +343,8 @@ def _assemble(
         routable=routable,
         retained=frozenset(build.retained),
         changed_models=frozenset(build.changed),
+        changed_clusters=None if previous is None else frozenset(build.touched),
+        base_cluster_version=None if previous is None else previous.versions[ResourceType.CLUSTER],
         shapes=build.shapes,
         held_back_models=_held_back_models(build, previous, rebuilt),
         _sorted_clusters=previous.cluster_list if same_clusters and previous else None,

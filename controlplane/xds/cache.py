@@ -75,10 +75,7 @@ class XdsCache:
         if cds not in self._cluster_sets:
             # Only clusters with endpoints count as "the node has it": a route to a cluster
             # that Envoy still knows without hosts answers 503 just like an unknown one.
-            _bounded_put(self._cluster_sets, cds, frozenset(
-                entry.name for entry in snapshot.cluster_entries.values()
-                if entry.body.get("load_assignment", {}).get("endpoints")
-            ))
+            _bounded_put(self._cluster_sets, cds, self._clusters_with_hosts(snapshot))
         else:
             self._cluster_sets.move_to_end(cds)
         # The per-model parts are shared with the snapshot, not copied.
@@ -88,6 +85,22 @@ class XdsCache:
         for versions in (snapshot.versions, snapshot.ads_versions):
             for kind, version in versions.items():
                 _bounded_put(self._published[kind], version, None)
+
+    def _clusters_with_hosts(self, snapshot: Snapshot) -> frozenset[str]:
+        """From the base snapshot's set and the clusters that changed, when both are known."""
+        base = (
+            self._cluster_sets.get(snapshot.base_cluster_version)
+            if snapshot.base_cluster_version is not None else None
+        )
+        if base is None or snapshot.changed_clusters is None:
+            return frozenset(
+                entry.name for entry in snapshot.cluster_entries.values() if _has_hosts(entry.body)
+            )
+        entries = snapshot.cluster_entries
+        gained = {
+            name for name in snapshot.changed_clusters if name in entries and _has_hosts(entries[name].body)
+        }
+        return (base - snapshot.changed_clusters) | gained
 
     async def wait_for_change(self, seconds: float) -> bool:
         """True when a new snapshot was published within `seconds`."""
@@ -112,6 +125,11 @@ class XdsCache:
     def route_sequence(self, rds_version: str) -> int | None:
         """When a route version was first published (a counter); None when unknown."""
         return self._sequences.get(rds_version)
+
+
+def _has_hosts(cluster: dict[str, object]) -> bool:
+    assignment = cluster.get("load_assignment")
+    return isinstance(assignment, dict) and bool(assignment.get("endpoints"))
 
 
 def _bounded_put(store: OrderedDict[str, T], key: str, value: T) -> None:

@@ -152,15 +152,6 @@ class RouteConfigEntry:
     total: int  # sum of the parts' digests
     resource_type: ResourceType = ResourceType.ROUTE
     name: str = resources.ROUTE_CONFIG_NAME
-    _index: Mapping[str, int] | None = None
-
-    @cached_property
-    def index(self) -> Mapping[str, int]:
-        """Where each model's part is (shared by route configs of the same models)."""
-        if self._index is not None:
-            return self._index
-        return {part.model_name: position for position, part in enumerate(self.parts)}
-
     @cached_property
     def version(self) -> str:
         return _version_of_sum(self.name, self.total)
@@ -214,6 +205,10 @@ class Snapshot:
     retained: frozenset[str] = frozenset()
     # Models whose routes differ from the previous snapshot's (all of them for a first build).
     changed_models: frozenset[str] = frozenset()
+    # Clusters that may differ from those of the snapshot whose CDS version is
+    # `base_cluster_version` (None: unknown, a first build).
+    changed_clusters: frozenset[str] | None = None
+    base_cluster_version: str | None = None
     # A key per model for "this shape of config was validated by Envoy" (names and weights left out).
     shapes: Mapping[str, str] = field(default_factory=dict)
     # Models whose routes leave out an arm Envoy does not have yet: rebuilt at every build.

@@ -140,3 +140,25 @@ def test_a_restart_that_rebuilds_the_same_state_gives_the_same_versions() -> Non
     walked = build_snapshot(state(*models[:10]))
     walked = build_snapshot(state(*models), previous=walked)
     assert walked.versions == build_snapshot(state(*reversed(models))).versions
+
+
+def test_the_cache_knows_each_cds_versions_clusters_with_hosts_as_a_full_count_would() -> None:
+    from controlplane.xds.cache import XdsCache
+
+    rng = random.Random(11)
+    models = {f"m{i}": model(f"m{i}", 10, port=9000 + 2 * i) for i in range(8)}
+    snapshot = build_snapshot(state(*models.values()))
+    cache = XdsCache(snapshot)
+    for step in range(60):
+        name = f"m{rng.randrange(10)}"
+        if rng.random() < 0.2:
+            models.pop(name, None)
+        elif rng.random() < 0.4 and name in models:
+            no_hosts = dataclasses.replace(models[name].stable, endpoints=())
+            models[name] = dataclasses.replace(models[name], stable=no_hosts)
+        else:
+            models[name] = model(name, rng.choice([None, 10]), port=9100 + step)
+        snapshot = build_snapshot(state(*models.values()), previous=snapshot, changed_models=(name,))
+        cache.publish(snapshot)
+        expected = {c["name"] for c in snapshot.clusters if c["load_assignment"]["endpoints"]}
+        assert cache.clusters_in(snapshot.versions[ResourceType.CLUSTER]) == expected
