@@ -160,5 +160,5 @@ def test_the_cache_knows_each_cds_versions_clusters_with_hosts_as_a_full_count_w
             models[name] = model(name, rng.choice([None, 10]), port=9100 + step)
         snapshot = build_snapshot(state(*models.values()), previous=snapshot, changed_models=(name,))
         cache.publish(snapshot)
-        expected = {c["name"] for c in snapshot.clusters if c["load_assignment"]["endpoints"]}
+        expected = frozenset(c["name"] for c in snapshot.clusters if c["load_assignment"]["endpoints"])
         assert cache.clusters_in(snapshot.versions[ResourceType.CLUSTER]) == expected
