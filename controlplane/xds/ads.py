@@ -241,7 +241,11 @@ class AdsServer:
                 self._served(stream, kind, versions[kind])
                 await context.write(ads_messages.with_nonce(body, nonce))
 
-        await self._serve(stream, first, requests, take, write_due)
+        # The first request carries the whole node (~50 KB from Envoy): once taken it must
+        # not stay referenced from this frame for the stream's life.
+        opening = [first]
+        del first
+        await self._serve(stream, opening, requests, take, write_due)
 
     # --- delta -----------------------------------------------------------------------
 
@@ -305,12 +309,16 @@ class AdsServer:
                 self._served(stream, kind, current.version)
                 await context.write(body)
 
-        await self._serve(stream, first, requests, take, write_due)
+        # The first request carries the whole node (~50 KB from Envoy): once taken it must
+        # not stay referenced from this frame for the stream's life.
+        opening = [first]
+        del first
+        await self._serve(stream, opening, requests, take, write_due)
 
     # --- both kinds ----------------------------------------------------------------
 
     async def _serve(
-        self, stream: _Stream, first: Any, requests: AsyncIterator[Any],
+        self, stream: _Stream, opening: list[Any], requests: AsyncIterator[Any],
         take: Callable[[Any], None], write_due: Callable[[], Any],
     ) -> None:
         """Read requests in one task, write what is due in this one, until the stream ends."""
@@ -323,7 +331,7 @@ class AdsServer:
         self.metrics.streams.labels(stream.kind.value).inc()
         reader: asyncio.Task[None] | None = None
         try:
-            take(first)
+            take(opening.pop())
             reader = asyncio.get_running_loop().create_task(self._read(stream, requests, take))
             while not stream.closed:
                 stream.wake.clear()
