@@ -284,14 +284,17 @@ def serving_weights(
 
 
 def _path_matches(model_name: str) -> tuple[tuple[str, Resource], ...]:
-    """Paths that belong to a model; `/v1/models/foo:predict` never reaches `foobar`."""
+    """Paths that belong to a model; `/v1/models/foo:predict` never reaches `foobar`.
+
+    `path_separated_prefix` matches the path itself or the path followed by `/`
+    (and ignores the query), so three routes cover a model: at 10,000 models
+    Envoy re-applies 30,000 routes on a weight change instead of 50,000.
+    """
     v1, v2 = f"/v1/models/{model_name}", f"/v2/models/{model_name}"
     return (
-        ("v1", {"path": v1}),
+        ("v1", {"path_separated_prefix": v1}),
         ("v1-verb", {"prefix": f"{v1}:"}),
-        ("v1-sub", {"prefix": f"{v1}/"}),
-        ("v2", {"path": v2}),
-        ("v2-sub", {"prefix": f"{v2}/"}),
+        ("v2", {"path_separated_prefix": v2}),
     )
 
 

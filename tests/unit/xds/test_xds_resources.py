@@ -116,21 +116,29 @@ def test_model_without_endpoints_answers_503_with_a_json_reason() -> None:
 def test_routes_match_only_their_own_model_paths() -> None:
     matches = [route["match"] for route in model_routes(foo(90, 10))]
     assert matches == [
-        {"path": "/v1/models/foo"},
+        {"path_separated_prefix": "/v1/models/foo"},
         {"prefix": "/v1/models/foo:"},
-        {"prefix": "/v1/models/foo/"},
-        {"path": "/v2/models/foo"},
-        {"prefix": "/v2/models/foo/"},
+        {"path_separated_prefix": "/v2/models/foo"},
     ]
+    # Envoy's path_separated_prefix: the path itself, or the path followed by "/".
+    def matched(path: str) -> bool:
+        return any(
+            path.startswith(m["prefix"]) if "prefix" in m
+            else path == m["path_separated_prefix"] or path.startswith(m["path_separated_prefix"] + "/")
+            for m in matches
+        )
+
+    for own in ("/v1/models/foo", "/v1/models/foo:predict", "/v1/models/foo/x", "/v2/models/foo/infer"):
+        assert matched(own), own
     for other in ("/v1/models/foobar:predict", "/v1/models/foo.bar/x", "/v2/models/foob/infer"):
-        assert not any(other.startswith(m.get("prefix", "\0")) for m in matches)
+        assert not matched(other), other
 
 
 def test_header_routes_to_the_canary_come_before_the_split() -> None:
     model = foo(90, 10, canary_matches=(HeaderMatch.of({"x-canary": "always", "x-b": "1"}),))
     routes = model_routes(model)
-    assert [route["name"] for route in routes[:5]] == [
-        f"foo/match-0/{kind}" for kind in ("v1", "v1-verb", "v1-sub", "v2", "v2-sub")
+    assert [route["name"] for route in routes[:3]] == [
+        f"foo/match-0/{kind}" for kind in ("v1", "v1-verb", "v2")
     ]
     assert routes[1]["match"] == {
         "prefix": "/v1/models/foo:",
@@ -139,8 +147,8 @@ def test_header_routes_to_the_canary_come_before_the_split() -> None:
             {"name": "x-canary", "string_match": {"exact": "always"}},
         ],
     }
-    assert all(route["route"] == {"cluster": V2} for route in routes[:5])
-    assert "weighted_clusters" in routes[5]["route"]
+    assert all(route["route"] == {"cluster": V2} for route in routes[:3])
+    assert "weighted_clusters" in routes[3]["route"]
 
 
 def test_header_routes_are_dropped_while_the_canary_has_no_endpoints() -> None:

@@ -131,7 +131,7 @@ SPLIT = "route aegis_routes/foo/v1-verb"
         (
             _weight_to_empty_cluster,
             f"route aegis_routes/foo/v1 gives weight 10 to cluster {V2!r}, which has no endpoints",
-            5,
+            3,
         ),
         (_mirror_to_missing_cluster, f"{SPLIT} mirrors to cluster 'shadow', which is not in CDS", 1),
         (
