@@ -20,6 +20,7 @@ import bisect
 import dataclasses
 from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 from controlplane.xds import resources
 from controlplane.xds.consistency import endpoint_count, route_problems
@@ -95,23 +96,36 @@ class _Build:
     rebuilt: set[str] = field(default_factory=set)
     # Clusters put or dropped: what may differ from the previous snapshot's.
     touched: set[str] = field(default_factory=set)
+    # Which of the maps above were copied from the previous snapshot (copy on first write).
+    copied: set[str] = field(default_factory=set)
     problems: list[str] = field(default_factory=list)
 
+    def writable(self, field_name: str) -> dict[str, Any]:
+        """The named map, copied from the previous snapshot's on the first write (never mutated)."""
+        if field_name not in self.copied:
+            setattr(self, field_name, dict(getattr(self, field_name)))
+            self.copied.add(field_name)
+        table: dict[str, Any] = getattr(self, field_name)
+        return table
+
     def put_cluster(self, entry: ResourceEntry, model_name: str) -> None:
-        self.touched.add(entry.name)
         old = self.clusters.get(entry.name)
+        if old is entry and self.owner.get(entry.name) == model_name:
+            return
+        self.touched.add(entry.name)
         if old is not None:
             self.cluster_total -= old.digest
-        self.clusters[entry.name] = entry
-        self.owner[entry.name] = model_name
+        self.writable("clusters")[entry.name] = entry
+        self.writable("owner")[entry.name] = model_name
         self.cluster_total += entry.digest
 
     def drop_cluster(self, name: str) -> None:
+        if name not in self.clusters:
+            return
         self.touched.add(name)
-        old = self.clusters.pop(name, None)
-        if old is not None:
-            self.cluster_total -= old.digest
-            self.owner.pop(name, None)
+        old = self.writable("clusters").pop(name)
+        self.cluster_total -= old.digest
+        self.writable("owner").pop(name, None)
 
     def consider(self, name: str) -> None:
         """Decide about `name` after the models are rebuilt (it may have to stay)."""
@@ -152,15 +166,18 @@ def _rebuild_model(
             part = prior  # same routes: keep its bytes
     else:
         build.changed.add(name)
-    build.parts[name] = part
-    build.shapes[name] = _shape(model, routable)
+    if build.parts.get(name) is not part:
+        build.writable("parts")[name] = part
+    shape = _shape(model, routable)
+    if build.shapes.get(name) != shape:
+        build.writable("shapes")[name] = shape
 
 
 def _remove_model(build: _Build, old: ModelRoute) -> None:
     for arm in old.arms:
         build.consider(old.cluster(arm))
-    build.parts.pop(old.model_name, None)
-    build.shapes.pop(old.model_name, None)
+    build.writable("parts").pop(old.model_name, None)
+    build.writable("shapes").pop(old.model_name, None)
     build.changed.add(old.model_name)
 
 
@@ -263,10 +280,10 @@ def build_snapshot(
     compares every model, by identity first, then by equality.
     """
     build = _Build(
-        clusters=dict(previous.cluster_entries) if previous else {},
-        owner=dict(previous.cluster_owner) if previous else {},
-        parts=dict(previous.model_routes) if previous else {},
-        shapes=dict(previous.shapes) if previous else {},
+        clusters=previous.cluster_entries if previous else {},  # type: ignore[arg-type]
+        owner=previous.cluster_owner if previous else {},  # type: ignore[arg-type]
+        parts=previous.model_routes if previous else {},  # type: ignore[arg-type]
+        shapes=previous.shapes if previous else {},  # type: ignore[arg-type]
         cluster_total=previous.cluster_total if previous else 0,
     )
     old_inputs: Mapping[str, ModelRoute] = previous.inputs if previous else {}
@@ -326,8 +343,11 @@ def _assemble(
     routable: frozenset[str] | None,
 ) -> Snapshot:
     listener, ads_listener = _listeners(desired, previous)
-    same_clusters = previous is not None and build.cluster_total % MODULUS == previous.cluster_total \
-        and build.clusters.keys() == previous.cluster_entries.keys()
+    same_clusters = previous is not None and (
+        build.clusters is previous.cluster_entries
+        or (build.cluster_total % MODULUS == previous.cluster_total
+            and build.clusters.keys() == previous.cluster_entries.keys())
+    )
     rebuilt = build.shapes.keys() if previous is None else (
         set(build.changed) | set(previous.held_back_models) | build.rebuilt
     )
