@@ -51,7 +51,9 @@ class XdsCache:
         self.current = snapshot
         self.sequence = 0
         self._changed = asyncio.Event()
-        self._cluster_sets: OrderedDict[str, frozenset[str]] = OrderedDict()
+        # CDS version -> its clusters with hosts, or the snapshot to work them out from
+        # when first asked (most versions are never asked about: no node holds them).
+        self._cluster_sets: OrderedDict[str, frozenset[str] | Snapshot] = OrderedDict()
         self._route_parts: OrderedDict[str, Mapping[str, ModelRoutes]] = OrderedDict()
         self._sequences: OrderedDict[str, int] = OrderedDict()
         self._published: dict[ResourceType, OrderedDict[str, None]] = {
@@ -75,7 +77,7 @@ class XdsCache:
         if cds not in self._cluster_sets:
             # Only clusters with endpoints count as "the node has it": a route to a cluster
             # that Envoy still knows without hosts answers 503 just like an unknown one.
-            _bounded_put(self._cluster_sets, cds, self._clusters_with_hosts(snapshot))
+            _bounded_put(self._cluster_sets, cds, snapshot)
         else:
             self._cluster_sets.move_to_end(cds)
         # The per-model parts are shared with the snapshot, not copied.
@@ -88,11 +90,12 @@ class XdsCache:
 
     def _clusters_with_hosts(self, snapshot: Snapshot) -> frozenset[str]:
         """From the base snapshot's set and the clusters that changed, when both are known."""
+        # Only a base already worked out is used: never a chain of versions nobody asked about.
         base = (
             self._cluster_sets.get(snapshot.base_cluster_version)
             if snapshot.base_cluster_version is not None else None
         )
-        if base is None or snapshot.changed_clusters is None:
+        if not isinstance(base, frozenset) or snapshot.changed_clusters is None:
             return frozenset(
                 entry.name for entry in snapshot.cluster_entries.values() if _has_hosts(entry.body)
             )
@@ -116,7 +119,11 @@ class XdsCache:
         return version in self._published[resource_type]
 
     def clusters_in(self, cds_version: str) -> frozenset[str] | None:
-        return self._cluster_sets.get(cds_version)
+        """The clusters with hosts in a CDS version this process published; None when unknown."""
+        known = self._cluster_sets.get(cds_version)
+        if isinstance(known, Snapshot):
+            known = self._cluster_sets[cds_version] = self._clusters_with_hosts(known)
+        return known
 
     def route_parts(self, rds_version: str) -> Mapping[str, ModelRoutes] | None:
         """Each model's routes in a route version this process published; None when unknown."""
