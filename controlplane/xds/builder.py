@@ -34,11 +34,8 @@ from controlplane.xds.snapshot import (
     Snapshot,
     SnapshotInconsistent,
     content_version,
+    has_hosts,
 )
-
-
-def _has_endpoints(cluster: Resource) -> bool:
-    return bool(cluster.get("load_assignment", {}).get("endpoints"))
 
 
 def _is_held_back(model: ModelRoute, routable: frozenset[str] | None) -> bool:
@@ -155,7 +152,7 @@ def _rebuild_model(
     for cluster, arm in wanted.items():
         before = build.clusters.get(cluster)
         entry = _cluster_entry(model, arm, before)
-        if before is not None and _has_endpoints(before.body) and not _has_endpoints(entry.body):
+        if before is not None and has_hosts(before.body) and not has_hosts(entry.body):
             build.consider(cluster)  # it may have to keep its hosts while routed to
         build.put_cluster(entry, name)
     part = ModelRoutes(name, tuple(resources.model_routes(model, routable=routable)),
@@ -189,8 +186,9 @@ def _settle(
         model = inputs.get(owner)
         arm = None if model is None else next((a for a in model.arms if model.cluster(a) == cluster), None)
         routed = still_routed is not None and still_routed(cluster)
-        if model is not None and arm is not None and (arm.endpoints or not routed or not
-                                                        _has_endpoints(before.body)):
+        # Still desired, and it has hosts again, nothing routes to it, or it had none: as desired.
+        as_desired = arm is not None and (arm.endpoints or not routed or not has_hosts(before.body))
+        if model is not None and arm is not None and as_desired:
             build.put_cluster(_cluster_entry(model, arm, build.clusters.get(cluster)), owner)
         elif routed:
             build.put_cluster(before, owner)

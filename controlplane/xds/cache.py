@@ -20,7 +20,7 @@ from typing import TypeVar
 from controlplane.xds.builder import build_snapshot, subset
 from controlplane.xds.nodes import NodeTracker
 from controlplane.xds.resources import DesiredState
-from controlplane.xds.snapshot import ModelRoutes, ResourceType, Snapshot, SnapshotInconsistent
+from controlplane.xds.snapshot import ModelRoutes, ResourceType, Snapshot, SnapshotInconsistent, has_hosts
 
 log = logging.getLogger(__name__)
 
@@ -97,11 +97,11 @@ class XdsCache:
         )
         if not isinstance(base, frozenset) or snapshot.changed_clusters is None:
             return frozenset(
-                entry.name for entry in snapshot.cluster_entries.values() if _has_hosts(entry.body)
+                entry.name for entry in snapshot.cluster_entries.values() if has_hosts(entry.body)
             )
         entries = snapshot.cluster_entries
         gained = {
-            name for name in snapshot.changed_clusters if name in entries and _has_hosts(entries[name].body)
+            name for name in snapshot.changed_clusters if name in entries and has_hosts(entries[name].body)
         }
         return (base - snapshot.changed_clusters) | gained
 
@@ -132,11 +132,6 @@ class XdsCache:
     def route_sequence(self, rds_version: str) -> int | None:
         """When a route version was first published (a counter); None when unknown."""
         return self._sequences.get(rds_version)
-
-
-def _has_hosts(cluster: dict[str, object]) -> bool:
-    assignment = cluster.get("load_assignment")
-    return isinstance(assignment, dict) and bool(assignment.get("endpoints"))
 
 
 def _bounded_put(store: OrderedDict[str, T], key: str, value: T) -> None:

@@ -279,10 +279,6 @@ class Snapshot:
         return (self.listener.body,)
 
     @property
-    def ads_listeners(self) -> tuple[Resource, ...]:
-        return (self.ads_listener.body,)
-
-    @property
     def clusters(self) -> tuple[Resource, ...]:
         return tuple(entry.body for entry in self.cluster_list)
 
@@ -296,9 +292,6 @@ class Snapshot:
 
     def view(self) -> SnapshotView:
         return SnapshotView(self.listeners, self.clusters, self.routes, self.endpoints)
-
-    def resources(self, resource_type: ResourceType, *, ads: bool = False) -> tuple[Resource, ...]:
-        return tuple(entry.body for entry in self.entries(resource_type, ads=ads))
 
     def discovery_response(
         self, resource_type: ResourceType, resource_names: Collection[str] = ()
@@ -339,3 +332,9 @@ def mirror_targets(route: Resource) -> list[str]:
 def routed_clusters(snapshot: Snapshot) -> frozenset[str]:
     """Clusters the snapshot's routes send traffic or mirror copies to. Pure."""
     return frozenset().union(*(part.routed_clusters for part in snapshot.model_routes.values()))
+
+
+def has_hosts(cluster: Resource) -> bool:
+    """Whether a cluster has endpoints inline: without, Envoy answers 503 as for an unknown one."""
+    assignment = cluster.get("load_assignment")
+    return isinstance(assignment, dict) and bool(assignment.get("endpoints"))
