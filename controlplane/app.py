@@ -20,7 +20,7 @@ from controlplane.rollout.policy import Policy
 from controlplane.rollout.policy_files import PolicyRegistry
 from controlplane.rollout.runner import RolloutRunner
 from controlplane.rollout.store import RolloutStore
-from controlplane.settings import Settings, parse_listen, url_signing_key
+from controlplane.settings import Settings, SettingsError, parse_listen, url_signing_key
 from controlplane.traffic import api as traffic_api
 from controlplane.traffic.service import TrafficService
 from controlplane.traffic.store import TrafficStore
@@ -34,7 +34,8 @@ from controlplane.xds.resources import DesiredState, ListenerAddress, RdsPolling
 from controlplane.xds.snapshot import Snapshot
 from controlplane.xds.validate import EnvoyUnavailable, find_envoy_binary, validate_with_envoy
 from registry import api as registry_api
-from registry.blobs import BLOB_GRACE_SECONDS, BlobStore
+from registry.blob_stores import open_blob_store
+from registry.blobs import BLOB_GRACE_SECONDS, BlobStoreUnavailable
 from registry.http import BODY_READ_TIMEOUT, TOKENS, json_errors
 from registry.metrics import RegistryMetrics
 from registry.routes import add_operations
@@ -158,8 +159,11 @@ async def _storage(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
     data_dir = settings.server.data_dir
     await asyncio.to_thread(data_dir.mkdir, parents=True, exist_ok=True)
-    blobs = BlobStore(data_dir / "blobs")
-    await asyncio.to_thread(blobs.prepare)
+    blobs = open_blob_store(settings.registry.blob_store, data_dir=data_dir)
+    try:
+        await blobs.start()
+    except BlobStoreUnavailable as exc:
+        raise SettingsError(str(exc)) from None
     database = Database(settings.server.effective_database_url)
     await database.create_schema()
     registry_store = RegistryStore(database)
@@ -221,7 +225,7 @@ async def _storage(app: web.Application) -> AsyncIterator[None]:
     if not result.published:
         log.error("the stored routing could not be published: %s", result.error)
     await runner.load()
-    log.info("storage ready: data in %s", data_dir)
+    log.info("storage ready: data in %s, artifacts in %s", data_dir, blobs.location)
     # The sweep repeats while the process lives, for garbage a crashed replica leaves.
     sweeper = asyncio.get_running_loop().create_task(
         _sweep_periodically(service, app[registry_api.METRICS])
@@ -232,6 +236,7 @@ async def _storage(app: web.Application) -> AsyncIterator[None]:
         await sweeper
     prometheus.close()
     await database.dispose()
+    await blobs.close()
 
 
 async def _sweep_garbage(service: RegistryService, metrics: RegistryMetrics) -> None:

@@ -21,6 +21,7 @@ from controlplane.xds.ads_tls import GrpcTls, TlsConfigError, check_server_tls
 from controlplane.xds.credentials import NodeCredentials, NodeTokenConfigError
 from controlplane.xds.nodes import DEFAULT_MAX_NODES
 from registry.auth import TokenTable
+from registry.blob_stores import BlobStoreTarget, DataDirBlobs, parse_blob_store
 from registry.http import DEFAULT_BODY_READ_TIMEOUT_SECONDS
 from registry.signing import Keyring, keyring_from_env
 
@@ -64,6 +65,8 @@ class RegistrySettings:
     max_artifact_bytes: int = DEFAULT_MAX_ARTIFACT_BYTES
     # Seconds a signed download URL stays valid: long enough for a model server to start.
     download_url_ttl_seconds: int = 900
+    # Where artifact bytes live (AEGIS_BLOB_STORE): the data directory by default.
+    blob_store: BlobStoreTarget = field(default_factory=DataDirBlobs)
 
 
 @dataclass(frozen=True)
@@ -150,6 +153,7 @@ def load_settings(env: Mapping[str, str] | None = None, config_file: Path | None
     registry = RegistrySettings(
         max_artifact_bytes=_positive_int(merged, "AEGIS_MAX_ARTIFACT_BYTES", DEFAULT_MAX_ARTIFACT_BYTES),
         download_url_ttl_seconds=_positive_int(merged, "AEGIS_DOWNLOAD_URL_TTL_SECONDS", 900),
+        blob_store=_blob_store(merged.get("AEGIS_BLOB_STORE", "")),
     )
     try:
         tokens = TokenTable.parse(_secret(merged, "AEGIS_API_TOKENS"))
@@ -170,6 +174,13 @@ def load_settings(env: Mapping[str, str] | None = None, config_file: Path | None
         policy_reload_seconds=_non_negative_float(merged, "AEGIS_POLICY_RELOAD_SECONDS", 2.0) or 2.0,
     )
     return Settings(server, registry, security, integrations, _xds_settings(merged, server))
+
+
+def _blob_store(text: str) -> BlobStoreTarget:
+    try:
+        return parse_blob_store(text)
+    except ValueError as exc:
+        raise SettingsError(str(exc)) from exc
 
 
 def _xds_settings(values: Mapping[str, str], server: ServerSettings) -> XdsSettings:

