@@ -119,7 +119,7 @@ class _Stream:
     admission: Admission
     wake: asyncio.Event = field(default_factory=asyncio.Event)
     closed: bool = False
-    # Whether a response is due now (the protocol state's plan is not empty).
+    # Whether a response is due now (the protocol state's plan is not empty); asked after an ACK.
     due: Callable[[], bool] = lambda: True
     nonces: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
     # Unknown type URLs this stream asked for, reported once each.
@@ -243,10 +243,10 @@ class AdsServer:
         states: dict[ResourceType, SotwTypeState] = {}
         rejected = self._rejected_by(stream)
 
-        def take(request: discovery_pb2.DiscoveryRequest) -> None:
+        def take(request: discovery_pb2.DiscoveryRequest) -> RequestKind | None:
             kind = self._known_type(stream, request.type_url)
             if kind is None:
-                return
+                return None
             state = states.setdefault(kind, SotwTypeState())
             sent_version = state.sent_version
             answer = state.receive(
@@ -259,6 +259,7 @@ class AdsServer:
             )
             self._record(stream, kind, answer, reported=request.version_info, answered=sent_version,
                          message=request.error_detail.message)
+            return answer
 
         def due() -> bool:
             return bool(sotw_plan(states, self.cache.current.ads_versions, rejected=rejected))
@@ -296,10 +297,10 @@ class AdsServer:
         states: dict[ResourceType, DeltaTypeState] = {}
         rejected = self._rejected_by(stream)
 
-        def take(request: discovery_pb2.DeltaDiscoveryRequest) -> None:
+        def take(request: discovery_pb2.DeltaDiscoveryRequest) -> RequestKind | None:
             kind = self._known_type(stream, request.type_url)
             if kind is None:
-                return
+                return None
             state = states.setdefault(kind, DeltaTypeState())
             pending = state.pending
             answer = state.receive(
@@ -318,12 +319,13 @@ class AdsServer:
                 published, _ = self.shared.published(self.cache.current, kind)
                 in_sync = (state.wildcard or bool(state.names)) and state.changes(published) is None
                 self._record(stream, kind, answer, reported=published.version if in_sync else "", answered="")
-                return
+                return answer
             answered = pending.system_version if pending is not None else ""
             # An ACK means the node now runs what it was sent; a NACK, whatever it ran before.
             reported = answered if answer is RequestKind.ACK else ""
             self._record(stream, kind, answer, reported=reported, answered=answered,
                          message=request.error_detail.message)
+            return answer
 
         def plan_now() -> tuple[Published, list[tuple[ResourceType, DeltaChanges]]]:
             snapshot = self.cache.current
@@ -362,7 +364,7 @@ class AdsServer:
 
     async def _serve(
         self, stream: _Stream, opening: list[Any], requests: AsyncIterator[Any],
-        take: Callable[[Any], None], write_due: Callable[[], Any],
+        take: Callable[[Any], RequestKind | None], write_due: Callable[[], Any],
     ) -> None:
         """Read requests in one task, write what is due in this one, until the stream ends."""
         admission = stream.admission
@@ -389,17 +391,19 @@ class AdsServer:
             self.metrics.streams.labels(stream.kind.value).dec()
             self.nodes.stream_closed(admission.node_id, now=time.monotonic())
 
-    async def _read(self, stream: _Stream, requests: AsyncIterator[Any], take: Callable[[Any], None]) -> None:
+    async def _read(
+        self, stream: _Stream, requests: AsyncIterator[Any], take: Callable[[Any], RequestKind | None]
+    ) -> None:
         try:
             async for request in requests:
                 try:
-                    take(request)
-                    due = stream.due()
+                    answer = take(request)
+                    # Most requests of a fan-out are ACKs of what is current: the writer has
+                    # nothing to send, and waking it would cost a task switch per stream.
+                    due = answer is not RequestKind.ACK or stream.due()
                 except Exception:
                     log.exception("ADS request of node %r not handled; its stream ends", stream.node_id)
                     return
-                # Most requests are ACKs of what is current: the writer has nothing to send,
-                # and waking it would cost a task switch per stream of every fan-out.
                 if due:
                     stream.wake.set()
         except asyncio.CancelledError:
