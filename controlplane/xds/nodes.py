@@ -266,8 +266,10 @@ class NodeTracker:
         self._touch(node)
 
     def has_rejected(self, node_id: str, resource_type: ResourceType, version: str) -> bool:
+        # Asked for every stream of every fan-out: looks, never creates a state.
         node = self.get(node_id)
-        return node is not None and version in node.type_state(resource_type).rejected_versions
+        state = node.types.get(resource_type) if node is not None else None
+        return state is not None and version in state.rejected_versions
 
     def record_served(
         self, node_id: str, resource_type: ResourceType, version: str, *, awaiting_ack: bool = True
