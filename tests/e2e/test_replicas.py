@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import statistics
 from collections.abc import Iterator
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -63,9 +64,7 @@ def test_a_change_through_one_replica_is_on_the_others_with_the_same_versions(
     assert (registered["prod"], registered["weights"]) == (None, {})
     a.promote(MODEL, "1", "prod")
     for other in (b, c):
-        document, _ = eventually(
-            lambda r=other: r.traffic(MODEL), within=PROPAGATION_SECONDS, what="prod on B and C"
-        )
+        document, _ = eventually(partial(other.traffic, MODEL), within=PROPAGATION_SECONDS, what="prod")
         assert document["prod"] == "1" and document["weights"] == {"1": 100}
     # Endpoints through B, the canary through A: every replica routes both.
     for version in ("1", "2"):
@@ -80,16 +79,22 @@ def test_a_change_through_one_replica_is_on_the_others_with_the_same_versions(
         documents = [r.traffic(MODEL) for r in replicas]
         if any(d["weights"] != {"1": 70, "2": 30} or d["canary"] != "2" for d in documents):
             return None
-        return same_everywhere(replicas, lambda r: (
+        versions: tuple[Any, ...] | None = same_everywhere(replicas, lambda r: (
             r.traffic(MODEL)["xds_version"], r.traffic(MODEL)["endpoint_counts"], r.nodes()["current"],
             r.nodes()["current_ads"],
         ))
+        return versions
 
     (xds_version, counts, current, _ads), _ = eventually(
         agreed, within=PROPAGATION_SECONDS, what="the same versions on every replica"
     )
     assert counts == {"1": 1, "2": 1}
     assert xds_version == current["route"]
+
+
+def live_node(replica: Replica, node_id: str) -> dict[str, Any] | None:
+    found = (n for n in replica.nodes()["nodes"] if n["node_id"] == node_id and n["live"])
+    return next(found, None)
 
 
 async def first_routes(client: AdsClient) -> Any:
@@ -122,14 +127,14 @@ async def test_every_replica_serves_the_same_xds_and_an_envoy_on_b_counts_on_a(
         for replica in replicas:
             # Every replica lists the Envoy, attached to B, among its live nodes.
             node, _ = eventually(
-                lambda r=replica: next(
-                    (n for n in r.nodes()["nodes"] if n["node_id"] == "envoy-on-b" and n["live"]), None
-                ),
+                partial(live_node, replica, "envoy-on-b"),
                 within=PROPAGATION_SECONDS, what="the Envoy on B in every replica's node view",
             )
             assert node["replica"] == "replica-b"
-        held = a.traffic(MODEL)
-        assert (held["acked"], held["nodes_acked"], held["nodes_total"]) == (True, 1, 1)
+        eventually(
+            lambda: a.traffic(MODEL) if a.traffic(MODEL)["nodes_acked"] == 1 else None,
+            within=PROPAGATION_SECONDS, what="A counts the Envoy on B running 70/30",
+        )
 
         a.set_traffic(MODEL, {"1": 40, "2": 60})
 
@@ -138,7 +143,7 @@ async def test_every_replica_serves_the_same_xds_and_an_envoy_on_b_counts_on_a(
             return document if document["weights"] == {"1": 40, "2": 60} and document["acked"] else None
 
         for replica in replicas:
-            document, _ = eventually(lambda r=replica: acked_on(r), within=2, what="acknowledged")
+            document, _ = eventually(partial(acked_on, replica), within=2, what="acknowledged")
             # Counted only once B shared that its Envoy runs the new routes.
             assert (document["nodes_acked"], document["nodes_total"]) == (1, 1)
             node = next(n for n in replica.nodes()["nodes"] if n["node_id"] == "envoy-on-b")
