@@ -50,7 +50,8 @@ class Follower:
         self.clock = clock
         # What to reload, in arrival order; a repeat before it is applied is one reload.
         self._pending: dict[tuple[ChangeKind, str], None] = {}
-        self._reconcile_due = True
+        # The first reconcile comes with the listener's first connect (start-up loaded it all).
+        self._reconcile_due = False
         self._last_reconcile = clock()
         self._wake = asyncio.Event()
         self.applied = 0  # changes applied (for tests and logs)
