@@ -29,7 +29,6 @@ _EXCLUSIVE = "stage IN ('canary', 'prod')"
 
 class ModelRow(SQLModel, table=True):
     __tablename__ = "registry_models"
-    __change_kind__ = ChangeKind.REGISTRY
 
     name: str = Field(primary_key=True, max_length=128)
     created_at: datetime = Field(sa_column=Column(DateTime(timezone=True), nullable=False))

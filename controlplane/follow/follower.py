@@ -82,8 +82,7 @@ class Follower:
     async def _reconcile(self) -> None:
         self._reconcile_due = False
         self._last_reconcile = self.clock()
-        # What was pending is read anyway.
-        self._pending = {key: None for key in self._pending if key[0] is ChangeKind.NODES}
+        self._pending.clear()  # what was pending is read anyway
         try:
             for step in self.reconcile_steps:
                 await step()

@@ -48,7 +48,7 @@ class ChangeListener:
         self.on_connected = on_connected
         self.health_interval = health_interval
         self.connected = False
-        self.connections = 0  # successful (re)connects: a test and /metrics can see the reconnects
+        self.connections = 0  # successful (re)connects, for the log
 
     async def run(self) -> None:
         """Listen until cancelled, reconnecting with a growing backoff after each loss."""

@@ -2,7 +2,8 @@
 
 Every change is written to the database first, then applied to the in-memory
 inputs and published; xDS polls never touch the database. A change Envoy would
-reject (or that is inconsistent) is undone and reported.
+reject (or that is inconsistent) is undone and reported. Changes other replicas
+commit are read back per model (`reload_model`) or all at once (`reload_all`).
 """
 
 from __future__ import annotations
