@@ -12,6 +12,8 @@ from aiohttp import web
 
 from controlplane import alerts, openapi
 from controlplane.alert_store import AlertStore
+from controlplane.follow.follower import Follower
+from controlplane.follow.listener import ChangeListener, asyncpg_dsn
 from controlplane.metrics.prometheus import PrometheusSource
 from controlplane.observability import METRICS_REGISTRY, new_metrics_registry
 from controlplane.rollout import api as rollout_api
@@ -29,6 +31,7 @@ from controlplane.xds.ads import AdsServer
 from controlplane.xds.builder import build_snapshot
 from controlplane.xds.cache import Publisher, ValidationOutcome, Validator, XdsCache
 from controlplane.xds.explain import RejectionExplainer
+from controlplane.xds.node_sharing import NodeSharing
 from controlplane.xds.nodes import NodeTracker
 from controlplane.xds.resources import DesiredState, ListenerAddress, RdsPolling
 from controlplane.xds.snapshot import Snapshot
@@ -50,6 +53,9 @@ XDS = xds_server.SERVER
 ADS = web.AppKey("ads_server", AdsServer)
 
 ROLLOUT_METRICS = web.AppKey("rollout_metrics", RolloutMetrics)
+# With PostgreSQL: how this replica follows the others (None on SQLite: one replica).
+FOLLOWER: web.AppKey[Follower | None] = web.AppKey("follower")
+CHANGE_LISTENER: web.AppKey[ChangeListener | None] = web.AppKey("change_listener")
 
 ENDPOINT_EXPIRY_INTERVAL = 1.0  # seconds between TTL sweeps: an expired endpoint leaves within ~1 s
 
@@ -73,7 +79,7 @@ def create_app(settings: Settings) -> web.Application:
     publisher = Publisher(cache, nodes, validator=_envoy_validator() if settings.xds.validate else None)
     xds = xds_server.XdsServer(
         cache, nodes, publisher, xds_metrics, settings.xds.hold_seconds,
-        credentials=settings.xds.node_credentials,
+        credentials=settings.xds.node_credentials, replica_id=settings.server.replica_id,
     )
     app[XDS] = xds
     if settings.xds.grpc_listen is not None:
@@ -87,6 +93,7 @@ def create_app(settings: Settings) -> web.Application:
     policies_path = settings.integrations.policies_path
     app[rollout_api.POLICIES] = PolicyRegistry(policies_path) if policies_path else None
     app.cleanup_ctx.append(_storage)
+    app.cleanup_ctx.append(_follow_database)
     # After storage: the stored routing is published before any Envoy is answered.
     app.cleanup_ctx.append(_xds_listener)
     app.cleanup_ctx.append(_ads_listener)
@@ -237,6 +244,37 @@ async def _storage(app: web.Application) -> AsyncIterator[None]:
     prometheus.close()
     await database.dispose()
     await blobs.close()
+
+
+async def _follow_database(app: web.Application) -> AsyncIterator[None]:
+    """With PostgreSQL, follow the other replicas' writes, and share this replica's Envoy nodes."""
+    database = app[DATABASE]
+    if database.is_sqlite:
+        app[FOLLOWER] = app[CHANGE_LISTENER] = None
+        yield
+        return
+    traffic, runner, xds = app[traffic_api.TRAFFIC], app[rollout_api.RUNNER], app[XDS]
+    sharing = NodeSharing(database, xds.nodes, xds.publisher, replica=app[SETTINGS].server.replica_id)
+    follower = Follower(
+        origin=database.notifier.origin,
+        reload_routing=traffic.reload_model,
+        reload_rollout=runner.follow,
+        reconcile_steps=[traffic.reload_all, runner.follow_all],
+        refresh_nodes=sharing.refresh,
+    )
+    listener = ChangeListener(
+        asyncpg_dsn(database.url), on_change=follower.on_change, on_connected=follower.request_reconcile,
+        name=f"aegis-follow {app[SETTINGS].server.replica_id}"[:63],  # PostgreSQL keeps 63 bytes
+    )
+    app[FOLLOWER], app[CHANGE_LISTENER] = follower, listener
+    loop = asyncio.get_running_loop()
+    tasks = [loop.create_task(job()) for job in (follower.run, listener.run, sharing.run)]
+    yield
+    for task in tasks:
+        task.cancel()
+    for task in tasks:
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
 
 
 async def _sweep_garbage(service: RegistryService, metrics: RegistryMetrics) -> None:

@@ -53,6 +53,9 @@ class ServerSettings:
     # connection: long enough for a congested link, short enough that stalled
     # clients cannot pile up connections (nginx's client_body_timeout is 60 s).
     body_read_timeout_seconds: float = DEFAULT_BODY_READ_TIMEOUT_SECONDS
+    # This replica's name among several on one PostgreSQL (AEGIS_REPLICA_ID): shown with
+    # the Envoy nodes attached to it. Default host:port, the same after a restart.
+    replica_id: str = ""
 
     @property
     def effective_database_url(self) -> str:
@@ -149,6 +152,7 @@ def load_settings(env: Mapping[str, str] | None = None, config_file: Path | None
         body_read_timeout_seconds=_positive_float(
             merged, "AEGIS_BODY_READ_TIMEOUT_SECONDS", DEFAULT_BODY_READ_TIMEOUT_SECONDS
         ),
+        replica_id=_replica_id(merged.get("AEGIS_REPLICA_ID", ""), host, port),
     )
     registry = RegistrySettings(
         max_artifact_bytes=_positive_int(merged, "AEGIS_MAX_ARTIFACT_BYTES", DEFAULT_MAX_ARTIFACT_BYTES),
@@ -265,6 +269,22 @@ def _pem_file(path: str, name: str) -> bytes:
         return Path(path).read_bytes()
     except OSError as exc:
         raise SettingsError(f"{name}={path!r} cannot be read: {exc.strerror}") from exc
+
+
+REPLICA_ID_MAX_CHARS = 255
+
+
+def _replica_id(configured: str, host: str, port: int) -> str:
+    if not configured:
+        name = socket.gethostname() if host in WILDCARD_HOSTS else host
+        return f"{name}:{port}"
+    too_long = len(configured) > REPLICA_ID_MAX_CHARS
+    if too_long or not configured.isprintable() or configured != configured.strip():
+        raise SettingsError(
+            f"AEGIS_REPLICA_ID must be 1 to {REPLICA_ID_MAX_CHARS} printable characters without "
+            "surrounding spaces (e.g. aegis-0)"
+        )
+    return configured
 
 
 def _non_negative_float(values: Mapping[str, str], name: str, default: float) -> float:

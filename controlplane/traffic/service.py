@@ -2,17 +2,17 @@
 
 Every change is written to the database first, then applied to the in-memory
 inputs and published; xDS polls never touch the database. A change Envoy would
-reject (or that is inconsistent) is undone and reported.
+reject (or that is inconsistent) is undone and reported. Changes other replicas
+commit are read back per model (`reload_model`) or all at once (`reload_all`).
 """
 
 from __future__ import annotations
 
 import logging
-from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 from controlplane.traffic.store import EndpointRow, TrafficRow, TrafficStore, setting_of
 from controlplane.xds.cache import Publisher, PublishResult
@@ -26,20 +26,20 @@ from controlplane.xds.resources import (
     cluster_name,
     model_routes,
 )
-from controlplane.xds.snapshot import ModelRoutes, ResourceType, Snapshot, content_version
-from registry.domain import Stage, StageChange, check_model_name
+from controlplane.xds.snapshot import ResourceType, content_version
+from registry.domain import ModelVersion, Stage, StageChange, check_model_name
 from registry.errors import Conflict, InvalidInput, NotFound
-from registry.store import RegistryStore
+from registry.store import RegistryStore, as_utc
 
 log = logging.getLogger(__name__)
 
 MAX_TTL_SECONDS = 3600
 DEFAULT_TTL_SECONDS = 30
 MAX_WEIGHT = 1_000_000
+# Reads of the stored state tried before a reload gives up (see _read_quietly).
+FOLLOW_ATTEMPTS = 3
+T = TypeVar("T")
 ROLLOUT_OWNER = "rollout"
-# Route versions whose per-model split is remembered, to tell what a node's acknowledged
-# version serves (as many as the xDS cache remembers of its own history).
-SPLIT_HISTORY = 256
 
 
 @dataclass(frozen=True)
@@ -66,6 +66,10 @@ class EndpointAnnouncement:
     ttl_seconds: int = DEFAULT_TTL_SECONDS
 
 
+class FollowRace(RuntimeError):
+    """The stored state could not be read without a change made here at the same time."""
+
+
 class TrafficService:
     def __init__(
         self, store: TrafficStore, registry_store: RegistryStore, publisher: Publisher, *,
@@ -79,10 +83,6 @@ class TrafficService:
         self.stages: dict[str, ModelStages] = {}
         self.settings: dict[str, TrafficRow] = {}
         self.endpoints: dict[tuple[str, str], dict[tuple[str, int], datetime]] = {}
-        # model -> (its routes' version, the first route version that carried them).
-        self._model_route_versions: dict[str, tuple[str, str]] = {}
-        # rds version -> each model's routes in it (shared with the snapshot, not copied).
-        self._route_parts: OrderedDict[str, Mapping[str, ModelRoutes]] = OrderedDict()
         # Each model's routing as last built from the inputs; dropped when an input changes,
         # so a change to one model rebuilds one model (identity tells the snapshot builder).
         self._routes: dict[str, ModelRoute] = {}
@@ -91,7 +91,6 @@ class TrafficService:
         self._unpublished: dict[str, int] = {}
         self._revision = 0
         self._full_publish = True  # until the first publish: compare every model
-        publisher.on_publish(self._track_route_versions)
 
     async def start(self) -> PublishResult:
         """Load everything and publish before the first poll is answered.
@@ -111,6 +110,107 @@ class TrafficService:
             members[(row.address, row.port)] = max(row.expires_at, grace)
         self._stale.update(self.stages)
         return await self.publish()
+
+    # --- following the database (other replicas' writes) ---------------------
+
+    async def reload_model(self, model_name: str) -> PublishResult:
+        """Read one model's stages, traffic setting and endpoints again, and publish what changed.
+
+        Another replica wrote them: the database has the truth, this process's memory
+        follows it. Reading the same state again changes nothing (the same versions).
+        """
+
+        async def read() -> tuple[list[ModelVersion], TrafficRow | None, list[EndpointRow]]:
+            return (
+                await self.registry_store.list_versions(model_name),
+                await self.store.load_setting(model_name),
+                await self.store.load_endpoints(model_name),
+            )
+
+        versions, setting, endpoints = await self._read_quietly(read)
+        stages = _stages_of(model_name, [(v.version, v.stage.value) for v in versions]) if versions else None
+        if not self._follow_model(model_name, stages, setting, endpoints):
+            # Nothing to publish; publishing memory now could undo a candidate being stored.
+            return PublishResult(True, self.publisher.cache.current)
+        self._changed(model_name)
+        return await self.publish()
+
+    async def reload_all(self) -> PublishResult:
+        """Read every model again (after a lost connection, and now and then): a full reconcile."""
+
+        async def read() -> tuple[list[Any], dict[str, TrafficRow], list[EndpointRow]]:
+            return (
+                await self.registry_store.list_models(),
+                await self.store.load_settings(),
+                await self.store.load_endpoints(),
+            )
+
+        stored, settings, rows = await self._read_quietly(read)
+        models = {name: _stages_of(name, versions) for name, _created, versions in stored}
+        endpoints: dict[str, list[EndpointRow]] = {}
+        for row in rows:
+            endpoints.setdefault(row.model_name, []).append(row)
+        known = set(self.stages) | set(self.settings) | {name for name, _ in self.endpoints}
+        changed = [
+            name for name in sorted(known | set(models) | set(settings) | set(endpoints))
+            if self._follow_model(name, models.get(name), settings.get(name), endpoints.get(name, []))
+        ]
+        if not changed and not self._unpublished:
+            return PublishResult(True, self.publisher.cache.current)
+        for name in changed:
+            self._changed(name)
+        return await self.publish()
+
+    async def _read_quietly(self, read: Callable[[], Awaitable[T]]) -> T:
+        """What `read` returns, read while this process changed no input itself.
+
+        A change made here while the reads ran may be newer than what they found
+        (written after the read, applied to memory before it returns): applying the
+        reads would step back. Read again then; give up after FOLLOW_ATTEMPTS (the
+        caller's reconcile tries again shortly).
+        """
+        for _attempt in range(FOLLOW_ATTEMPTS):
+            revision = self._revision
+            found = await read()
+            if revision == self._revision:
+                return found
+        raise FollowRace(f"inputs changed here during {FOLLOW_ATTEMPTS} reads in a row")
+
+    def _follow_model(
+        self, model_name: str, stages: ModelStages | None, setting: TrafficRow | None,
+        rows: list[EndpointRow],
+    ) -> bool:
+        """Take a model's stored inputs; True when its routing inputs changed."""
+        before = (self.stages.get(model_name), _setting_key(self.settings.get(model_name)),
+                  self._members_of(model_name))
+        if stages is None:
+            self.stages.pop(model_name, None)
+        else:
+            self.stages[model_name] = stages
+        if setting is None:
+            self.settings.pop(model_name, None)
+        else:
+            self.settings[model_name] = setting
+        stored: dict[str, dict[tuple[str, int], datetime]] = {}
+        for row in rows:
+            stored.setdefault(row.version, {})[(row.address, row.port)] = as_utc(row.expires_at)
+        for key in [key for key in self.endpoints if key[0] == model_name and key[1] not in stored]:
+            del self.endpoints[key]
+        for version, members in stored.items():
+            held = self.endpoints.get((model_name, version), {})
+            # A grace given at start-up (see start) is kept; the stored expiry otherwise.
+            self.endpoints[(model_name, version)] = {
+                key: max(expires_at, held.get(key, expires_at)) for key, expires_at in members.items()
+            }
+        after = (self.stages.get(model_name), _setting_key(self.settings.get(model_name)),
+                 self._members_of(model_name))
+        return before != after
+
+    def _members_of(self, model_name: str) -> dict[str, frozenset[tuple[str, int]]]:
+        return {
+            version: frozenset(members)
+            for (name, version), members in self.endpoints.items() if name == model_name and members
+        }
 
     def desired(self, *, model_name: str | None = None, setting: TrafficRow | None = None) -> DesiredState:
         """The routing for the current inputs; with `model_name`, that model's setting replaced."""
@@ -155,22 +255,6 @@ class TrafficService:
                     del self._unpublished[name]
         return result
 
-    def _track_route_versions(self, snapshot: Snapshot) -> None:
-        """Remember, per model, the first route version that carried its current routes."""
-        rds_version = snapshot.versions[ResourceType.ROUTE]
-        for model_name in snapshot.changed_models:
-            part = snapshot.model_routes.get(model_name)
-            if part is None:
-                self._model_route_versions.pop(model_name, None)
-                continue
-            known = self._model_route_versions.get(model_name)
-            if known is None or known[0] != part.version:
-                self._model_route_versions[model_name] = (part.version, rds_version)
-        self._route_parts[rds_version] = snapshot.model_routes
-        self._route_parts.move_to_end(rds_version)
-        while len(self._route_parts) > SPLIT_HISTORY:
-            self._route_parts.popitem(last=False)
-
     def _split_of(self, model_name: str, routes: tuple[Any, ...]) -> dict[str, int]:
         """Percent of requests per version that a model's plain route sends (header routes aside)."""
         main = next((r for r in routes if r.get("name") == f"{model_name}/v1"), None)
@@ -199,7 +283,7 @@ class TrafficService:
         now = self.publisher.clock()
         splits: list[dict[str, int] | None] = []
         for version in self.publisher.nodes.acked_versions(ResourceType.ROUTE, now=now):
-            parts = self._route_parts.get(version)
+            parts = self.publisher.cache.route_parts(version)
             part = parts.get(model_name) if parts is not None else None
             splits.append(None if parts is None else self._split_of(model_name, part.routes) if part else {})
         return splits
@@ -288,6 +372,10 @@ class TrafficService:
             raise
         self.settings[model_name] = row
         self._changed(model_name)
+        if self.publisher.cache.current is not result.snapshot:
+            # Something else published from memory while this was stored (a follower's
+            # reload, an endpoint): that snapshot had the old setting. Publish the stored one.
+            return await self.publish()
         return result
 
     async def release(self, model_name: str) -> None:
@@ -303,10 +391,15 @@ class TrafficService:
         return effective_weights(self.live_stages(model_name), setting_of(row) if row else None)
 
     def acknowledgement(self, model_name: str) -> Acknowledgement:
-        """Which route version carries the model's routes, and whether every live node runs it."""
-        known = self._model_route_versions.get(model_name)
-        rds_version = known[1] if known else ""
-        acked_nodes, total_nodes = self.publisher.routes_acked(rds_version)
+        """The route version served now, and whether every live node runs the model's routes in it.
+
+        Both are facts of content, not of this process's history: every replica with the
+        same state (and the same shared node view) gives the same answer.
+        """
+        current = self.publisher.cache.current
+        part = current.model_routes.get(model_name)
+        rds_version = current.versions[ResourceType.ROUTE] if part is not None else ""
+        acked_nodes, total_nodes = self.publisher.routes_acked(model_name, part.version if part else None)
         acked = acked_nodes == total_nodes and self._serves_desired(model_name)
         return Acknowledgement(rds_version, acked, acked_nodes, total_nodes)
 
@@ -327,8 +420,8 @@ class TrafficService:
         route = model_route(stages, setting_of(row) if row else None, self._endpoints_of(model_name))
         if route is None:
             return True
-        known = self._model_route_versions.get(model_name)
-        return known is not None and known[0] == content_version(model_routes(route))
+        part = self.publisher.cache.current.model_routes.get(model_name)
+        return part is not None and part.version == content_version(model_routes(route))
 
     def _endpoints_of(self, model_name: str) -> dict[tuple[str, str], tuple[Endpoint, ...]]:
         """Live endpoints per (model, version) of one model's live versions."""
@@ -400,6 +493,13 @@ class TrafficService:
             await self.store.delete_expired(now)
             await self.publish()
         return expired
+
+
+def _setting_key(row: TrafficRow | None) -> tuple[Any, ...] | None:
+    """What of a traffic setting the routing and the API show (not who wrote it when)."""
+    if row is None:
+        return None
+    return (dict(row.weights), list(row.match), row.mirror_percent, row.owner)
 
 
 def _stages_of(model_name: str, versions: list[tuple[str, str]]) -> ModelStages:

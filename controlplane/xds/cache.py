@@ -55,7 +55,6 @@ class XdsCache:
         # when first asked (most versions are never asked about: no node holds them).
         self._cluster_sets: OrderedDict[str, frozenset[str] | Snapshot] = OrderedDict()
         self._route_parts: OrderedDict[str, Mapping[str, ModelRoutes]] = OrderedDict()
-        self._sequences: OrderedDict[str, int] = OrderedDict()
         self._published: dict[ResourceType, OrderedDict[str, None]] = {
             kind: OrderedDict() for kind in ResourceType
         }
@@ -82,8 +81,6 @@ class XdsCache:
             self._cluster_sets.move_to_end(cds)
         # The per-model parts are shared with the snapshot, not copied.
         _bounded_put(self._route_parts, rds, snapshot.model_routes)
-        if rds not in self._sequences:
-            _bounded_put(self._sequences, rds, self.sequence)
         for versions in (snapshot.versions, snapshot.ads_versions):
             for kind, version in versions.items():
                 _bounded_put(self._published[kind], version, None)
@@ -129,9 +126,12 @@ class XdsCache:
         """Each model's routes in a route version this process published; None when unknown."""
         return self._route_parts.get(rds_version)
 
-    def route_sequence(self, rds_version: str) -> int | None:
-        """When a route version was first published (a counter); None when unknown."""
-        return self._sequences.get(rds_version)
+    def carries(self, rds_version: str, model_name: str, part_version: str) -> bool:
+        """Whether a route version this process published holds `model_name`'s routes at
+        `part_version` (False when the version is unknown here)."""
+        parts = self._route_parts.get(rds_version)
+        part = parts.get(model_name) if parts is not None else None
+        return part is not None and part.version == part_version
 
 
 def _bounded_put(store: OrderedDict[str, T], key: str, value: T) -> None:
@@ -295,19 +295,18 @@ class Publisher:
             for listener in self._rebuild_refused:
                 listener(result.error)
 
-    def routes_acked(self, rds_version: str) -> tuple[int, int]:
-        """(nodes surely running `rds_version` or a later one, nodes that must acknowledge routes)."""
-        now = self.clock()
-        wanted = self.cache.route_sequence(rds_version)
-        live = self.nodes.nodes_holding(ResourceType.ROUTE, now=now)
-        if wanted is None:
+    def routes_acked(self, model_name: str, part_version: str | None) -> tuple[int, int]:
+        """(nodes surely running `model_name`'s routes at `part_version`, nodes that must
+        acknowledge routes). A node counts when every route version it may run (acknowledged,
+        or served and not yet confirmed) carries them; None: the model is not routed."""
+        live = self.nodes.nodes_holding(ResourceType.ROUTE, now=self.clock())
+        if part_version is None:
             return 0, len(live)
-        acked = 0
-        for node in live:
-            sequences = [
-                self.cache.route_sequence(version)
+        acked = sum(
+            1 for node in live
+            if all(
+                self.cache.carries(version, model_name, part_version)
                 for version in node.type_state(ResourceType.ROUTE).possible_versions()
-            ]
-            if all(seq is not None and seq >= wanted for seq in sequences):
-                acked += 1
+            )
+        )
         return acked, len(live)
