@@ -138,13 +138,13 @@ class Evidence:
         n = x + y
         if n and tick.canary.requests and tick.baseline.requests:
             share = tick.canary.requests / tick.baseline.requests
-            log_share = math.log(share)
             # log theta(r) = log(r·a) - log1p(r·a), log(1 - theta(r)) = -log1p(r·a), a = R_c / R_b
             log1p = math.log1p
-            likelihood = tuple(
-                ll + x * (log_r + log_share) - n * log1p(r * share)
+            shift = x * math.log(share)  # the same for every ratio; kept so that these stay log-likelihoods
+            likelihood = tuple([
+                ll + shift + x * log_r - n * log1p(r * share)
                 for r, log_r, ll in zip(self.ratios, self.log_ratios, self.log_likelihood, strict=True)
-            )
+            ])
         else:
             likelihood = self.log_likelihood
         return Evidence(
@@ -158,13 +158,13 @@ class Evidence:
 
     def log_e_value(self, *, null: int, alternatives: Sequence[int], weights: Sequence[float]) -> float:
         """log of sum_j weights[j] · LR(ratios[alternatives[j]] against ratios[null]) (log-sum-exp)."""
-        base = self.log_likelihood[null]
-        terms = [self.log_likelihood[index] - base for index in alternatives]
+        terms = [self.log_likelihood[index] for index in alternatives]
         if not terms:
             return -math.inf
         top = max(terms)
         exp = math.exp
-        return top + math.log(sum(w * exp(term - top) for term, w in zip(terms, weights, strict=True)))
+        total = sum([w * exp(term - top) for term, w in zip(terms, weights, strict=True)])
+        return top - self.log_likelihood[null] + math.log(total)
 
     def as_document(self) -> dict[str, object]:
         """A JSON-ready form (floats round-trip exactly through `json`)."""
