@@ -71,6 +71,12 @@ def judge(
     check: MetricCheck, measurement: Observation, *, canary_requests: Observation | None, min_requests: int
 ) -> Verdict:
     """One metric's verdict for one analysis window (pure)."""
+    if check.compare is not None:
+        # A threshold cannot judge a comparison (its range is only the baseline's SLO): an
+        # error holds the rollout instead of passing every canary.
+        return Verdict(check.name, VerdictKind.ERROR, None,
+                       f"{check.name}: `compare: baseline` is judged per arm by the sequential test, "
+                       "not by a threshold on the canary alone")
     if measurement.kind is ObservationKind.ERROR:
         return Verdict(check.name, VerdictKind.ERROR, None, f"{check.name}: {measurement.message}")
     volume = _too_little_traffic(canary_requests, min_requests)
