@@ -21,8 +21,9 @@ class VerdictKind(StrEnum):
     FAIL = "fail"
     NO_DATA = "no_data"
     ERROR = "error"
-    # A check against the baseline whose evidence is still coming in: neither pass nor
-    # fail yet. Normal while a sequential test runs, so it is not "no data".
+    # A check against the baseline with no regression shown so far, and none ruled out
+    # yet: the step may end when its time is up, not before (its duration is the test's
+    # horizon at that weight). Normal while a sequential test runs, so it is not "no data".
     HOLD = "hold"
     # The baseline broke the check's SLO (a shared incident): nobody is blamed, nothing advances.
     BASELINE_UNHEALTHY = "baseline_unhealthy"

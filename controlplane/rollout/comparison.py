@@ -177,14 +177,16 @@ class CheckRecord:
 
 def compare_tick(
     check: MetricCheck, state: ComparisonState | None, *, canary: ArmReading, baseline: ArmReading,
-    canary_version: str, stable_version: str,
+    canary_version: str, stable_version: str, min_requests: int = 0,
 ) -> tuple[ComparisonState | None, CheckRecord]:
     """The check's next state and its explained verdict after one tick (pure).
 
     `state` None: this reading calibrates and starts the test (or says why it cannot
     yet). A reading whose counts are impossible (more events than requests) is an
     error verdict and leaves the state as it was, so the next tick is counted from
-    the last good reading.
+    the last good reading. A tick with fewer than `min_requests` canary requests
+    still counts, but unless the test fails or passes it is "no data", as a window
+    is for a threshold: a canary that gets no traffic is never promoted by waiting.
     """
     comparison = check.compare
     if comparison is None:
@@ -210,8 +212,21 @@ def compare_tick(
     if not healthy and kind is not VerdictKind.FAIL:
         kind = VerdictKind.BASELINE_UNHEALTHY
         message = f"{check.name}: baseline unhealthy ({slo}); {result.message}"
+    elif kind is VerdictKind.HOLD and tick.canary.requests < min_requests:
+        kind = VerdictKind.NO_DATA
+        message = (f"{check.name}: {tick.canary.requests} canary requests in the tick < minRequests "
+                   f"{min_requests}; {result.message}")
     advanced = ComparisonState(evidence, state.tolerance_ratio, state.slower_than_ms, canary, baseline)
     return advanced, _record(check, comparison, advanced, kind, tick, result, versions, healthy, message)
+
+
+def rebase(state: ComparisonState, *, canary: ArmReading, baseline: ArmReading) -> ComparisonState:
+    """The state counting from these readings on, without counting what came since the last ones (pure).
+
+    Called when the weight changes: a tick must not span two weights, since each tick
+    is judged at its own request share. Leaving counts out is valid; mixing shares is not.
+    """
+    return ComparisonState(state.evidence, state.tolerance_ratio, state.slower_than_ms, canary, baseline)
 
 
 _KINDS = {Outcome.FAIL: VerdictKind.FAIL, Outcome.PASS: VerdictKind.PASS, Outcome.CONTINUE: VerdictKind.HOLD}

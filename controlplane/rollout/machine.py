@@ -257,10 +257,10 @@ def _judge_passing(policy: Policy, state: RolloutState, inputs: Inputs) -> Decis
         if policy.analysis.baseline_unhealthy is BaselineUnhealthy.PAUSE:
             return _pause(state, f"{detail}: baseline unhealthy; resume when prod recovers", inputs.now)
         return Decision(state, (), f"{detail}: baseline unhealthy, holding")
-    if holding:
-        detail = "; ".join(v.message for v in holding)
-        return Decision(replace(state, passed_at_weight=False), (), f"{detail}: holding")
     passed = replace(state, passed_at_weight=True)
+    if holding:
+        # No regression shown: the step may end when its time is up, but not early.
+        return Decision(passed, (), "no regression so far: " + "; ".join(v.message for v in inputs.verdicts))
     reason = "analysis passed: " + "; ".join(v.message for v in inputs.verdicts)
     step = _current_step(policy, state)
     timed_pause = isinstance(step, Pause) and step.duration_seconds is not None

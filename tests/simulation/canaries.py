@@ -186,31 +186,43 @@ def _arm(rng: random.Random, requests: int, error_rate: float, slower_shares: tu
     return ArmTick(requests, errors, tuple(reversed(slower)))
 
 
+class Traffic:
+    """A scenario's traffic tick by tick, at whatever weight the caller sets (the state machine's, say)."""
+
+    def __init__(self, scenario: Scenario, rng: random.Random) -> None:
+        self.scenario = scenario
+        self.rng = rng
+        self.incident_left = 0  # ticks of the current shared incident still to come
+
+    def tick(self, weight: int, *, step: int = 0) -> Tick:
+        scenario, rng, service = self.scenario, self.rng, self.scenario.baseline
+        if self.incident_left == 0 and rng.random() < scenario.incident_probability:
+            self.incident_left = scenario.incident_ticks
+        error_factor = scenario.incident_error_factor if self.incident_left else 1.0
+        latency_factor = scenario.incident_latency_factor if self.incident_left else 1.0
+        self.incident_left = max(0, self.incident_left - 1)
+        mean_requests = scenario.requests_per_second * scenario.tick_seconds
+        canary = _arm(
+            rng, poisson(rng, mean_requests * weight / 100),
+            service.error_rate * error_factor * scenario.error_ratio,
+            service.slower_shares(latency_factor * scenario.latency_factor),
+        )
+        baseline = _arm(
+            rng, poisson(rng, mean_requests * (100 - weight) / 100),
+            service.error_rate * error_factor,
+            service.slower_shares(latency_factor),
+        )
+        return Tick(step, canary, baseline)
+
+
 def simulate_ticks(scenario: Scenario, rng: random.Random) -> list[Tick]:
     """One rollout's ticks: every step of `scenario.weights`, `ticks_per_step` ticks each."""
-    service = scenario.baseline
-    ticks: list[Tick] = []
-    incident_left = 0
-    mean_requests = scenario.requests_per_second * scenario.tick_seconds
-    for step, weight in enumerate(scenario.weights):
-        for _ in range(scenario.ticks_per_step):
-            if incident_left == 0 and rng.random() < scenario.incident_probability:
-                incident_left = scenario.incident_ticks
-            error_factor = scenario.incident_error_factor if incident_left else 1.0
-            latency_factor = scenario.incident_latency_factor if incident_left else 1.0
-            incident_left = max(0, incident_left - 1)
-            canary = _arm(
-                rng, poisson(rng, mean_requests * weight / 100),
-                service.error_rate * error_factor * scenario.error_ratio,
-                service.slower_shares(latency_factor * scenario.latency_factor),
-            )
-            baseline = _arm(
-                rng, poisson(rng, mean_requests * (100 - weight) / 100),
-                service.error_rate * error_factor,
-                service.slower_shares(latency_factor),
-            )
-            ticks.append(Tick(step, canary, baseline))
-    return ticks
+    traffic = Traffic(scenario, rng)
+    return [
+        traffic.tick(weight, step=step)
+        for step, weight in enumerate(scenario.weights)
+        for _ in range(scenario.ticks_per_step)
+    ]
 
 
 # --- The two methods -----------------------------------------------------------------------------------

@@ -101,6 +101,18 @@ def test_a_canary_three_times_worse_fails_decisively_with_every_number_behind_it
     assert "worse than the baseline (e-value" in document["message"]
 
 
+def test_a_tick_with_too_few_canary_requests_counts_but_is_no_data() -> None:
+    state, records = run(ERRORS, cumulative([(500, 5, 4500, 45), (8, 0, 4500, 45)]))
+    _, more = run(ERRORS, cumulative([(500, 50, 4500, 45)] * 2, start=(508, 5, 9000, 90)), state)
+
+    assert [r.kind for r in records[1:]] == [VerdictKind.HOLD, VerdictKind.HOLD]
+    quiet = compare_tick(ERRORS, state, canary=counters(516, 5), baseline=counters(13500, 135),
+                         canary_version="2", stable_version="1", min_requests=20)[1]
+    assert quiet.kind is VerdictKind.NO_DATA
+    assert quiet.message.startswith("error-rate: 8 canary requests in the tick < minRequests 20; canary")
+    assert more[-1].kind is VerdictKind.FAIL  # a fail is a fail, whatever the tick's volume
+
+
 def test_a_shared_incident_holds_as_baseline_unhealthy_and_blames_no_one() -> None:
     _, records = run(ERRORS, cumulative([(500, 5, 4500, 45)] + [(500, 40, 4500, 360)] * 10))
 

@@ -58,15 +58,24 @@ def test_a_threshold_fail_still_counts_against_the_failure_limit() -> None:
     assert decision.state.failures == 1
 
 
-def test_evidence_still_coming_in_holds_the_step_without_counting_as_no_data() -> None:
+def test_no_regression_so_far_lets_a_pause_run_to_its_end_without_counting_as_no_data() -> None:
     state = replace(PAUSED_AT_10, inconclusive_streak=2)
     decision = judged(VerdictKind.HOLD, state=state)
 
     assert decision.actions == ()
-    assert decision.state.phase is Phase.PROGRESSING
+    assert decision.state.phase is Phase.PROGRESSING and decision.state.step_index == 1
     assert decision.state.inconclusive_streak == 0
-    assert decision.state.passed_at_weight is False
-    assert decision.reason == "error-rate hold: holding"
+    assert decision.state.passed_at_weight is True
+    assert decision.reason == "no regression so far: error-rate hold"
+
+
+def test_at_the_end_of_the_pause_no_regression_so_far_advances() -> None:
+    hold = (Verdict("error-rate", VerdictKind.HOLD, 1.0, "inconclusive"),)
+
+    decision = decide(policy(), PAUSED_AT_10, Inputs(now=130 + 600, acked=True, verdicts=hold))
+
+    assert [(a.kind, a.canary_weight) for a in decision.actions] == [(ActionKind.SET_WEIGHT, 50)]
+    assert "paused 600s and analysis passed" in decision.reason
 
 
 def test_many_holds_in_a_row_never_pause() -> None:
