@@ -10,6 +10,9 @@ and by today's canary-alone thresholds, at the issue's SLO (errors 4 %, p99 250 
 and tight around prod (2 %, 100 ms), with failureLimit 1, minRequests 20 and a 30 s
 window.
 
+The sequential figures are the test's own (a fail rolls back, nothing gates on
+volume); the thresholds' go through minRequests, so at 5 requests/s they pause.
+
 Value: the worst false-rollback rate of any one sequential check over the healthy
 scenarios (target: at most alpha). Baseline: the SLO thresholds' false-rollback
 rate on the same canaries with a noisy prod at 50 requests/s. Power and time to
