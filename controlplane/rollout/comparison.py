@@ -61,11 +61,12 @@ class ArmReading:
         buckets = document.get("buckets")
         if buckets is not None and not isinstance(buckets, Mapping):
             raise ValueError("buckets must map `le` to a count")
-        return cls(
-            _optional_number(document.get("requests")),
-            _optional_number(document.get("events")),
-            None if buckets is None else {float(le): float(count) for le, count in buckets.items()},
-        )
+        try:
+            counts = None if buckets is None else {float(le): float(count) for le, count in buckets.items()}
+        except (TypeError, ValueError):
+            raise ValueError(f"buckets must map `le` to a count, got {buckets!r}") from None
+        requests, events = document.get("requests"), document.get("events")
+        return cls(_optional_number(requests), _optional_number(events), counts)
 
 
 def _le(bound: float) -> str:

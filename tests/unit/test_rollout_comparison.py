@@ -224,11 +224,26 @@ def test_state_survives_a_round_trip_through_json() -> None:
          "must be objects"),
         ({"evidence": {}, "canary": {}, "baseline": {}, "tolerance_ratio": None, "slower_than_ms": None},
          "no tolerance_ratio"),
+
     ],
 )
 def test_a_damaged_state_is_refused_with_the_reason(document: dict[str, object], error: str) -> None:
     with pytest.raises(ValueError, match=error):
         ComparisonState.from_document(document)
+
+
+@pytest.mark.parametrize(
+    ("document", "error"),
+    [
+        ({"buckets": {"50": [1]}}, "buckets must map `le` to a count"),
+        ({"buckets": [1, 2]}, "buckets must map `le` to a count"),
+        ({"requests": "many"}, "expected a number, got 'many'"),
+        ({"events": True}, "expected a number, got True"),
+    ],
+)
+def test_a_damaged_reading_is_refused_with_the_reason(document: dict[str, object], error: str) -> None:
+    with pytest.raises(ValueError, match=error):
+        ArmReading.from_document(document)
 
 
 def test_a_check_without_a_comparison_is_not_compared() -> None:
