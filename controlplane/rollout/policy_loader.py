@@ -21,6 +21,8 @@ from yaml.constructor import SafeConstructor
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
 from controlplane.metrics.templates import (
+    ARM_COUNTERS,
+    ARM_VARIABLES,
     BUILTIN_TEMPLATES,
     VARIABLES,
     prometheus_duration,
@@ -407,11 +409,10 @@ _METRIC_KEYS = ("name", "template", "query", "thresholdRange")
 _COMPARE_KEYS = ("compare", "method", "alpha", "tolerance", "slowerThan", "events", "requests")
 # Built-in templates a comparison can count per arm: errors against requests, and requests
 # slower than a latency bucket.
-COMPARABLE_TEMPLATES = ("request-error-rate", "request-duration-p99")
+COMPARABLE_TEMPLATES = tuple(ARM_COUNTERS)
 # Envoy's default histogram bucket boundaries (ms): `slowerThan` must be one of them.
 ENVOY_BUCKETS_MS = (0.5, 1.0, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2500.0, 5000.0, 10000.0,
                     30000.0, 60000.0, 300000.0, 600000.0, 1800000.0, 3600000.0)
-ARM_VARIABLES = ("cluster", "version")  # per-arm template variables of `events` and `requests`
 _TOLERANCE = re.compile(r"(?:(?P<ratio>\d+(?:\.\d+)?)x|\+(?P<points>\d+(?:\.\d+)?)pp)")
 
 
