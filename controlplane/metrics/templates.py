@@ -157,18 +157,22 @@ ARM_VARIABLES: tuple[str, ...] = ("cluster", "version")
 
 # The cumulative counters a `compare: baseline` check reads for each arm at every tick. Raw
 # counters, not rate() or increase(): those extrapolate and give fractions, while the test
-# needs whole requests; `rollout.comparison` takes the increases (and resets) itself. The
-# 5xx series appears at the first 5xx: an empty answer is "no such series yet".
+# needs whole requests; `rollout.comparison` takes the increases (and resets) itself, per
+# Envoy instance, so that one Envoy's restart does not read as a reset of all. The 5xx
+# series appears at the first 5xx: an instance missing from the answer has none yet.
 ARM_COUNTERS: Mapping[str, Mapping[str, str]] = MappingProxyType({
     "request-error-rate": MappingProxyType({
-        "requests": 'sum(envoy_cluster_upstream_rq_xx{envoy_cluster_name="{{ cluster }}"})',
+        "requests": 'sum by (instance) (envoy_cluster_upstream_rq_xx{envoy_cluster_name="{{ cluster }}"})',
         "events": (
-            'sum(envoy_cluster_upstream_rq_xx{envoy_response_code_class="5",'
+            'sum by (instance) (envoy_cluster_upstream_rq_xx{envoy_response_code_class="5",'
             'envoy_cluster_name="{{ cluster }}"})'
         ),
     }),
     "request-duration-p99": MappingProxyType({
-        "buckets": 'sum by (le) (envoy_cluster_upstream_rq_time_bucket{envoy_cluster_name="{{ cluster }}"})',
+        "buckets": (
+            "sum by (instance, le) (envoy_cluster_upstream_rq_time_bucket"
+            '{envoy_cluster_name="{{ cluster }}"})'
+        ),
     }),
 })
 
@@ -176,7 +180,8 @@ ARM_COUNTERS: Mapping[str, Mapping[str, str]] = MappingProxyType({
 def arm_queries(check: MetricCheck, context: TemplateContext, *, canary: bool) -> dict[str, str]:
     """The counter queries of a `compare: baseline` check for one arm, rendered (pure).
 
-    Keys: "requests" and "events", or "buckets" (one series per `le`) for latency.
+    Keys: "requests" and "events" (a series per Envoy instance), or "buckets" (a series per
+    instance and `le`) for latency; the answers become a `rollout.comparison.ArmReading`.
     """
     comparison = check.compare
     if comparison is None:

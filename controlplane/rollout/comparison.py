@@ -1,11 +1,12 @@
 """A check against the baseline, tick by tick: counters per arm in, an explained verdict out (pure).
 
-The runner reads, for each arm (canary and baseline, the same Envoy, the same
-instant), the cumulative counters a `compare: baseline` check counts: requests and
-events (5xx, or the policy's `events`/`requests` PromQL), or the latency histogram's
-cumulative buckets. `compare_tick` turns two consecutive readings into the tick's
-counts, adds them to the sequential test's evidence and says what it means, with
-every number behind it (`CheckRecord`), ready to be stored with the decision.
+The runner reads, for each arm (canary and baseline, the same Envoys, the same
+instant), the cumulative counters a `compare: baseline` check counts, per Envoy
+instance (`metrics.templates.arm_queries`): requests and events (5xx, or the
+policy's `events`/`requests` PromQL), or the latency histogram's cumulative
+buckets. `compare_tick` turns two consecutive readings into the tick's counts, adds
+them to the sequential test's evidence and says what it means, with every number
+behind it (`CheckRecord`), ready to be stored with the decision.
 
 The first reading of a rollout only calibrates: it is the starting point of the
 counters, and the baseline's counts since Envoy started (data from before the test)
@@ -22,7 +23,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from controlplane.rollout.analysis import Verdict, VerdictKind
 from controlplane.rollout.policy import BaselineComparison, MetricCheck
@@ -34,8 +35,8 @@ from controlplane.rollout.sequential import (
     SequentialTest,
     TickCounts,
     boundary_for_share,
-    counter_increase,
-    histogram_increase,
+    histograms_increase,
+    series_increase,
     slower_than,
 )
 
@@ -44,33 +45,68 @@ LATENCY_TEMPLATE = "request-duration-p99"
 DEFAULT_SLOW_SHARE = 0.05
 
 
+Series = Mapping[str, float]  # a counter's value per series: one per Envoy instance ("instance" label)
+
+
 @dataclass(frozen=True)
 class ArmReading:
-    """One arm's cumulative counters at a tick, as Prometheus holds them (None: no such series yet)."""
+    """One arm's cumulative counters at a tick, as Prometheus holds them, per series.
 
-    requests: float | None = None
-    events: float | None = None
-    buckets: Mapping[float, float] | None = None  # latency: cumulative count per `le` (math.inf: +Inf)
+    Each counter is read per Envoy instance (a series missing: none yet, or gone), so
+    that one Envoy's restart resets only its own counts.
+    """
+
+    requests: Series = field(default_factory=dict)
+    events: Series = field(default_factory=dict)
+    buckets: Mapping[str, Mapping[float, float]] = field(default_factory=dict)  # per series, per `le`
+
+    @classmethod
+    def of(cls, *, requests: float | None = None, events: float | None = None,
+           buckets: Mapping[float, float] | None = None) -> ArmReading:
+        """A reading of a single series (one Envoy)."""
+        return cls(
+            {} if requests is None else {"": requests},
+            {} if events is None else {"": events},
+            {} if buckets is None else {"": buckets},
+        )
+
+    def total_buckets(self) -> dict[float, float]:
+        total: dict[float, float] = {}
+        for buckets in self.buckets.values():
+            for le, count in buckets.items():
+                total[le] = total.get(le, 0.0) + count
+        return total
 
     def as_document(self) -> dict[str, object]:
-        buckets = None if self.buckets is None else {_le(le): count for le, count in self.buckets.items()}
-        return {"requests": self.requests, "events": self.events, "buckets": buckets}
+        return {
+            "requests": dict(self.requests),
+            "events": dict(self.events),
+            "buckets": {series: {_le(le): count for le, count in buckets.items()}
+                        for series, buckets in self.buckets.items()},
+        }
 
     @classmethod
     def from_document(cls, document: Mapping[str, object]) -> ArmReading:
-        buckets = document.get("buckets")
-        if buckets is not None and not isinstance(buckets, Mapping):
-            raise ValueError("buckets must map `le` to a count")
+        buckets = document.get("buckets", {})
+        if not isinstance(buckets, Mapping) or not all(isinstance(b, Mapping) for b in buckets.values()):
+            raise ValueError(f"buckets must map a series to counts per `le`, got {buckets!r}")
         try:
-            counts = None if buckets is None else {float(le): float(count) for le, count in buckets.items()}
+            per_series = {str(series): {float(le): float(count) for le, count in counts.items()}
+                          for series, counts in buckets.items()}
         except (TypeError, ValueError):
-            raise ValueError(f"buckets must map `le` to a count, got {buckets!r}") from None
-        requests, events = document.get("requests"), document.get("events")
-        return cls(_optional_number(requests), _optional_number(events), counts)
+            raise ValueError(f"buckets must map a series to counts per `le`, got {buckets!r}") from None
+        return cls(_series(document.get("requests", {})), _series(document.get("events", {})), per_series)
 
 
 def _le(bound: float) -> str:
     return "+Inf" if math.isinf(bound) else f"{bound:g}"
+
+
+def _series(value: object) -> dict[str, float]:
+    if not isinstance(value, Mapping):
+        raise ValueError(f"expected a number per series, got {value!r}")
+    numbers = {str(series): _optional_number(number) for series, number in value.items()}
+    return {series: number for series, number in numbers.items() if number is not None}
 
 
 def _optional_number(value: object) -> float | None:
@@ -239,7 +275,7 @@ def _calibrate(
 ) -> tuple[ComparisonState | None, CheckRecord]:
     slower = comparison.slower_than_ms
     if check.template == LATENCY_TEMPLATE and slower is None:
-        counts = {le: round(count) for le, count in (baseline.buckets or {}).items()}
+        counts = {le: round(count) for le, count in baseline.total_buckets().items()}
         slower = boundary_for_share(counts, DEFAULT_SLOW_SHARE)
         if slower is None:
             record = _record(check, comparison, None, VerdictKind.NO_DATA, None, None, versions, True,
@@ -261,23 +297,22 @@ def _calibrate(
 def _long_run_rate(baseline: ArmReading, slower: float | None) -> float | None:
     """The baseline's event rate since its counters started: data from before the test."""
     if slower is not None:
-        if baseline.buckets is None or math.inf not in baseline.buckets or slower not in baseline.buckets:
+        buckets = baseline.total_buckets()
+        if math.inf not in buckets or slower not in buckets or buckets[math.inf] <= 0:
             return None
-        total = baseline.buckets[math.inf]
-        return (total - baseline.buckets[slower]) / total if total > 0 else None
-    if not baseline.requests:
-        return None
-    return (baseline.events or 0.0) / baseline.requests
+        return (buckets[math.inf] - buckets[slower]) / buckets[math.inf]
+    requests = sum(baseline.requests.values())
+    return sum(baseline.events.values()) / requests if requests > 0 else None
 
 
 def _arm_counts(previous: ArmReading, current: ArmReading, slower: float | None) -> ArmCounts:
     if slower is not None:
-        if current.buckets is None:
+        if not current.buckets:
             return ArmCounts()  # no histogram yet: no requests answered
-        return slower_than(histogram_increase(previous.buckets, current.buckets), slower)
+        return slower_than(histograms_increase(previous.buckets, current.buckets), slower)
     return ArmCounts(
-        counter_increase(previous.requests, current.requests),
-        counter_increase(previous.events, current.events),
+        series_increase(previous.requests, current.requests),
+        series_increase(previous.events, current.events),
     )
 
 
@@ -288,8 +323,8 @@ def _baseline_health(
     threshold = check.threshold
     if (threshold.min is None and threshold.max is None) or tick.requests == 0:
         return True, ""
-    if slower is not None and baseline.buckets is not None:
-        value = _p99(histogram_increase(previous.buckets, baseline.buckets))
+    if slower is not None and baseline.buckets:
+        value = _p99(histograms_increase(previous.buckets, baseline.buckets))
         shown = f"p99 {value:.4g} ms" if value is not None else "p99 unknown"
     else:
         value = tick.rate

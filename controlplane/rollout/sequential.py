@@ -65,6 +65,8 @@ __all__ = [
     "boundary_for_share",
     "counter_increase",
     "histogram_increase",
+    "histograms_increase",
+    "series_increase",
     "slower_than",
 ]
 
@@ -371,6 +373,26 @@ def histogram_increase(previous: Buckets | None, current: Buckets) -> dict[float
     if previous is None or any(count < previous.get(le, 0.0) for le, count in current.items()):
         return {le: round(count) for le, count in current.items()}
     return {le: round(count - previous.get(le, 0.0)) for le, count in current.items()}
+
+
+def series_increase(previous: Mapping[str, float], current: Mapping[str, float]) -> int:
+    """The increase of a counter read as several series (one per Envoy instance), each reset on its own.
+
+    Summing first and taking the increase after would read one Envoy's restart as a
+    reset of all, and count the others' whole history again.
+    """
+    return sum(counter_increase(previous.get(series), value) for series, value in current.items())
+
+
+def histograms_increase(
+    previous: Mapping[str, Buckets], current: Mapping[str, Buckets]
+) -> dict[float, int]:
+    """Per-tick bucket increases of a histogram read as several series, each reset on its own, summed."""
+    total: dict[float, int] = {}
+    for series, buckets in current.items():
+        for le, count in histogram_increase(previous.get(series), buckets).items():
+            total[le] = total.get(le, 0) + count
+    return total
 
 
 def slower_than(increase: Mapping[float, int], boundary: float) -> ArmCounts:

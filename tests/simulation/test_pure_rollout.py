@@ -59,8 +59,8 @@ class Counters:
 
     def reading(self, check: MetricCheck) -> ArmReading:
         if check.template == "request-duration-p99":
-            return ArmReading(buckets=dict(self.buckets))
-        return ArmReading(requests=self.requests, events=self.errors)
+            return ArmReading.of(buckets=dict(self.buckets))
+        return ArmReading.of(requests=self.requests, events=self.errors)
 
 
 @dataclass

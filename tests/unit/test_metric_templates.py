@@ -147,12 +147,13 @@ def test_a_compared_check_reads_each_arms_raw_counters() -> None:
     baseline = arm_queries(latency, CONTEXT, canary=False)
 
     assert canary == {
-        "requests": 'sum(envoy_cluster_upstream_rq_xx{envoy_cluster_name="ranker-2_0-bbbbbbbb"})',
-        "events": 'sum(envoy_cluster_upstream_rq_xx{envoy_response_code_class="5",'
+        "requests": "sum by (instance) "
+                    '(envoy_cluster_upstream_rq_xx{envoy_cluster_name="ranker-2_0-bbbbbbbb"})',
+        "events": 'sum by (instance) (envoy_cluster_upstream_rq_xx{envoy_response_code_class="5",'
                   'envoy_cluster_name="ranker-2_0-bbbbbbbb"})',
     }
     assert baseline == {
-        "buckets": "sum by (le) (envoy_cluster_upstream_rq_time_bucket"
+        "buckets": "sum by (instance, le) (envoy_cluster_upstream_rq_time_bucket"
                    '{envoy_cluster_name="ranker-1_0-aaaaaaaa"})'
     }
 

@@ -30,7 +30,7 @@ LATENCY = MetricCheck(
 
 
 def counters(requests: float, events: float) -> ArmReading:
-    return ArmReading(requests=requests, events=events)
+    return ArmReading.of(requests=requests, events=events)
 
 
 def run(
@@ -141,8 +141,26 @@ def test_a_counter_reset_counts_from_zero() -> None:
     assert state is not None and state.evidence.canary == ArmCounts(140, 3)
 
 
+def test_one_envoy_restarting_resets_only_its_own_counts() -> None:
+    def two_envoys(a: tuple[int, int], b: tuple[int, int]) -> ArmReading:
+        return ArmReading(requests={"envoy-a": a[0], "envoy-b": b[0]},
+                          events={"envoy-a": a[1], "envoy-b": b[1]})
+
+    readings = [
+        (two_envoys((5000, 50), (5000, 50)), two_envoys((45000, 450), (45000, 450))),
+        (two_envoys((5050, 51), (5050, 51)), two_envoys((45450, 454), (45450, 455))),
+        (two_envoys((30, 1), (5100, 51)), two_envoys((400, 4), (45900, 459))),  # envoy-a restarted
+    ]
+
+    _, records = run(ERRORS, readings)
+
+    assert records[1].arms[0].tick == ArmCounts(100, 2)
+    assert records[2].arms[0].tick == ArmCounts(80, 1)  # 30 + 50 new requests, not 5,000 again
+    assert records[2].arms[1].tick == ArmCounts(850, 8)
+
+
 def test_a_5xx_series_created_after_the_start_counts_from_zero() -> None:
-    readings = [(ArmReading(requests=100), counters(900, 9)), (counters(200, 4), counters(1800, 18))]
+    readings = [(ArmReading.of(requests=100), counters(900, 9)), (counters(200, 4), counters(1800, 18))]
 
     _, records = run(ERRORS, readings)
 
@@ -164,7 +182,7 @@ def test_an_impossible_reading_is_an_error_and_the_next_tick_counts_from_the_las
 
 
 def latency_reading(total: int, slower_than_50: int, slower_than_250: int = 0) -> ArmReading:
-    return ArmReading(buckets={
+    return ArmReading.of(buckets={
         10.0: total * 0.4, 50.0: total - slower_than_50, 100.0: total - slower_than_250,
         250.0: total - slower_than_250, 500.0: float(total), INF: float(total),
     })
@@ -235,10 +253,12 @@ def test_a_damaged_state_is_refused_with_the_reason(document: dict[str, object],
 @pytest.mark.parametrize(
     ("document", "error"),
     [
-        ({"buckets": {"50": [1]}}, "buckets must map `le` to a count"),
-        ({"buckets": [1, 2]}, "buckets must map `le` to a count"),
-        ({"requests": "many"}, "expected a number, got 'many'"),
-        ({"events": True}, "expected a number, got True"),
+        ({"buckets": {"": {"50": [1]}}}, "buckets must map a series to counts per `le`"),
+        ({"buckets": [1, 2]}, "buckets must map a series to counts per `le`"),
+        ({"buckets": {"": 5}}, "buckets must map a series to counts per `le`"),
+        ({"requests": {"": "many"}}, "expected a number, got 'many'"),
+        ({"requests": 5}, "expected a number per series, got 5"),
+        ({"events": {"": True}}, "expected a number, got True"),
     ],
 )
 def test_a_damaged_reading_is_refused_with_the_reason(document: dict[str, object], error: str) -> None:
