@@ -159,7 +159,10 @@ class Evidence:
         )
 
     def log_e_value(self, *, null: int, alternatives: Sequence[int], weights: Sequence[float]) -> float:
-        """log of sum_j weights[j] · LR(ratios[alternatives[j]] against ratios[null]) (log-sum-exp)."""
+        """log of sum_j weights[j] · LR(ratios[alternatives[j]] against ratios[null]) (log-sum-exp).
+
+        Positive weights summing to at most 1, fixed before the first tick, keep it an e-process.
+        """
         terms = [self.log_likelihood[index] for index in alternatives]
         if not terms:
             return -math.inf
@@ -188,8 +191,12 @@ class Evidence:
             ticks = document["ticks"]
         except (KeyError, TypeError) as error:
             raise ValueError(f"not a sequential test's evidence: {error}") from None
-        if len(ratios) != len(likelihood) or not isinstance(ticks, int):
+        if len(ratios) != len(likelihood):
             raise ValueError("not a sequential test's evidence: ratios and log_likelihood differ in length")
+        if not all(math.isfinite(v) for v in likelihood):
+            raise ValueError("not a sequential test's evidence: a log-likelihood is not a finite number")
+        if not isinstance(ticks, int) or ticks < 0:
+            raise ValueError(f"not a sequential test's evidence: ticks must be a count, got {ticks!r}")
         Evidence.start(ratios)  # the same checks on the ratios
         return cls(ratios, likelihood, canary, baseline, ticks)
 

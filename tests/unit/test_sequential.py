@@ -253,6 +253,10 @@ def test_evidence_survives_a_round_trip_through_json() -> None:
           "baseline": {"requests": 0, "events": 0}, "ticks": 0}, "more events (2) than requests (1)"),
         ({"ratios": "1", "log_likelihood": [0.0], "canary": {}, "baseline": {}, "ticks": 0},
          "list of numbers"),
+        ({"ratios": [1.0], "log_likelihood": [float("nan")], "canary": {"requests": 0, "events": 0},
+          "baseline": {"requests": 0, "events": 0}, "ticks": 0}, "not a finite number"),
+        ({"ratios": [1.0], "log_likelihood": [0.0], "canary": {"requests": 0, "events": 0},
+          "baseline": {"requests": 0, "events": 0}, "ticks": -3}, "ticks must be a count, got -3"),
     ],
 )
 def test_a_damaged_evidence_document_is_refused_with_the_reason(
