@@ -231,8 +231,8 @@ def compare_tick(
     versions = {"canary": canary_version, "baseline": stable_version}
     if state is None:
         return _calibrate(check, comparison, canary, baseline, versions)
-    test = SequentialTest(alpha=comparison.alpha, tolerance=state.tolerance_ratio)
     try:
+        test = SequentialTest(alpha=comparison.alpha, tolerance=state.tolerance_ratio)
         tick = TickCounts(
             _arm_counts(state.canary, canary, state.slower_than_ms),
             _arm_counts(state.baseline, baseline, state.slower_than_ms),
