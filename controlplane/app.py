@@ -22,6 +22,7 @@ from controlplane.rollout.runner import RolloutRunner
 from controlplane.rollout.store import RolloutStore
 from controlplane.settings import Settings, SettingsError, parse_listen, url_signing_key
 from controlplane.traffic import api as traffic_api
+from controlplane.traffic.metrics import TrafficCollector
 from controlplane.traffic.service import TrafficService
 from controlplane.traffic.store import TrafficStore
 from controlplane.xds import server as xds_server
@@ -180,6 +181,7 @@ async def _storage(app: web.Application) -> AsyncIterator[None]:
         rds_polling=_rds_of(settings),
     )
     service.on_stage_change(traffic.on_stage_change)
+    app[METRICS_REGISTRY].register(TrafficCollector(traffic))
     app[DATABASE] = database
     app[registry_api.BLOBS] = blobs
     app[registry_api.SERVICE] = service
