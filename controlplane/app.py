@@ -179,6 +179,7 @@ async def _storage(app: web.Application) -> AsyncIterator[None]:
         xds.publisher,
         listener=_listener_of(settings),
         rds_polling=_rds_of(settings),
+        static_endpoints=settings.xds.static_endpoints,
     )
     service.on_stage_change(traffic.on_stage_change)
     app[METRICS_REGISTRY].register(TrafficCollector(traffic))

@@ -6,6 +6,7 @@ as `*_FILE` paths; they are never part of a repr, a log line or an error message
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 import socket
@@ -17,6 +18,7 @@ from typing import Any
 
 import yaml
 
+from controlplane.traffic.static_endpoints import StaticEndpointError, StaticEndpoints, parse_static_endpoints
 from controlplane.xds.ads_tls import GrpcTls, TlsConfigError, check_server_tls
 from controlplane.xds.credentials import NodeCredentials, NodeTokenConfigError
 from controlplane.xds.nodes import DEFAULT_MAX_NODES
@@ -108,6 +110,8 @@ class XdsSettings:
     # Server TLS for the gRPC listener, mutual with a client CA (AEGIS_XDS_GRPC_TLS_*);
     # None: plaintext (keep the listener on an internal interface then).
     grpc_tls: GrpcTls | None = None
+    # (model, version) -> (address, port)s always in Envoy's config (AEGIS_STATIC_ENDPOINTS).
+    static_endpoints: StaticEndpoints = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -213,7 +217,15 @@ def _xds_settings(values: Mapping[str, str], server: ServerSettings) -> XdsSetti
         max_nodes=_positive_int(values, "AEGIS_XDS_MAX_NODES", DEFAULT_MAX_NODES),
         grpc_listen=grpc_listen,
         grpc_tls=_grpc_tls(values),
+        static_endpoints=_static_endpoints(values.get("AEGIS_STATIC_ENDPOINTS", "")),
     )
+
+
+def _static_endpoints(text: str) -> StaticEndpoints:
+    try:
+        return parse_static_endpoints(text)
+    except StaticEndpointError as exc:
+        raise SettingsError(str(exc)) from None
 
 
 def _grpc_listen(
@@ -375,7 +387,11 @@ def _read_config_file(path: Path) -> dict[str, str]:
     unknown = [key for key in document if not str(key).startswith("AEGIS_")]
     if unknown:
         raise SettingsError(f"config file {path}: unknown settings {unknown}; keys are AEGIS_* names")
-    return {str(key): str(value) for key, value in document.items()}
+    # A list or mapping (AEGIS_STATIC_ENDPOINTS) travels as JSON, as it would in the environment.
+    return {
+        str(key): json.dumps(value) if isinstance(value, list | dict) else str(value)
+        for key, value in document.items()
+    }
 
 
 def _database_url(url: str) -> str:
