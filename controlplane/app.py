@@ -13,6 +13,7 @@ from aiohttp import web
 from controlplane import alerts, openapi
 from controlplane.alert_store import AlertStore
 from controlplane.metrics.prometheus import PrometheusSource
+from controlplane.notifications.notifier import NotificationMetrics, Notifier
 from controlplane.observability import METRICS_REGISTRY, new_metrics_registry
 from controlplane.rollout import api as rollout_api
 from controlplane.rollout.metrics import RolloutMetrics
@@ -51,6 +52,7 @@ XDS = xds_server.SERVER
 ADS = web.AppKey("ads_server", AdsServer)
 
 ROLLOUT_METRICS = web.AppKey("rollout_metrics", RolloutMetrics)
+NOTIFIER = web.AppKey("notifier", Notifier)
 
 ENDPOINT_EXPIRY_INTERVAL = 1.0  # seconds between TTL sweeps: an expired endpoint leaves within ~1 s
 
@@ -85,8 +87,10 @@ def create_app(settings: Settings) -> web.Application:
             explainer=RejectionExplainer(cache, nodes, envoy_binary=envoy_binary) if envoy_binary else None,
         )
     app[ROLLOUT_METRICS] = RolloutMetrics(metrics_registry)
+    app[NOTIFIER] = Notifier(settings.integrations.notifications, NotificationMetrics(metrics_registry))
     policies_path = settings.integrations.policies_path
     app[rollout_api.POLICIES] = PolicyRegistry(policies_path) if policies_path else None
+    app.cleanup_ctx.append(_notifications)
     app.cleanup_ctx.append(_storage)
     # After storage: the stored routing is published before any Envoy is answered.
     app.cleanup_ctx.append(_xds_listener)
@@ -217,6 +221,8 @@ async def _storage(app: web.Application) -> AsyncIterator[None]:
         service,
         app[ROLLOUT_METRICS],
     )
+    # Told of every transition; queues and returns, so the rollout loop never waits on a webhook.
+    runner.notify = app[NOTIFIER].notify
     service.guard_stage_change(runner.guard_promotion)
     service.guard_stage_change(traffic.guard_stage_change)
     service.on_stage_change(runner.on_stage_change)
@@ -270,6 +276,15 @@ def _listener_of(settings: Settings) -> ListenerAddress:
 
 def _rds_of(settings: Settings) -> RdsPolling:
     return RdsPolling(settings.xds.rds_refresh_delay_ms, settings.xds.rds_request_timeout_ms)
+
+
+async def _notifications(app: web.Application) -> AsyncIterator[None]:
+    """Deliveries to webhooks, in the background for the process's life (cleaned up after storage)."""
+    task = asyncio.get_running_loop().create_task(app[NOTIFIER].run())
+    yield
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
 
 
 async def _endpoint_expiry(app: web.Application) -> AsyncIterator[None]:

@@ -18,6 +18,7 @@ from typing import Any
 
 import yaml
 
+from controlplane.notifications.targets import NotificationSettings, NotifySettingError, parse_webhooks
 from controlplane.traffic.static_endpoints import StaticEndpointError, StaticEndpoints, parse_static_endpoints
 from controlplane.xds.ads_tls import GrpcTls, TlsConfigError, check_server_tls
 from controlplane.xds.credentials import NodeCredentials, NodeTokenConfigError
@@ -125,6 +126,8 @@ class IntegrationSettings:
     rollout_tick_seconds: float = 1.0
     # Seconds between checks of the policy files for edits (SIGHUP reloads at once).
     policy_reload_seconds: float = 2.0
+    # Webhooks told about rollout events (AEGIS_NOTIFY_*).
+    notifications: NotificationSettings = field(default_factory=NotificationSettings)
 
 
 @dataclass(frozen=True)
@@ -176,6 +179,7 @@ def load_settings(env: Mapping[str, str] | None = None, config_file: Path | None
         envoy_listener=merged.get("AEGIS_ENVOY_LISTENER", "127.0.0.1:10000"),
         rollout_tick_seconds=_non_negative_float(merged, "AEGIS_ROLLOUT_TICK_SECONDS", 1.0) or 1.0,
         policy_reload_seconds=_non_negative_float(merged, "AEGIS_POLICY_RELOAD_SECONDS", 2.0) or 2.0,
+        notifications=_notification_settings(merged),
     )
     return Settings(server, registry, security, integrations, _xds_settings(merged, server))
 
@@ -218,6 +222,21 @@ def _xds_settings(values: Mapping[str, str], server: ServerSettings) -> XdsSetti
         grpc_listen=grpc_listen,
         grpc_tls=_grpc_tls(values),
         static_endpoints=_static_endpoints(values.get("AEGIS_STATIC_ENDPOINTS", "")),
+    )
+
+
+def _notification_settings(values: Mapping[str, str]) -> NotificationSettings:
+    try:
+        webhooks = parse_webhooks(values.get("AEGIS_NOTIFY_WEBHOOKS", ""))
+    except NotifySettingError as exc:
+        raise SettingsError(str(exc)) from None
+    key = _secret(values, "AEGIS_NOTIFY_SIGNING_KEY")
+    return NotificationSettings(
+        webhooks=webhooks,
+        signing_key=key.encode() if key else None,
+        max_attempts=_positive_int(values, "AEGIS_NOTIFY_MAX_ATTEMPTS", 6),
+        retry_seconds=_positive_float(values, "AEGIS_NOTIFY_RETRY_SECONDS", 1.0),
+        queue_size=_positive_int(values, "AEGIS_NOTIFY_QUEUE_SIZE", 1000),
     )
 
 
