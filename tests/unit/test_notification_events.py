@@ -111,6 +111,10 @@ def test_webhooks_default_to_json_every_event_and_a_numbered_name() -> None:
         "AEGIS_NOTIFY_SIGNING_KEY": "k",
     }).integrations.notifications
     slack, plain = settings.webhooks
-    assert (slack.name, slack.payload_format, slack.events) == ("webhook-1", "slack", {EventKind.ROLLED_BACK})
-    assert (plain.name, plain.payload_format, plain.events) == ("webhook-2", "json", set(EventKind))
+    assert (slack.name, slack.payload_format, slack.events) == (
+        "webhook-1", PayloadFormat.SLACK, frozenset({EventKind.ROLLED_BACK})
+    )
+    assert (plain.name, plain.payload_format, plain.events) == (
+        "webhook-2", PayloadFormat.JSON, frozenset(EventKind)
+    )
     assert settings.signing_key == b"k" and "hooks.slack.com" not in repr(settings)
