@@ -15,6 +15,7 @@ from controlplane.alert_store import AlertStore
 from controlplane.follow.follower import Follower
 from controlplane.follow.listener import ChangeListener, asyncpg_dsn
 from controlplane.metrics.prometheus import PrometheusSource
+from controlplane.notifications.notifier import NotificationMetrics, Notifier
 from controlplane.observability import METRICS_REGISTRY, new_metrics_registry
 from controlplane.rollout import api as rollout_api
 from controlplane.rollout.metrics import RolloutMetrics
@@ -24,6 +25,7 @@ from controlplane.rollout.runner import RolloutRunner
 from controlplane.rollout.store import RolloutStore
 from controlplane.settings import Settings, SettingsError, parse_listen, url_signing_key
 from controlplane.traffic import api as traffic_api
+from controlplane.traffic.metrics import TrafficCollector
 from controlplane.traffic.service import TrafficService
 from controlplane.traffic.store import TrafficStore
 from controlplane.xds import server as xds_server
@@ -56,6 +58,7 @@ ROLLOUT_METRICS = web.AppKey("rollout_metrics", RolloutMetrics)
 # With PostgreSQL: how this replica follows the others (None on SQLite: one replica).
 FOLLOWER: web.AppKey[Follower | None] = web.AppKey("follower")
 CHANGE_LISTENER: web.AppKey[ChangeListener | None] = web.AppKey("change_listener")
+NOTIFIER = web.AppKey("notifier", Notifier)
 
 ENDPOINT_EXPIRY_INTERVAL = 1.0  # seconds between TTL sweeps: an expired endpoint leaves within ~1 s
 
@@ -90,8 +93,10 @@ def create_app(settings: Settings) -> web.Application:
             explainer=RejectionExplainer(cache, nodes, envoy_binary=envoy_binary) if envoy_binary else None,
         )
     app[ROLLOUT_METRICS] = RolloutMetrics(metrics_registry)
+    app[NOTIFIER] = Notifier(settings.integrations.notifications, NotificationMetrics(metrics_registry))
     policies_path = settings.integrations.policies_path
     app[rollout_api.POLICIES] = PolicyRegistry(policies_path) if policies_path else None
+    app.cleanup_ctx.append(_notifications)
     app.cleanup_ctx.append(_storage)
     app.cleanup_ctx.append(_follow_database)
     # After storage: the stored routing is published before any Envoy is answered.
@@ -185,8 +190,10 @@ async def _storage(app: web.Application) -> AsyncIterator[None]:
         xds.publisher,
         listener=_listener_of(settings),
         rds_polling=_rds_of(settings),
+        static_endpoints=settings.xds.static_endpoints,
     )
     service.on_stage_change(traffic.on_stage_change)
+    app[METRICS_REGISTRY].register(TrafficCollector(traffic))
     app[DATABASE] = database
     app[registry_api.BLOBS] = blobs
     app[registry_api.SERVICE] = service
@@ -221,6 +228,8 @@ async def _storage(app: web.Application) -> AsyncIterator[None]:
         service,
         app[ROLLOUT_METRICS],
     )
+    # Told of every transition; queues and returns, so the rollout loop never waits on a webhook.
+    runner.notify = app[NOTIFIER].notify
     service.guard_stage_change(runner.guard_promotion)
     service.guard_stage_change(traffic.guard_stage_change)
     service.on_stage_change(runner.on_stage_change)
@@ -305,6 +314,15 @@ def _listener_of(settings: Settings) -> ListenerAddress:
 
 def _rds_of(settings: Settings) -> RdsPolling:
     return RdsPolling(settings.xds.rds_refresh_delay_ms, settings.xds.rds_request_timeout_ms)
+
+
+async def _notifications(app: web.Application) -> AsyncIterator[None]:
+    """Deliveries to webhooks, in the background for the process's life (cleaned up after storage)."""
+    task = asyncio.get_running_loop().create_task(app[NOTIFIER].run())
+    yield
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
 
 
 async def _endpoint_expiry(app: web.Application) -> AsyncIterator[None]:

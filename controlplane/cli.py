@@ -21,6 +21,7 @@ from controlplane.observability import configure_logging
 from controlplane.rollout.policy_files import load_policy_paths
 from controlplane.settings import Settings, SettingsError, kept_secret, load_settings
 from modelserver import main as model_server_main
+from modelserver import sidecar
 from registry.auth import TokenTable
 from registry.folders import FolderError, VersionFolder, sign_folder, verify_folder
 from registry.importer import ImportOutcome, import_tree
@@ -73,6 +74,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     model_server_main.add_arguments(model_server)
     model_server.set_defaults(run=_model_server)
+
+    announce = commands.add_parser(
+        "announce", help="keep any HTTP model server's endpoint in Aegis while its health URL answers 2xx"
+    )
+    sidecar.add_arguments(announce)
+    announce.set_defaults(run=_announce)
 
     rollout_cli.add_commands(commands)
     demo = commands.add_parser("demo", help="a real rollout on this machine: one succeeds, one rolls back")
@@ -176,6 +183,11 @@ def _verify(args: argparse.Namespace) -> int:
 def _model_server(args: argparse.Namespace) -> int:
     configure_logging(os.environ.get("AEGIS_LOG_LEVEL", "INFO"))
     return model_server_main.run(args)
+
+
+def _announce(args: argparse.Namespace) -> int:
+    configure_logging(os.environ.get("AEGIS_LOG_LEVEL", "INFO"))
+    return sidecar.run(args)
 
 
 def _import(args: argparse.Namespace) -> int:

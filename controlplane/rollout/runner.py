@@ -17,6 +17,7 @@ from dataclasses import dataclass, replace
 from typing import Any, Protocol, TypeVar
 
 from controlplane.metrics.templates import CANARY_REQUESTS_QUERY, TemplateContext, query_for, render
+from controlplane.notifications.events import RolloutEvent, transition_event
 from controlplane.rollout.analysis import Observation, Verdict, judge
 from controlplane.rollout.machine import (
     Action,
@@ -88,6 +89,8 @@ class RolloutRunner:
         self.clock = clock
         self.active: dict[str, ActiveRollout] = {}
         self._stores = 0  # rollout states this process stored (see _read_quietly)
+        # Told of every transition worth an event (the app wires the notifier's); must not block.
+        self.notify: Callable[[RolloutEvent | None], None] = lambda _event: None
 
     async def load(self) -> None:
         """Pick up every rollout that was active when the process stopped."""
@@ -225,6 +228,7 @@ class RolloutRunner:
         self.active[model_name] = active
         self._stores += 1
         await self.store.save(rollout_id, state, reason=state.message, inputs={})
+        self.notify(transition_event(None, state, reason=state.message, at=self.clock(), actor=started_by))
         log.info("rollout of %s %s started (policy %s)", model_name, stages.canary, policy.name)
         await self.tick(model_name)
         return self.active[model_name].state if model_name in self.active else state
@@ -377,6 +381,10 @@ class RolloutRunner:
             "acked_at": decision.state.weight_acked_at,
         }
         await self.store.save(active.rollout_id, decision.state, reason=decision.reason, inputs=inputs)
+        self.notify(transition_event(
+            active.state, decision.state, reason=decision.reason, at=self.clock(),
+            verdicts=inputs["verdicts"], actor=actor or None,
+        ))
         active.state = decision.state
         self._stores += 1
         self.metrics.observe_state(decision.state)

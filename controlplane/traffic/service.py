@@ -9,7 +9,7 @@ commit are read back per model (`reload_model`) or all at once (`reload_all`).
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
@@ -74,6 +74,7 @@ class TrafficService:
     def __init__(
         self, store: TrafficStore, registry_store: RegistryStore, publisher: Publisher, *,
         listener: ListenerAddress, rds_polling: RdsPolling,
+        static_endpoints: Mapping[tuple[str, str], frozenset[tuple[str, int]]] | None = None,
     ) -> None:
         self.store = store
         self.registry_store = registry_store
@@ -83,6 +84,8 @@ class TrafficService:
         self.stages: dict[str, ModelStages] = {}
         self.settings: dict[str, TrafficRow] = {}
         self.endpoints: dict[tuple[str, str], dict[tuple[str, int], datetime]] = {}
+        # (model, version) -> (address, port)s from the configuration: never expire, never stored.
+        self.static_endpoints = dict(static_endpoints or {})
         # Each model's routing as last built from the inputs; dropped when an input changes,
         # so a change to one model rebuilds one model (identity tells the snapshot builder).
         self._routes: dict[str, ModelRoute] = {}
@@ -323,7 +326,12 @@ class TrafficService:
                 )
 
     def endpoint_count(self, model_name: str, version: str) -> int:
-        return len(self.endpoints.get((model_name, version), {}))
+        return len(self.live_endpoints(model_name, version))
+
+    def live_endpoints(self, model_name: str, version: str) -> set[tuple[str, int]]:
+        """Live endpoints of one version: announced ones and static ones from the configuration."""
+        key = (model_name, version)
+        return set(self.endpoints.get(key, {})) | self.static_endpoints.get(key, frozenset())
 
     # --- traffic ------------------------------------------------------------
 
@@ -429,7 +437,7 @@ class TrafficService:
         versions = [v for v in (stages.prod, stages.canary) if v] if stages else []
         found = {}
         for version in versions:
-            members = self.endpoints.get((model_name, version))
+            members = self.live_endpoints(model_name, version)
             if members:
                 found[(model_name, version)] = tuple(
                     Endpoint(address, port) for address, port in sorted(members)
@@ -466,6 +474,12 @@ class TrafficService:
 
     async def withdraw(self, announcement: EndpointAnnouncement) -> None:
         key = (announcement.address, announcement.port)
+        if key in self.static_endpoints.get((announcement.model_name, announcement.version), ()):
+            raise Conflict(
+                f"{announcement.address}:{announcement.port} is a static endpoint of "
+                f"{announcement.model_name} {announcement.version} (AEGIS_STATIC_ENDPOINTS); remove it "
+                "from the configuration and restart Aegis"
+            )
         members = self.endpoints.get((announcement.model_name, announcement.version), {})
         removed = await self.store.delete_endpoint(
             announcement.model_name, announcement.version, announcement.address, announcement.port

@@ -102,7 +102,8 @@ def scrape_targets(prometheus: dict[str, Any], job: str) -> set[tuple[str, int]]
 
 def test_every_service_is_there_on_the_host_network(services: dict[str, Any]) -> None:
     assert set(services) == {
-        *REPLICAS, "postgres", "minio", "minio-bucket", "envoy", "prometheus", "alertmanager", *MODEL_SERVERS
+        *REPLICAS, "postgres", "minio", "minio-bucket", "envoy", "prometheus", "alertmanager", "grafana",
+        *MODEL_SERVERS,
     }
     for name, service in services.items():
         assert service.get("network_mode") == "host", name
@@ -183,6 +184,28 @@ def test_configs_are_mounted_where_the_commands_and_each_other_look(services: di
     for name in REPLICAS:
         environment = services[name]["environment"]
         assert mounts(services[name])[environment["AEGIS_POLICIES"]] == "./deploy/policies", name
+
+
+def test_grafana_provisions_prometheus_and_the_dashboards_from_the_mounted_folders(
+    services: dict[str, Any],
+) -> None:
+    grafana = services["grafana"]
+    provisioning = mounts(grafana)["/etc/grafana/provisioning"]  # Grafana's default GF_PATHS_PROVISIONING
+    assert provisioning == "./deploy/grafana/provisioning"
+    (provider,) = load_yaml("deploy/grafana/provisioning/dashboards/aegis.yml")["providers"]
+    dashboards = mounts(grafana)[provider["options"]["path"]]
+    assert dashboards == "./deploy/grafana/dashboards"
+    home = PurePosixPath(grafana["environment"]["GF_DASHBOARDS_DEFAULT_HOME_DASHBOARD_PATH"])
+    assert (ROOT / dashboards / home.relative_to(provider["options"]["path"])).is_file()
+    (source,) = load_yaml("deploy/grafana/provisioning/datasources/prometheus.yml")["datasources"]
+    url = urlsplit(source["url"])
+    prometheus_listen = host_port(flag(services["prometheus"]["command"], "--web.listen-address"))
+    assert (url.hostname, url.port) == prometheus_listen
+    for path in (ROOT / dashboards).glob("*.json"):
+        text = path.read_text()
+        assert '"uid": "' + source["uid"] + '"' in text and "${DS_" not in text, path  # no import-time inputs
+    assert grafana["environment"]["GF_SERVER_HTTP_ADDR"] == "127.0.0.1"  # see Networking
+    assert grafana["depends_on"] == ["prometheus"]
 
 
 # -- addresses ----------------------------------------------------------------------------------------
@@ -342,6 +365,7 @@ def test_secrets_are_variables_whose_defaults_say_they_are_placeholders(services
     )]
     values += [services["postgres"]["environment"]["POSTGRES_PASSWORD"]]
     values += list(services["minio"]["environment"].values())
+    values += [services["grafana"]["environment"]["GF_SECURITY_ADMIN_PASSWORD"]]
     for name in MODEL_SERVERS:
         values += [services[name]["environment"][key] for key in ("AEGIS_TOKEN", "AEGIS_MODEL_SIGN_KEY")]
 
