@@ -480,10 +480,11 @@ class TrafficService:
                 f"{announcement.model_name} {announcement.version} (AEGIS_STATIC_ENDPOINTS); remove it "
                 "from the configuration and restart Aegis"
             )
-        members = self.endpoints.get((announcement.model_name, announcement.version), {})
         removed = await self.store.delete_endpoint(
             announcement.model_name, announcement.version, announcement.address, announcement.port
         )
+        # Looked up after the delete: a reload that ran meanwhile may have replaced the set.
+        members = self.endpoints.get((announcement.model_name, announcement.version), {})
         if key not in members and not removed:
             raise NotFound(
                 f"no endpoint {announcement.address}:{announcement.port} for "
