@@ -12,6 +12,7 @@ from aiohttp import web
 
 from controlplane import alerts, openapi
 from controlplane.alert_store import AlertStore
+from controlplane.console.app import create_console
 from controlplane.metrics.prometheus import PrometheusSource
 from controlplane.observability import METRICS_REGISTRY, new_metrics_registry
 from controlplane.rollout import api as rollout_api
@@ -51,6 +52,7 @@ ADS = web.AppKey("ads_server", AdsServer)
 
 ROLLOUT_METRICS = web.AppKey("rollout_metrics", RolloutMetrics)
 
+CONSOLE_PREFIX = "/ui/"
 ENDPOINT_EXPIRY_INTERVAL = 1.0  # seconds between TTL sweeps: an expired endpoint leaves within ~1 s
 
 
@@ -98,7 +100,17 @@ def create_app(settings: Settings) -> web.Application:
     if settings.xds.listen is not None:
         on_api = tuple(op for op in on_api if op is not xds_server.DISCOVER)
     add_operations(app, on_api)
+    # The operator's console: HTML pages over the same services and roles, outside the API's table.
+    # `/ui` first: the console's prefix resource would answer it with a 404.
+    app.router.add_get(CONSOLE_PREFIX.rstrip("/"), _to_console)
+    app.add_subapp(CONSOLE_PREFIX, create_console(
+        prometheus_url=settings.integrations.prometheus_url, public_url=settings.server.public_url,
+    ))
     return app
+
+
+async def _to_console(request: web.Request) -> web.StreamResponse:
+    raise web.HTTPPermanentRedirect(CONSOLE_PREFIX)
 
 
 async def _xds_listener(app: web.Application) -> AsyncIterator[None]:
