@@ -12,7 +12,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Hashable
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import aiohttp_jinja2
 import jinja2
@@ -43,6 +43,7 @@ from registry.http import TOKENS
 from registry.schemas import MODEL_PARAM
 
 HERE = Path(__file__).parent
+ResponseT = TypeVar("ResponseT", bound=web.StreamResponse)
 PROMETHEUS = web.AppKey("console_prometheus", PrometheusRange)
 # Nothing on a console page is loaded from elsewhere or inline: an injected <script> would not
 # run even if escaping ever failed.
@@ -99,18 +100,24 @@ async def _html_errors(
     try:
         response = await handler(request)
     except SignInNeeded as exc:
-        if request.method == "GET":
-            response = web.HTTPSeeOther(request.app.router["sign_in"].url_for())
-        else:
-            response = _error_page(request, exc.status, exc.message)
+        if request.method != "GET":
+            return _secured(request, _error_page(request, exc.status, exc.message))
+        raise _secured(request, web.HTTPSeeOther(request.app.router["sign_in"].url_for())) from None
     except RegistryError as exc:
         response = _error_page(request, exc.status, exc.message)
     except web.HTTPException as exc:
-        response = exc if exc.status < 400 else _error_page(request, exc.status, exc.reason)
+        if exc.status < 400:
+            raise _secured(request, exc) from None  # redirects after a form
+        response = _error_page(request, exc.status, exc.reason)
+    return _secured(request, response)
+
+
+def _secured(request: web.Request, response: ResponseT) -> ResponseT:
     response.headers.setdefault("Content-Security-Policy", CONTENT_SECURITY_POLICY)
     response.headers.setdefault("X-Content-Type-Options", "nosniff")
     response.headers.setdefault("Referrer-Policy", "no-referrer")
-    if not request.path.startswith(str(request.app.router["static"].url_for(filename="x")).rsplit("/", 1)[0]):
+    resource = request.match_info.route.resource
+    if resource is None or resource.name != "static":  # pages hold session data: never cached
         response.headers.setdefault("Cache-Control", "no-store")
     return response
 
@@ -203,7 +210,7 @@ async def models_page(request: web.Request) -> web.StreamResponse:
 async def _models_fragment(request: web.Request, models: list[dict[str, Any]]) -> str:
     config = request.config_dict
     names = [m["model_name"] for m in models]
-    traffic = {name: data.traffic(config, name) for name in names}
+    traffic = {name: found for name in names if (found := data.traffic(config, name)) is not None}
     rollouts = await data.rollout_summaries(config)
     rows = views.model_rows(models, traffic, rollouts)
     return aiohttp_jinja2.render_string("_models.html", request, {"rows": rows})

@@ -48,9 +48,15 @@ async def models(app: ChainMapProxy) -> list[Json]:
     ]
 
 
-def traffic(app: ChainMapProxy, model_name: str) -> Json:
-    """`GET /v1/traffic/{model}`: in memory, cheap enough to take on every live tick."""
-    return _json(TrafficDocument.of(app[traffic_api.TRAFFIC], model_name))
+def traffic(app: ChainMapProxy, model_name: str) -> Json | None:
+    """`GET /v1/traffic/{model}`: in memory, cheap enough to take on every live tick.
+
+    None for a model with no version in prod or canary yet: nothing routes to it.
+    """
+    try:
+        return _json(TrafficDocument.of(app[traffic_api.TRAFFIC], model_name))
+    except NotFound:
+        return None
 
 
 async def rollout_summaries(app: ChainMapProxy) -> dict[str, Json]:
