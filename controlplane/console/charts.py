@@ -16,7 +16,7 @@ from datetime import UTC, datetime
 from controlplane.metrics.templates import BUILTIN_TEMPLATES, prometheus_duration, render
 from controlplane.xds.resources import cluster_name
 
-# (template, title, unit, how a value is shown)
+# (built-in template, title, unit)
 CHARTS: tuple[tuple[str, str, str], ...] = (
     ("request-rate", "requests per second", "req/s"),
     ("request-error-rate", "error rate (5xx share)", "%"),
