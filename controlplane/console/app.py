@@ -258,14 +258,14 @@ async def rollout_page(request: web.Request) -> web.StreamResponse:
 
 
 async def past_rollout_page(request: web.Request) -> web.StreamResponse:
-    session = require_role(request, Role.VIEWER)
+    require_role(request, Role.VIEWER)
     model_name = _model(request)
     rollout = await data.past_rollout(request.config_dict, model_name, int(request.match_info["rollout_id"]))
     page = views.rollout_page(rollout, can_act=False)
     return aiohttp_jinja2.render_template(
         "rollout.html", request,
         {"page": page, "live": False, "rollout_html": _rollout_fragment(request, page),
-         "charts_html": await _charts_fragment(request, rollout), "session_can_act": _can_act(session)},
+         "charts_html": await _charts_fragment(request, rollout),},
     )
 
 

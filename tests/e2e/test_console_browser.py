@@ -285,3 +285,9 @@ def test_f_an_operator_aborts_and_sees_it_rolled_back(
     assert traffic["weights"] == {"1": 100}, traffic
     operator.goto(console(observed, f"models/{MODEL}"))
     expect(operator.locator(".rollouts")).to_contain_text("rolled_back")
+    # The past rollout, from the model's history: its decisions and charts, no buttons.
+    operator.click(".rollouts a")
+    expect(operator.locator("#phase")).to_have_text("rolled_back")
+    expect(operator.locator(".decisions")).to_contain_text("abort by operator")
+    expect(operator.locator("#charts-live polyline.line-canary").first).to_be_visible()
+    expect(operator.locator("#actions")).to_have_count(0)
