@@ -12,6 +12,7 @@ from aiohttp import web
 
 from controlplane import alerts, openapi
 from controlplane.alert_store import AlertStore
+from controlplane.console.app import create_console
 from controlplane.follow.follower import Follower
 from controlplane.follow.listener import ChangeListener, asyncpg_dsn
 from controlplane.metrics.prometheus import PrometheusSource
@@ -60,6 +61,7 @@ FOLLOWER: web.AppKey[Follower | None] = web.AppKey("follower")
 CHANGE_LISTENER: web.AppKey[ChangeListener | None] = web.AppKey("change_listener")
 NOTIFIER = web.AppKey("notifier", Notifier)
 
+CONSOLE_PREFIX = "/ui/"
 ENDPOINT_EXPIRY_INTERVAL = 1.0  # seconds between TTL sweeps: an expired endpoint leaves within ~1 s
 
 
@@ -110,7 +112,17 @@ def create_app(settings: Settings) -> web.Application:
     if settings.xds.listen is not None:
         on_api = tuple(op for op in on_api if op is not xds_server.DISCOVER)
     add_operations(app, on_api)
+    # The operator's console: HTML pages over the same services and roles, outside the API's table.
+    # `/ui` first: the console's prefix resource would answer it with a 404.
+    app.router.add_get(CONSOLE_PREFIX.rstrip("/"), _to_console)
+    app.add_subapp(CONSOLE_PREFIX, create_console(
+        prometheus_url=settings.integrations.prometheus_url, public_url=settings.server.public_url,
+    ))
     return app
+
+
+async def _to_console(request: web.Request) -> web.StreamResponse:
+    raise web.HTTPPermanentRedirect(CONSOLE_PREFIX)
 
 
 async def _xds_listener(app: web.Application) -> AsyncIterator[None]:
