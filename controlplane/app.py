@@ -5,14 +5,32 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import signal
+import socket
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+from importlib import metadata
 
 from aiohttp import web
 
 from controlplane import alerts, openapi
 from controlplane.alert_store import AlertStore
+from controlplane.cluster import api as cluster_api
+from controlplane.cluster.commands import CommandQueue
+from controlplane.cluster.identity import (
+    SqliteLock,
+    hold_sqlite_database,
+    lease_holder,
+    replica_id,
+    sqlite_path,
+)
+from controlplane.cluster.leadership import Elector
+from controlplane.cluster.lease import LeaseTiming
+from controlplane.cluster.store import NotLeader, ReplicaRow
+from controlplane.command_pickup import PICKUP_INTERVAL_SECONDS, CommandPickup
 from controlplane.metrics.prometheus import PrometheusSource
+from controlplane.migrations import migrate
 from controlplane.observability import METRICS_REGISTRY, new_metrics_registry
 from controlplane.rollout import api as rollout_api
 from controlplane.rollout.metrics import RolloutMetrics
@@ -49,6 +67,9 @@ XDS = xds_server.SERVER
 ADS = web.AppKey("ads_server", AdsServer)
 
 ROLLOUT_METRICS = web.AppKey("rollout_metrics", RolloutMetrics)
+PICKUP = web.AppKey("command_pickup", CommandPickup)
+# The open lock file that makes a SQLite database one replica's (None on PostgreSQL).
+SQLITE_LOCK: web.AppKey[SqliteLock | None] = web.AppKey("sqlite_lock")
 
 ENDPOINT_EXPIRY_INTERVAL = 1.0  # seconds between TTL sweeps: an expired endpoint leaves within ~1 s
 
@@ -86,6 +107,7 @@ def create_app(settings: Settings) -> web.Application:
     policies_path = settings.integrations.policies_path
     app[rollout_api.POLICIES] = PolicyRegistry(policies_path) if policies_path else None
     app.cleanup_ctx.append(_storage)
+    app.cleanup_ctx.append(_leadership)
     # After storage: the stored routing is published before any Envoy is answered.
     app.cleanup_ctx.append(_xds_listener)
     app.cleanup_ctx.append(_ads_listener)
@@ -160,8 +182,12 @@ async def _storage(app: web.Application) -> AsyncIterator[None]:
     await asyncio.to_thread(data_dir.mkdir, parents=True, exist_ok=True)
     blobs = BlobStore(data_dir / "blobs")
     await asyncio.to_thread(blobs.prepare)
-    database = Database(settings.server.effective_database_url)
-    await database.create_schema()
+    database_url = settings.server.effective_database_url
+    sqlite_file = sqlite_path(database_url)
+    # Before anything touches the file: a second replica on it stops here and says why.
+    app[SQLITE_LOCK] = await asyncio.to_thread(hold_sqlite_database, sqlite_file) if sqlite_file else None
+    database = Database(database_url)
+    await migrate(database)
     registry_store = RegistryStore(database)
     service = RegistryService(registry_store, blobs, settings.security.keyring)
     # Before the first upload: whatever a killed process left is garbage now.
@@ -202,6 +228,8 @@ async def _storage(app: web.Application) -> AsyncIterator[None]:
     prometheus = PrometheusSource(
         settings.integrations.prometheus_url, timeout_seconds=settings.integrations.prometheus_timeout_seconds
     )
+    elector = await _elector(settings, database)
+    commands = CommandQueue(database)
     runner = RolloutRunner(
         RolloutStore(database),
         policies or _NoPolicies(),
@@ -209,7 +237,12 @@ async def _storage(app: web.Application) -> AsyncIterator[None]:
         traffic,
         service,
         app[ROLLOUT_METRICS],
+        leadership=elector,
+        commands=commands,
     )
+    elector.follow(runner)
+    app[cluster_api.ELECTOR] = elector
+    cluster_api.register_metrics(app[METRICS_REGISTRY], elector)
     service.guard_stage_change(runner.guard_promotion)
     service.guard_stage_change(traffic.guard_stage_change)
     service.on_stage_change(runner.on_stage_change)
@@ -217,11 +250,15 @@ async def _storage(app: web.Application) -> AsyncIterator[None]:
     app[registry_api.PROMOTION_REPORTS] = reports
     app[rollout_api.RUNNER] = runner
     app[alerts.INTAKE] = alerts.AlertIntake(AlertStore(database))
-    result = await traffic.start()
-    if not result.published:
-        log.error("the stored routing could not be published: %s", result.error)
-    await runner.load()
-    log.info("storage ready: data in %s", data_dir)
+    app[PICKUP] = CommandPickup(commands, runner, app[alerts.INTAKE])
+    # Lead at once if the lease is free (the runner then loads the routing and every active
+    # rollout); a follower loads the routing alone. Either way before the first poll.
+    await elector.step()
+    if not elector.leading:
+        result = await traffic.start()
+        if not result.published:
+            log.error("the stored routing could not be published: %s", result.error)
+    log.info("storage ready: data in %s; replica %s", data_dir, elector.replica_id)
     # The sweep repeats while the process lives, for garbage a crashed replica leaves.
     sweeper = asyncio.get_running_loop().create_task(
         _sweep_periodically(service, app[registry_api.METRICS])
@@ -232,6 +269,54 @@ async def _storage(app: web.Application) -> AsyncIterator[None]:
         await sweeper
     prometheus.close()
     await database.dispose()
+    lock = app[SQLITE_LOCK]
+    if lock is not None:
+        lock.release()
+
+
+async def _elector(settings: Settings, database: Database) -> Elector:
+    data_dir = settings.server.data_dir
+    replica = await asyncio.to_thread(replica_id, settings.cluster.replica_id, data_dir)
+    now = datetime.now(UTC)
+    row = ReplicaRow(
+        replica_id=replica, address=settings.server.public_url, hostname=socket.gethostname(),
+        pid=os.getpid(), version=_version(), started_at=now, last_seen=now,
+    )
+    timing = LeaseTiming(settings.cluster.leader_lease_seconds)
+    return Elector(database, replica=row, holder=lease_holder(replica), timing=timing)
+
+
+def _version() -> str:
+    try:
+        return metadata.version("aegis")
+    except metadata.PackageNotFoundError:
+        return "unknown"
+
+
+async def _leadership(app: web.Application) -> AsyncIterator[None]:
+    """The lease loop, and the leader's pick-up of commands that followers stored."""
+    elector, pickup = app[cluster_api.ELECTOR], app[PICKUP]
+
+    async def pick_up() -> None:
+        while True:
+            await asyncio.sleep(PICKUP_INTERVAL_SECONDS)
+            try:
+                await pickup.pick_up()
+            except NotLeader as exc:
+                log.warning("commands not taken: %s", exc.message)
+            except Exception:
+                log.exception("picking up commands failed")
+
+    loop = asyncio.get_running_loop()
+    tasks = [loop.create_task(elector.run()), loop.create_task(pick_up())]
+    yield
+    for task in tasks:
+        task.cancel()
+    for task in tasks:
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+    # A clean stop hands the lease over at once instead of after it lapses.
+    await elector.resign()
 
 
 async def _sweep_garbage(service: RegistryService, metrics: RegistryMetrics) -> None:
@@ -266,10 +351,16 @@ def _rds_of(settings: Settings) -> RdsPolling:
 
 async def _endpoint_expiry(app: web.Application) -> AsyncIterator[None]:
     async def sweep() -> None:
+        runner = app[rollout_api.RUNNER]
         while True:
             await asyncio.sleep(ENDPOINT_EXPIRY_INTERVAL)
+            if not runner.leading:
+                continue  # the leader expires endpoints; followers learn it from the database
             try:
-                await app[traffic_api.TRAFFIC].expire_endpoints()
+                with runner.acting():
+                    await app[traffic_api.TRAFFIC].expire_endpoints()
+            except NotLeader as exc:
+                log.warning("endpoint expiry not stored: %s", exc.message)
             except Exception:
                 log.exception("endpoint expiry sweep failed")
 

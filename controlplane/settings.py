@@ -121,12 +121,24 @@ class IntegrationSettings:
 
 
 @dataclass(frozen=True)
+class ClusterSettings:
+    """Several replicas on one PostgreSQL database (SQLite: one replica, always the leader)."""
+
+    # AEGIS_REPLICA_ID; empty: made from the hostname and data directory, kept in the data directory.
+    replica_id: str = ""
+    # Seconds a leader's lease lasts without renewal (renewed every fifth of it; the leader
+    # stops acting after two thirds of it without a renewal). client-go uses 15.
+    leader_lease_seconds: float = 10.0
+
+
+@dataclass(frozen=True)
 class Settings:
     server: ServerSettings = field(default_factory=ServerSettings)
     registry: RegistrySettings = field(default_factory=RegistrySettings)
     security: SecuritySettings = field(default_factory=SecuritySettings)
     integrations: IntegrationSettings = field(default_factory=IntegrationSettings)
     xds: XdsSettings = field(default_factory=XdsSettings)
+    cluster: ClusterSettings = field(default_factory=ClusterSettings)
 
 
 def load_settings(env: Mapping[str, str] | None = None, config_file: Path | None = None) -> Settings:
@@ -169,7 +181,21 @@ def load_settings(env: Mapping[str, str] | None = None, config_file: Path | None
         rollout_tick_seconds=_non_negative_float(merged, "AEGIS_ROLLOUT_TICK_SECONDS", 1.0) or 1.0,
         policy_reload_seconds=_non_negative_float(merged, "AEGIS_POLICY_RELOAD_SECONDS", 2.0) or 2.0,
     )
-    return Settings(server, registry, security, integrations, _xds_settings(merged, server))
+    cluster = ClusterSettings(
+        replica_id=_replica_id(merged.get("AEGIS_REPLICA_ID", "")),
+        leader_lease_seconds=_positive_float(merged, "AEGIS_LEADER_LEASE_SECONDS", 10.0),
+    )
+    return Settings(server, registry, security, integrations, _xds_settings(merged, server), cluster)
+
+
+def _replica_id(value: str) -> str:
+    value = value.strip()
+    if len(value) > 200 or "#" in value or any(not c.isprintable() or c.isspace() for c in value):
+        raise SettingsError(
+            "AEGIS_REPLICA_ID must be at most 200 printable characters without spaces or '#', "
+            "e.g. the pod or host name"
+        )
+    return value
 
 
 def _xds_settings(values: Mapping[str, str], server: ServerSettings) -> XdsSettings:

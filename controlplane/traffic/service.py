@@ -112,6 +112,37 @@ class TrafficService:
         self._stale.update(self.stages)
         return await self.publish()
 
+    async def reload(self) -> PublishResult:
+        """Read every input again from the database and publish (a new leader starts from what is stored)."""
+        self.settings.clear()
+        self.endpoints.clear()
+        self._full_publish = True
+        return await self.start()
+
+    async def refresh(self, model_name: str) -> None:
+        """Read one model's stages, setting and endpoints again from the database, and publish.
+
+        The leader does this before acting on a command another replica stored: that
+        replica changed the database, and this one may not have heard of it yet.
+        """
+        versions = await self.registry_store.list_versions(model_name)
+        if not versions:
+            return
+        self.stages[model_name] = _stages_of(model_name, [(v.version, v.stage.value) for v in versions])
+        setting = (await self.store.load_settings(model_name)).get(model_name)
+        if setting is None:
+            self.settings.pop(model_name, None)
+        else:
+            self.settings[model_name] = setting
+        for key in [key for key in self.endpoints if key[0] == model_name]:
+            del self.endpoints[key]
+        for row in await self.store.load_endpoints(model_name):
+            self._endpoint_set(row.model_name, row.version)[(row.address, row.port)] = row.expires_at
+        self._changed(model_name)
+        result = await self.publish()
+        if not result.published:
+            log.error("routing of %s read again was not published: %s", model_name, result.error)
+
     def desired(self, *, model_name: str | None = None, setting: TrafficRow | None = None) -> DesiredState:
         """The routing for the current inputs; with `model_name`, that model's setting replaced."""
         for name in self._stale:
@@ -292,9 +323,10 @@ class TrafficService:
 
     async def release(self, model_name: str) -> None:
         """Forget a model's traffic setting: prod takes 100 again."""
+        # Stored first: a write the database refused (a deposed leader's) changes nothing here.
+        await self.store.delete_setting(model_name)
         self.settings.pop(model_name, None)
         self._changed(model_name)
-        await self.store.delete_setting(model_name)
         await self.publish()
 
     def weights(self, model_name: str) -> dict[str, int]:
@@ -389,17 +421,22 @@ class TrafficService:
     async def expire_endpoints(self) -> int:
         """Drop endpoints whose TTL passed without a renewal; returns how many went."""
         now = datetime.now(UTC)
-        expired = 0
-        for (model_name, _version), members in self.endpoints.items():
-            for key in [k for k, expires_at in members.items() if expires_at <= now]:
-                del members[key]
-                expired += 1
-                self._changed(model_name)
-        if expired:
-            log.info("%d endpoint(s) expired without renewal", expired)
-            await self.store.delete_expired(now)
-            await self.publish()
-        return expired
+        expired = [
+            (model_name, members, key)
+            for (model_name, _version), members in self.endpoints.items()
+            for key, expires_at in members.items()
+            if expires_at <= now
+        ]
+        if not expired:
+            return 0
+        # Stored first: a write the database refused (a deposed leader's) changes nothing here.
+        await self.store.delete_expired(now)
+        for model_name, members, key in expired:
+            del members[key]
+            self._changed(model_name)
+        log.info("%d endpoint(s) expired without renewal", len(expired))
+        await self.publish()
+        return len(expired)
 
 
 def _stages_of(model_name: str, versions: list[tuple[str, str]]) -> ModelStages:

@@ -44,9 +44,12 @@ class TrafficStore:
     def __init__(self, database: Database) -> None:
         self.database = database
 
-    async def load_endpoints(self) -> list[EndpointRow]:
+    async def load_endpoints(self, model_name: str | None = None) -> list[EndpointRow]:
+        query = select(EndpointRow)
+        if model_name is not None:
+            query = query.where(EndpointRow.model_name == model_name)
         async with self.database.transaction() as session:
-            rows = list((await session.exec(select(EndpointRow))).all())
+            rows = list((await session.exec(query)).all())
         for row in rows:
             row.expires_at = as_utc(row.expires_at)
         return rows
@@ -76,9 +79,12 @@ class TrafficStore:
         async with self.database.transaction() as session:
             await session.exec(delete(EndpointRow).where(col(EndpointRow.expires_at) < now))
 
-    async def load_settings(self) -> dict[str, TrafficRow]:
+    async def load_settings(self, model_name: str | None = None) -> dict[str, TrafficRow]:
+        query = select(TrafficRow)
+        if model_name is not None:
+            query = query.where(TrafficRow.model_name == model_name)
         async with self.database.transaction() as session:
-            rows = (await session.exec(select(TrafficRow))).all()
+            rows = (await session.exec(query)).all()
         return {row.model_name: row for row in rows}
 
     async def save_setting(self, row: TrafficRow) -> None:
