@@ -291,7 +291,7 @@ class RolloutRunner:
         rollout_id = await self.store.create(state, started_by=started_by)
         active = ActiveRollout(rollout_id, state, asyncio.Lock())
         self.active[model_name] = active
-        await self.store.save(rollout_id, state, reason=state.message, inputs={})
+        await self.store.save(rollout_id, state, reason=state.message, inputs=self._decided_by())
         log.info("rollout of %s %s started (policy %s)", model_name, stages.canary, policy.name)
         await self._tick_here(model_name)
         return self.active[model_name].state if model_name in self.active else state
@@ -463,9 +463,7 @@ class RolloutRunner:
             "command": command.value if command else None,
             "actor": actor or None,
             "acked_at": decision.state.weight_acked_at,
-            # Which leader decided, under which epoch: a deposed leader's decision cannot be stored.
-            "replica": self.leadership.replica_id,
-            "epoch": fence.epoch if (fence := self.leadership.fence) is not None else None,
+            **self._decided_by(),
         }
         await self.store.save(active.rollout_id, decision.state, reason=decision.reason, inputs=inputs)
         active.state = decision.state
@@ -474,6 +472,11 @@ class RolloutRunner:
             log.info("rollout of %s: %s", decision.state.model_name, decision.reason)
         if not decision.state.active:
             self.active.pop(decision.state.model_name, None)
+
+    def _decided_by(self) -> dict[str, Any]:
+        """Which leader decided, under which epoch (a deposed leader's decision is never stored)."""
+        fence = self.leadership.fence
+        return {"replica": self.leadership.replica_id, "epoch": fence.epoch if fence is not None else None}
 
     async def _end_from_registry(self, active: ActiveRollout, change: StageChange) -> None:
         """An operator moved the canary in the registry: the rollout ends the same way."""
