@@ -131,6 +131,12 @@ def wait_until(what: str, check: Any, *, seconds: float) -> Any:
         time.sleep(0.05)
 
 
+def wait_for_leader(servers: list[AegisServer]) -> AegisServer:
+    """The one replica of `servers` that leads, within the bound the issue sets (lease + 2 s)."""
+    found: AegisServer = wait_until("a leader", lambda: leader_of(servers), seconds=LEASE_SECONDS + 2)
+    return found
+
+
 def leader_of(servers: list[AegisServer]) -> AegisServer | None:
     leaders = [s for s in servers if cluster(s)["role"] == "leader"]
     assert len(leaders) <= 1, "two replicas act as the leader at once"
@@ -246,7 +252,7 @@ def test_one_leader_fenced_and_replaced_while_followers_take_commands(
     three_replicas: tuple[list[AegisServer], str],
 ) -> None:
     servers, database_url = three_replicas
-    leader = wait_until("a leader", lambda: leader_of(servers), seconds=LEASE_SECONDS + 2)
+    leader = wait_for_leader(servers)
     views = [cluster(s) for s in servers]
     assert [v["replica_id"] for v in views] == ["r1", "r2", "r3"]
     assert {v["leader_id"] for v in views} == {views[servers.index(leader)]["replica_id"]}
@@ -282,7 +288,7 @@ def test_one_leader_fenced_and_replaced_while_followers_take_commands(
     leader.process.send_signal(signal.SIGSTOP)
     stopped_at = time.monotonic()
     others = [s for s in servers if s is not leader]
-    successor = wait_until("a successor", lambda: leader_of(others), seconds=LEASE_SECONDS + 2)
+    successor = wait_for_leader(others)
     assert time.monotonic() - stopped_at <= LEASE_SECONDS + 2
     new_epoch = cluster(successor)["epoch"]
     assert new_epoch > old_epoch
@@ -323,7 +329,7 @@ def test_one_leader_fenced_and_replaced_while_followers_take_commands(
     successor.process.kill()
     killed_at = time.monotonic()
     survivors = [s for s in servers if s is not successor]
-    third = wait_until("a leader after kill -9", lambda: leader_of(survivors), seconds=LEASE_SECONDS + 2)
+    third = wait_for_leader(survivors)
     assert time.monotonic() - killed_at <= LEASE_SECONDS + 2
     assert cluster(third)["epoch"] > new_epoch
     # Restarted, the killed replica comes back under its id (no new row), as a follower.
