@@ -188,12 +188,14 @@ def load_settings(env: Mapping[str, str] | None = None, config_file: Path | None
     return Settings(server, registry, security, integrations, _xds_settings(merged, server), cluster)
 
 
+REPLICA_ID_MAX_CHARS = 255
+
+
 def _replica_id(value: str) -> str:
-    value = value.strip()
-    if len(value) > 200 or "#" in value or any(not c.isprintable() or c.isspace() for c in value):
+    if len(value) > REPLICA_ID_MAX_CHARS or not value.isprintable() or value != value.strip():
         raise SettingsError(
-            "AEGIS_REPLICA_ID must be at most 200 printable characters without spaces or '#', "
-            "e.g. the pod or host name"
+            f"AEGIS_REPLICA_ID must be 1 to {REPLICA_ID_MAX_CHARS} printable characters without "
+            "surrounding spaces (e.g. the pod or host name), or unset"
         )
     return value
 

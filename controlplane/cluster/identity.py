@@ -37,7 +37,7 @@ def replica_id(configured: str, data_dir: Path) -> str:
         kept = ""
     if kept:
         return kept
-    host = _UNSAFE.sub("-", socket.gethostname())[:200] or "aegis"
+    host = _UNSAFE.sub("-", socket.gethostname())[:200] or "aegis"  # leaves room for the suffix
     made = f"{host}-{hashlib.sha256(str(data_dir.resolve()).encode()).hexdigest()[:8]}"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(made + "\n")

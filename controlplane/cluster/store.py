@@ -32,7 +32,7 @@ class LeaseRow(SQLModel, table=True):
     __tablename__ = "leases"
 
     name: str = Field(primary_key=True, max_length=64)
-    holder: str = Field(max_length=255)
+    holder: str = Field(max_length=320)
     epoch: int = Field(sa_column=Column(BigInteger, nullable=False))
     expires_at: datetime = Field(sa_column=Column(DateTime(timezone=True), nullable=False))
 

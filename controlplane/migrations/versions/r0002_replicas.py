@@ -21,7 +21,8 @@ def upgrade() -> None:
     leases = op.create_table(
         "leases",
         sa.Column("name", sa.String(64), nullable=False),
-        sa.Column("holder", sa.String(255), nullable=False),
+        # `<replica id>#<process instance>`: a replica id (up to 255) and 9 more.
+        sa.Column("holder", sa.String(320), nullable=False),
         # The fencing token: raised by one at every change of holder.
         sa.Column("epoch", sa.BigInteger(), nullable=False),
         sa.Column("expires_at", sa.DateTime(timezone=True), nullable=False),
