@@ -98,9 +98,17 @@ class CommandQueue:
             row = await self._get(command_id)
             if row.state in (DONE, FAILED):
                 return Outcome.of(row)
-            expired = time.monotonic() >= deadline and row.state == PENDING
+            now = time.monotonic()
+            expired = now >= deadline and row.state == PENDING
             if expired and (not cancel or await self._cancel(command_id)):
                 return None
+            if now >= deadline + seconds:
+                # Taken, never finished: the leader is stuck or its outcome was not stored.
+                return error_outcome(
+                    504, "leader_busy",
+                    f"the leader took this command but did not finish it within {2 * seconds:g} s: it may "
+                    "still happen; look at the rollout before sending it again",
+                )
             await asyncio.sleep(OUTCOME_POLL_SECONDS)
 
     async def _get(self, command_id: int) -> CommandRow:
@@ -111,12 +119,12 @@ class CommandQueue:
 
     async def _cancel(self, command_id: int) -> bool:
         async with self.database.transaction() as session:
-            cancelled = await session.execute(
+            cancelled = await session.exec(
                 update(CommandRow)
                 .where(col(CommandRow.id) == command_id, col(CommandRow.state) == PENDING)
                 .values(state=CANCELLED, finished_at=datetime.now(UTC))
             )
-            return bool(cancelled.rowcount)  # type: ignore[attr-defined]
+            return bool(cancelled.rowcount)
 
     async def take(self, epoch: int) -> list[CommandRow]:
         """Pending commands (and replayable ones a previous leader left unfinished), oldest first.
