@@ -234,6 +234,11 @@ def three_replicas(tmp_path: Path) -> Iterator[tuple[list[AegisServer], str]]:
                 server.stop()
 
 
+def metrics_of(server: AegisServer) -> str:
+    with urllib.request.urlopen(f"{server.url}/metrics", timeout=5) as response:
+        return str(response.read().decode())
+
+
 def epochs_of_decisions(database_url: str) -> list[int]:
     rows = _query(database_url, "SELECT inputs FROM rollout_decisions ORDER BY id")
     return [int(json.loads(row[0])["epoch"]) for row in rows]
@@ -262,8 +267,12 @@ def test_one_leader_fenced_and_replaced_while_followers_take_commands(
     with pytest.raises(urllib.error.HTTPError) as refused:
         urllib.request.urlopen(f"{leader.url}/v1/cluster", timeout=5)
     assert refused.value.code == 401
-    metrics = urllib.request.urlopen(f"{leader.url}/metrics", timeout=5).read().decode()
-    assert "aegis_leader 1.0" in metrics and "aegis_replicas 3.0" in metrics
+    # The count is taken at each heartbeat (every lease / 5): the others' first ones may come after.
+    metrics = wait_until(
+        "three replicas counted", lambda: "aegis_replicas 3.0" in (m := metrics_of(leader)) and m, seconds=2
+    )
+    assert "aegis_leader 1.0" in metrics
+    assert "aegis_leader 0.0" in metrics_of(next(s for s in servers if s is not leader))
     follower = next(s for s in servers if s is not leader)
     api = AegisApi(follower)
 
