@@ -445,8 +445,15 @@ def cluster_page(cluster: Document) -> ClusterPage:
         replica_id=cluster["replica_id"], role=cluster["role"],
         # Between one lease's end and the next acquisition no replica leads: nothing acts then.
         leader=cluster["leader_id"] or "none: no replica holds the lease now",
-        epoch=cluster["epoch"], lease_expires=when(cluster["lease_expires_at"]),
+        epoch=cluster["epoch"], lease_expires=_lease_end(cluster["lease_expires_at"]),
         lease_seconds=f"{cluster['lease_seconds']:g} s",
         live_replicas=f"{live} of {len(replicas)} replica{'s' if len(replicas) != 1 else ''} live",
         replicas=replicas,
     )
+
+
+def _lease_end(expires_at: str) -> str:
+    # A SQLite database has one replica, whose lease the store sets to end in the year 9999.
+    if datetime.fromisoformat(expires_at).year >= 9999:
+        return "never: the only replica on SQLite holds it"
+    return f"until {when(expires_at)}"

@@ -212,11 +212,12 @@ async def test_the_cluster_page_shows_every_replica_the_leader_and_the_envoy_nod
         assert f"<code>{html.escape(name)}</code>" in text
     assert "<b>aegis-a</b>" not in text
     leader = html.escape(api["leader_id"])
-    assert f"<dt>leader</dt><dd>{leader}</dd>" in text
-    assert f"<dt>epoch</dt><dd>{api['epoch']}</dd>" in text
+    assert f"<dt>leader</dt><dd id=\"leader\">{leader}</dd>" in text
+    assert f"<dt>epoch</dt><dd id=\"epoch\">{api['epoch']}</dd>" in text
     assert f"{len(names)} of {len(names)} replica{'s' if len(names) > 1 else ''} live" in text
     assert text.count('<span class="ok">live</span>') == len(names)
     assert text.count("<strong>leader</strong>") == 1
+    assert all(f"<td>{html.escape(r['address'])}</td>" in text for r in api["replicas"])
     assert "(this one)" in text and f"<code>{html.escape(api['replica_id'])}</code> ({api['role']})" in text
     nodes = await (await client.get("/ui/xds")).text()
     assert f"replica {html.escape(names[-1])} ·" in nodes

@@ -215,7 +215,7 @@ def cluster(leader_id: str | None, replicas: list[dict[str, Any]], **changes: An
         # One replica (SQLite): it leads for good.
         (
             cluster("b", [replica("b", live=True, leader=True, last_seen="2026-12-02T09:00:03+01:00")],
-                    role="leader"),
+                    role="leader", lease_expires_at="9999-01-01T00:00:00+00:00"),
             "b", "1 of 1 replica live", [("b", True, True, True, "2026-12-02 08:00:03")],
         ),
     ],
@@ -230,6 +230,9 @@ def test_the_cluster_page_shows_the_leader_and_each_replicas_heartbeat(
     )
     assert [(r.replica_id, r.live, r.leader, r.this, r.last_seen) for r in page.replicas] == rows
     assert page.replicas[0].host.endswith(", pid 7")
+    assert page.lease_expires == (
+        "never: the only replica on SQLite holds it" if len(rows) == 1 else "until 2026-12-02 08:00:10"
+    )
 
 
 # --- charts ----------------------------------------------------------------------------------------
