@@ -455,5 +455,5 @@ def cluster_page(cluster: Document) -> ClusterPage:
 def _lease_end(expires_at: str) -> str:
     # A SQLite database has one replica, whose lease the store sets to end in the year 9999.
     if datetime.fromisoformat(expires_at).year >= 9999:
-        return "never: the only replica on SQLite holds it"
-    return f"until {when(expires_at)}"
+        return "held for good: the only replica on SQLite"
+    return f"held until {when(expires_at)}"

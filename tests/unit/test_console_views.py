@@ -231,7 +231,7 @@ def test_the_cluster_page_shows_the_leader_and_each_replicas_heartbeat(
     assert [(r.replica_id, r.live, r.leader, r.this, r.last_seen) for r in page.replicas] == rows
     assert page.replicas[0].host.endswith(", pid 7")
     assert page.lease_expires == (
-        "never: the only replica on SQLite holds it" if len(rows) == 1 else "until 2026-12-02 08:00:10"
+        "held for good: the only replica on SQLite" if len(rows) == 1 else "held until 2026-12-02 08:00:10"
     )
 
 
