@@ -46,7 +46,11 @@ class ClusterDocument(ResponseModel):
 
 
 async def get_cluster(call: Call[None, None]) -> ClusterDocument:
-    elector = call.app[ELECTOR]
+    return await cluster_document(call.app[ELECTOR])
+
+
+async def cluster_document(elector: Elector) -> ClusterDocument:
+    """What `GET /v1/cluster` answers (the console's cluster page shows the same)."""
     lease = await elector.leases.read()
     rows, now = await elector.replicas.all()
     within = elector.timing.lease_seconds
