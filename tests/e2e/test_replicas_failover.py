@@ -36,7 +36,16 @@ from controlplane.demo.processes import start_model_server
 from controlplane.xds.validate import find_envoy_binary
 from tests.conftest import SIGN_KEY, TOKENS
 from tests.e2e.observed_stack import Load, wait_for_phase
-from tests.e2e.replicas import Replica, create_database, drop_database, eventually, start_replicas
+from tests.e2e.replicas import (
+    Replica,
+    count_reasons,
+    create_database,
+    drop_database,
+    eventually,
+    rollout_decisions,
+    start_replicas,
+    weight_changes,
+)
 from tests.observability_processes import Prometheus, find_binary
 from tests.processes import Envoy, free_port, stop
 
@@ -159,23 +168,6 @@ def new_leader(deployment: Deployment, killed_at: float) -> tuple[Replica, float
     return leader, time.monotonic() - killed_at
 
 
-def all_decisions(replica: Replica, rollout_id: int) -> list[dict[str, Any]]:
-    """Every decision of one rollout, oldest first."""
-    document = replica.api("GET", f"/v1/rollouts/{MODEL}/history/{rollout_id}?limit=500", role="viewer")
-    assert document["next_before"] is None
-    decisions: list[dict[str, Any]] = document["decisions"]
-    return decisions[::-1]
-
-
-def weight_changes(decisions: list[dict[str, Any]]) -> list[tuple[int, str]]:
-    """(canary weight, phase) each time it changed from the decision before."""
-    changes: list[tuple[int, str]] = []
-    for decision in decisions:
-        if not changes or changes[-1] != (decision["canary_weight"], decision["phase"]):
-            changes.append((decision["canary_weight"], decision["phase"]))
-    return changes
-
-
 async def test_a_killed_leader_mid_rollout_costs_no_request_and_decides_nothing_twice(
     deployment: Deployment,
 ) -> None:
@@ -206,15 +198,14 @@ async def test_a_killed_leader_mid_rollout_costs_no_request_and_decides_nothing_
         settled = time.time() + 0.2  # answers to requests routed before the acknowledgement are in by then
         await asyncio.sleep(0.7)
 
-    history = follower.api("GET", f"/v1/rollouts/{MODEL}/history", role="viewer")["rollouts"]
+    history, decisions = rollout_decisions(follower, MODEL)
     assert [(r["canary_version"], r["phase"]) for r in history] == [("2", "succeeded")]
-    decisions = all_decisions(follower, history[0]["id"])
     assert weight_changes(decisions) == [
         (0, "progressing"), (20, "progressing"), (50, "progressing"), (100, "succeeded")
     ]
-    reasons = [d["reason"] for d in decisions]
-    for change in ("started by", "canary weight 0 -> 20", "canary weight 20 -> 50", "all steps completed"):
-        assert sum(change in reason for reason in reasons) == 1, (change, reasons)
+    assert count_reasons(
+        decisions, "started by", "canary weight 0 -> 20", "canary weight 20 -> 50", "all steps completed"
+    ) == [1, 1, 1, 1], [d["reason"] for d in decisions]
     # Before the kill, the old leader's epoch; after it, only the successor's, never both at once.
     terms = [(d["replica"], d["epoch"]) for d in decisions]
     assert terms[0] == (leader.replica_id, old_epoch)
