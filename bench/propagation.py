@@ -37,7 +37,7 @@ import tempfile
 import time
 from enum import StrEnum
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import aiohttp
 
@@ -49,6 +49,17 @@ from tests.processes import XdsTransport
 
 MODEL = "bench-propagation"
 TARGET_MS = 20.0
+
+
+class Gateway(Protocol):
+    """Where weights are set (an Aegis API) and where traffic is watched (an Envoy's listener)."""
+
+    @property
+    def gateway(self) -> str: ...
+
+    def set_traffic(self, model: str, weights: dict[str, int]) -> object: ...
+
+    def wait_acked(self, model: str) -> object: ...
 
 
 class Pattern(StrEnum):
@@ -69,7 +80,7 @@ async def first_answer_from(session: aiohttp.ClientSession, gateway: str, model:
 
 
 async def switches(
-    stack: Stack, count: int, *, pattern: Pattern, model: str = MODEL, pause: bool = True
+    stack: Gateway, count: int, *, pattern: Pattern, model: str = MODEL, pause: bool = True
 ) -> list[float]:
     """Milliseconds from each PUT to the first answer of the newly weighted version.
 

@@ -28,7 +28,7 @@ from controlplane.cluster.identity import (
 from controlplane.cluster.leadership import Elector
 from controlplane.cluster.lease import LeaseTiming
 from controlplane.cluster.store import NotLeader, ReplicaRow
-from controlplane.command_pickup import PICKUP_INTERVAL_SECONDS, CommandPickup
+from controlplane.command_pickup import CommandPickup
 from controlplane.console.app import create_console
 from controlplane.follow.follower import Follower
 from controlplane.follow.listener import ChangeListener, asyncpg_dsn
@@ -328,6 +328,7 @@ async def _follow_database(app: web.Application) -> AsyncIterator[None]:
         reload_rollout=runner.follow,
         reconcile_steps=[traffic.reload_all, runner.follow_all],
         refresh_nodes=sharing.refresh,
+        on_commands=app[PICKUP].wake,
     )
     listener = ChangeListener(
         asyncpg_dsn(database.url), on_change=follower.on_change, on_connected=follower.request_reconcile,
@@ -364,19 +365,8 @@ def _version() -> str:
 async def _leadership(app: web.Application) -> AsyncIterator[None]:
     """The lease loop, and the leader's pick-up of commands that followers stored."""
     elector, pickup = app[cluster_api.ELECTOR], app[PICKUP]
-
-    async def pick_up() -> None:
-        while True:
-            await asyncio.sleep(PICKUP_INTERVAL_SECONDS)
-            try:
-                await pickup.pick_up()
-            except NotLeader as exc:
-                log.warning("commands not taken: %s", exc.message)
-            except Exception:
-                log.exception("picking up commands failed")
-
     loop = asyncio.get_running_loop()
-    tasks = [loop.create_task(elector.run()), loop.create_task(pick_up())]
+    tasks = [loop.create_task(elector.run()), loop.create_task(pickup.run())]
     yield
     for task in tasks:
         task.cancel()

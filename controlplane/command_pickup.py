@@ -1,7 +1,9 @@
 """The leader's side of commands that followers stored: take them, act, store each outcome.
 
-`pick_up` is the one entry point: the leader calls it every `PICKUP_INTERVAL_SECONDS`
-(and a change notification may call it at once). Each command goes through the same
+`pick_up` is the one entry point; `run` calls it at once when `wake` is called (a
+follower's stored command sends a `commands` change notification, which the Follower
+passes on here) and every `PICKUP_INTERVAL_SECONDS` as a backstop (a notification sent
+while this replica's listener was reconnecting is lost). Each command goes through the same
 code as one this replica received itself (`RolloutRunner`, `AlertIntake`), inside the
 term's fence: a deposed leader takes nothing and finishes nothing.
 """
@@ -9,6 +11,7 @@ term's fence: a deposed leader takes nothing and finishes nothing.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from typing import Any
 
@@ -22,8 +25,8 @@ from registry.errors import InvalidInput, RegistryError
 
 log = logging.getLogger(__name__)
 
-# A follower's command waits at most this long for the leader, so that an alert stored by a
-# follower still rolls back within the 3 s target with time to spare.
+# Without a notification, a follower's command waits at most this long for the leader, so
+# that an alert stored by a follower still rolls back within the 3 s target with time to spare.
 PICKUP_INTERVAL_SECONDS = 0.2
 
 
@@ -32,7 +35,25 @@ class CommandPickup:
         self.queue = queue
         self.runner = runner
         self.intake = intake
-        self._lock = asyncio.Lock()  # one pick-up at a time: a timer and a notification may overlap
+        self._lock = asyncio.Lock()  # one pick-up at a time
+        self._wake = asyncio.Event()
+
+    def wake(self) -> None:
+        """A command was stored: pick up now rather than at the next interval (never blocks)."""
+        self._wake.set()
+
+    async def run(self) -> None:
+        """Pick up when woken, or every PICKUP_INTERVAL_SECONDS; a failed pick-up is logged."""
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), PICKUP_INTERVAL_SECONDS)
+            self._wake.clear()
+            try:
+                await self.pick_up()
+            except NotLeader as exc:
+                log.warning("commands not taken: %s", exc.message)
+            except Exception:
+                log.exception("picking up commands failed")
 
     async def pick_up(self) -> int:
         """Act on every waiting command; returns how many. Does nothing on a follower."""

@@ -38,6 +38,7 @@ class ChangeKind(StrEnum):
     ENDPOINTS = "endpoints"  # a model's announced endpoints (added, renewed, withdrawn, expired)
     ROLLOUT = "rollout"      # a model's rollout state or decisions
     NODES = "nodes"          # another replica's Envoy nodes acknowledged or changed
+    COMMANDS = "commands"    # a follower stored a command for the leader (an alert, an operator's command)
 
 
 @dataclass(frozen=True)

@@ -21,6 +21,7 @@ from sqlalchemy.exc import DBAPIError
 from registry.auth import Principal, Role, TokenTable, require
 from registry.boundary import JSON, Error, ErrorDetail
 from registry.errors import MalformedRequest, PayloadTooLarge, RegistryError, RequestTimeout
+from registry.store import DatabaseUnavailable
 from registry.strict_json import json_object as json_object
 from registry.strict_json import parse_json as parse_json
 from registry.strict_json import parse_json_object as parse_json_object
@@ -55,9 +56,9 @@ async def json_errors(request: web.Request, handler: Handler) -> web.StreamRespo
         if exc.status < 400:
             raise
         return _http_error(request, exc)
-    except DBAPIError:
-        # The database refused or lost a statement (full disk, failover, a lost connection):
-        # the transaction rolled back, and the same request is worth retrying.
+    except (DBAPIError, DatabaseUnavailable):
+        # The database refused or lost a statement (full disk, failover, a lost connection) or
+        # could not be reached: the transaction rolled back, and the same request is worth retrying.
         log.exception("database error in %s %s", request.method, request.path)
         return error_response(
             503, "storage_unavailable",

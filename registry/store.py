@@ -95,6 +95,12 @@ def fenced(fence: Fence) -> Iterator[None]:
         _FENCE.reset(token)
 
 
+class DatabaseUnavailable(Exception):
+    """No connection to the database could be made (refused, timed out): nothing was read or
+    written, and a retry may work. Not a RegistryError on purpose: a rollout that meets it
+    holds and tries again at its next tick instead of pausing for an operator."""
+
+
 class Database:
     """An async engine and its sessions; SQLite gets WAL and write transactions that lock early.
 
@@ -119,6 +125,11 @@ class Database:
             AsyncSession(self.engine, expire_on_commit=False, info=dict(self._session_info)) as session,
             session.begin(),
         ):
+            try:
+                # The connection first, so that failing to make one is told apart from the work's errors.
+                await session.connection()
+            except OSError as exc:  # ConnectionRefusedError, TimeoutError: SQLAlchemy passes them as they are
+                raise DatabaseUnavailable(f"cannot connect to the database: {exc}") from exc
             fence = _FENCE.get()
             if fence is not None:
                 await fence.check(session)

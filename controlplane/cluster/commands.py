@@ -23,6 +23,7 @@ from typing import Any
 from sqlalchemy import JSON, BigInteger, Column, DateTime, or_, update
 from sqlmodel import Field, SQLModel, col, select
 
+from registry.changes import ChangeKind, note_change
 from registry.store import Database
 
 PENDING, TAKEN, DONE, FAILED, CANCELLED = "pending", "taken", "done", "failed", "cancelled"
@@ -84,6 +85,8 @@ class CommandQueue:
             )
             session.add(row)
             await session.flush()
+            # Wakes the leader's pick-up when this commits; its periodic poll is the backstop.
+            await note_change(session, ChangeKind.COMMANDS)
             assert row.id is not None
             return row.id
 

@@ -16,6 +16,7 @@ import sys
 import time
 import urllib.parse
 import urllib.request
+from collections.abc import Sequence
 from enum import StrEnum
 from pathlib import Path
 from typing import Any
@@ -27,6 +28,7 @@ from controlplane.xds.validate import find_envoy_binary
 ROOT = Path(__file__).resolve().parents[2]
 BOOTSTRAP = ROOT / "envoy" / "envoy.yaml"
 REST_BOOTSTRAP = ROOT / "envoy" / "envoy-rest.yaml"
+REPLICAS_BOOTSTRAP = ROOT / "envoy" / "envoy-replicas.yaml"
 
 
 class XdsTransport(StrEnum):
@@ -79,14 +81,15 @@ class Envoy:
     ADS and DELTA use envoy/envoy.yaml (DELTA with its one documented change,
     `api_type: DELTA_GRPC`); REST uses envoy/envoy-rest.yaml. `xds_port` is where
     that transport is served: Aegis's gRPC port for ADS and DELTA, its HTTP port
-    (or AEGIS_XDS_LISTEN's) for REST.
+    (or AEGIS_XDS_LISTEN's) for REST. Several ports (one per Aegis replica) use
+    envoy/envoy-replicas.yaml, every replica listed in `xds_cluster` in that order.
     """
 
     def __init__(
         self,
         workdir: Path,
         *,
-        xds_port: int,
+        xds_port: int | Sequence[int],
         node_id: str = "aegis-envoy-1",
         node_token: str | None = None,
         transport: XdsTransport = XdsTransport.ADS,
@@ -97,7 +100,7 @@ class Envoy:
         self.binary = binary
         self.workdir = workdir
         self.admin_port = free_port()
-        self.xds_port = xds_port
+        self.xds_ports = [xds_port] if isinstance(xds_port, int) else list(xds_port)
         self.node_id = node_id
         # Sent as the xDS node token by the bootstraps (AEGIS_XDS_NODE_TOKEN in Envoy's environment).
         self.node_token = node_token
@@ -106,15 +109,16 @@ class Envoy:
 
     def bootstrap(self) -> dict[str, Any]:
         path = REST_BOOTSTRAP if self.transport is XdsTransport.REST else BOOTSTRAP
+        if len(self.xds_ports) > 1 and self.transport is not XdsTransport.REST:
+            path = REPLICAS_BOOTSTRAP
         config: dict[str, Any] = yaml.safe_load(path.read_text())
         config["node"]["id"] = self.node_id
         config["admin"]["address"]["socket_address"]["port_value"] = self.admin_port
         if self.transport is XdsTransport.DELTA:
             config["dynamic_resources"]["ads_config"]["api_type"] = "DELTA_GRPC"
         for cluster in config["static_resources"]["clusters"]:
-            if cluster["name"] == "xds_cluster":
-                address = {"socket_address": {"address": "127.0.0.1", "port_value": self.xds_port}}
-                lb_endpoints = [{"endpoint": {"address": address}}]
+            if cluster["name"] == "xds_cluster":  # one endpoint per replica, in order
+                lb_endpoints = [_loopback_endpoint(port) for port in self.xds_ports]
                 cluster["load_assignment"]["endpoints"] = [{"lb_endpoints": lb_endpoints}]
         return config
 
@@ -163,6 +167,10 @@ class Envoy:
     def stop(self) -> None:
         if self.process is not None:
             stop(self.process)
+
+
+def _loopback_endpoint(port: int) -> dict[str, Any]:
+    return {"endpoint": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": port}}}}
 
 
 class AegisServer:

@@ -10,6 +10,8 @@ reload never races another and later reads see later commits.
 
 This replica's own writes are in its memory already: their notifications are
 skipped, except the registry's (a registration reaches no other part in-process).
+A stored command reloads nothing: it wakes the leader's pick-up (`on_commands`) at once,
+outside this task, so acting on it never holds up the changes behind it.
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ class Follower:
     def __init__(
         self, *, origin: str, reload_routing: ModelReload, reload_rollout: ModelReload,
         reconcile_steps: list[FullReload], refresh_nodes: FullReload | None = None,
+        on_commands: Callable[[], None] | None = None,
         reconcile_seconds: float = RECONCILE_SECONDS, clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.origin = origin
@@ -46,6 +49,7 @@ class Follower:
         self.reload_rollout = reload_rollout
         self.reconcile_steps = reconcile_steps
         self.refresh_nodes = refresh_nodes
+        self.on_commands = on_commands
         self.reconcile_seconds = reconcile_seconds
         self.clock = clock
         # What to reload, in arrival order; a repeat before it is applied is one reload.
@@ -59,6 +63,10 @@ class Follower:
 
     def on_change(self, change: Change) -> None:
         """A notification arrived (called by the listener; never blocks)."""
+        if change.kind is ChangeKind.COMMANDS:
+            if self.on_commands is not None:
+                self.on_commands()
+            return
         if change.origin == self.origin and change.kind is not ChangeKind.REGISTRY:
             return
         self._pending[(change.kind, change.model_name)] = None

@@ -24,7 +24,7 @@ from typing import Any
 import aiohttp
 
 from tests.conftest import TOKENS
-from tests.e2e.stack import Stack
+from tests.e2e.stack import AegisApi, Stack
 from tests.observability_processes import Alertmanager, Prometheus
 from tests.processes import ROOT, free_port
 
@@ -171,7 +171,7 @@ def decision_time(decision: dict[str, Any]) -> float:
 
 
 async def wait_for_phase(
-    stack: Stack, model: str, phases: set[str], *, timeout: float = 90
+    stack: AegisApi, model: str, phases: set[str], *, timeout: float = 90
 ) -> dict[str, Any]:
     """Poll `GET /v1/rollouts/{model}` until its phase is one of `phases` (the load keeps running)."""
     deadline = time.monotonic() + timeout

@@ -111,6 +111,31 @@ def eventually(check: Callable[[], T | None], *, within: float, what: str) -> tu
         time.sleep(0.01)
 
 
+def rollout_decisions(replica: Replica, model: str) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """The model's rollouts (newest first) and every decision of the newest, oldest first."""
+    history = f"/v1/rollouts/{model}/history"
+    rollouts: list[dict[str, Any]] = replica.api("GET", history, role="viewer")["rollouts"]
+    document = replica.api("GET", f"{history}/{rollouts[0]['id']}?limit=500", role="viewer")
+    assert document["next_before"] is None, "more than one page of decisions"
+    decisions: list[dict[str, Any]] = document["decisions"]
+    return rollouts, decisions[::-1]
+
+
+def weight_changes(decisions: list[dict[str, Any]]) -> list[tuple[int, str]]:
+    """(canary weight, phase) each time it differs from the decision before: a weight decided
+    twice (by two leaders, or one replayed) would show as a repeat here."""
+    changes: list[tuple[int, str]] = []
+    for decision in decisions:
+        if not changes or changes[-1] != (decision["canary_weight"], decision["phase"]):
+            changes.append((decision["canary_weight"], decision["phase"]))
+    return changes
+
+
+def count_reasons(decisions: list[dict[str, Any]], *phrases: str) -> list[int]:
+    """How many decisions give each phrase in their reason."""
+    return [sum(phrase in decision["reason"] for decision in decisions) for phrase in phrases]
+
+
 class PrivatePostgres:
     """A PostgreSQL server of the test's own, on a free port, that the test may stop and start."""
 

@@ -1,7 +1,9 @@
-"""Replicas while PostgreSQL restarts: xDS goes on from memory, and the replicas catch up after.
+"""Replicas while PostgreSQL restarts: xDS goes on from memory, a rollout holds, and all catch up after.
 
 A private PostgreSQL (initdb/pg_ctl, stopped and started by the test; the machine's
-shared server is never touched) under two replicas.
+shared server is never touched) under two replicas. A rollout is at its first weight
+when PostgreSQL stops, and its timed pause runs out during the outage: it holds there
+(nothing can be written), then goes on once PostgreSQL is back, each step decided once.
 """
 
 from __future__ import annotations
@@ -16,11 +18,32 @@ from typing import Any
 import asyncpg
 import pytest
 
-from tests.e2e.replicas import PrivatePostgres, Replica, create_database, eventually, start_replicas
+from tests.e2e.replicas import (
+    PrivatePostgres,
+    Replica,
+    count_reasons,
+    create_database,
+    eventually,
+    rollout_decisions,
+    start_replicas,
+    weight_changes,
+)
 from tests.e2e.stack import ApiError
 from tests.processes import free_port
 
 MODEL = "ranker"
+ROLLING = "rolling"
+PAUSE_SECONDS = 2.0
+POLICIES = f"""
+policies:
+  - name: held
+    models: ["{ROLLING}"]
+    steps:
+      - setWeight: 20
+      - pause: {{duration: {PAUSE_SECONDS:g}s}}
+      - setWeight: 60
+      - pause: {{duration: 1s}}
+"""
 
 
 @pytest.fixture
@@ -45,6 +68,12 @@ def discovered_routes(replica: Replica) -> dict[str, Any]:
         return document
 
 
+def same_routes(a: Replica, b: Replica) -> str | None:
+    """The route version both serve, or None while they differ."""
+    version = str(discovered_routes(a)["version_info"])
+    return version if discovered_routes(b)["version_info"] == version else None
+
+
 def caught_up(replica: Replica, source: Replica, weights: dict[str, int]) -> dict[str, Any] | None:
     """`replica`'s traffic document once it has `weights` in the xDS version `source` serves."""
     document = replica.traffic(MODEL)
@@ -58,31 +87,45 @@ async def test_replicas_serve_xds_through_a_postgresql_restart_and_catch_up(
 ) -> None:
     url = await create_database(postgres.dsn)
     database_url = url.replace("postgresql://", "postgresql+asyncpg://")
-    env = {"AEGIS_ENVOY_LISTENER": f"127.0.0.1:{free_port()}"}
+    (tmp_path / "policies.yaml").write_text(POLICIES)
+    env = {
+        "AEGIS_ENVOY_LISTENER": f"127.0.0.1:{free_port()}", "AEGIS_POLICIES": str(tmp_path / "policies.yaml"),
+        "AEGIS_ROLLOUT_TICK_SECONDS": "0.2",
+    }
     a = start_replicas(tmp_path, database_url, ["replica-a"], env)[0]
     b = start_replicas(tmp_path, database_url, ["replica-b"], env)[0]
     try:
-        for version in ("1", "2"):
-            a.register(MODEL, version, f"ranker {version}".encode())
-            a.api("POST", "/v1/endpoints", {
-                "model_name": MODEL, "version": version, "address": "127.0.0.1", "port": free_port(),
-                "ttl_seconds": 600,
-            }, role="operator")
-        a.promote(MODEL, "1", "prod")
+        for model in (MODEL, ROLLING):
+            for version in ("1", "2"):
+                a.register(model, version, f"{model} {version}".encode())
+                a.api("POST", "/v1/endpoints", {
+                    "model_name": model, "version": version, "address": "127.0.0.1", "port": free_port(),
+                    "ttl_seconds": 600,
+                }, role="operator")
+            a.promote(model, "1", "prod")
         a.promote(MODEL, "2", "canary")
         a.set_traffic(MODEL, {"1": 80, "2": 20})
-        before, _ = eventually(lambda: caught_up(b, a, {"1": 80, "2": 20}), within=1, what="80/20 on B")
+        eventually(lambda: caught_up(b, a, {"1": 80, "2": 20}), within=1, what="80/20 on B")
+        a.promote(ROLLING, "2", "canary")  # the rollout starts: weight 20, then a timed pause
+        eventually(lambda: b.traffic(ROLLING)["weights"] == {"1": 80, "2": 20} or None, within=2,
+                   what="the rollout's first weight on B")
+        first_weight_at = time.monotonic()
+        served, _ = eventually(
+            lambda: same_routes(a, b), within=1, what="the same routes on A and B"
+        )
 
         postgres.stop()
         # Envoy is answered from memory: the same routes as before the outage.
-        assert discovered_routes(b)["version_info"] == before["xds_version"]
+        assert discovered_routes(b)["version_info"] == served
         assert b.traffic(MODEL)["weights"] == {"1": 80, "2": 20}
         with pytest.raises(ApiError) as refused:
             a.set_traffic(MODEL, {"1": 50, "2": 50})
         assert refused.value.status == 503 and "storage_unavailable" in str(refused.value)
         assert a.traffic(MODEL)["weights"] == {"1": 80, "2": 20}, "nothing half-applied"
-        time.sleep(1.0)  # listeners notice and retry meanwhile
-        assert discovered_routes(a)["version_info"] == before["xds_version"]
+        # Listeners notice and retry meanwhile, and the rollout's pause runs out: it holds at 20.
+        time.sleep(max(1.0, first_weight_at + PAUSE_SECONDS + 1.0 - time.monotonic()))
+        assert discovered_routes(a)["version_info"] == served
+        assert [r.traffic(ROLLING)["weights"] for r in (a, b)] == [{"1": 80, "2": 20}] * 2
 
         postgres.start()
         # A change after the restart reaches B (the pool's first statement may meet a dead connection).
@@ -111,6 +154,16 @@ async def test_replicas_serve_xds_through_a_postgresql_restart_and_catch_up(
             lambda: b.traffic(MODEL) if b.traffic(MODEL)["weights"] == {"1": 30, "2": 70} else None,
             within=3, what="the missed change on B",
         )
+        # The rollout went on once PostgreSQL was back, each step decided once, nothing lost.
+        eventually(lambda: b.traffic(ROLLING)["prod"] == "2" or None, within=10, what="the rollout ended")
+        rollouts, decisions = rollout_decisions(b, ROLLING)
+        assert [r["phase"] for r in rollouts] == ["succeeded"]
+        assert weight_changes(decisions) == [
+            (0, "progressing"), (20, "progressing"), (60, "progressing"), (100, "succeeded")
+        ]
+        assert count_reasons(
+            decisions, "canary weight 0 -> 20", "canary weight 20 -> 60", "all steps completed"
+        ) == [1, 1, 1], [d["reason"] for d in decisions]
         assert a.aegis.process is not None and a.aegis.process.poll() is None
         assert b.aegis.process is not None and b.aegis.process.poll() is None
     finally:

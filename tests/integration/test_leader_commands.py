@@ -4,9 +4,15 @@ from __future__ import annotations
 
 import asyncio
 
+import asyncpg
+import pytest
+
 from controlplane.cluster.commands import CommandKind, CommandQueue, Outcome
+from controlplane.follow.listener import asyncpg_dsn
 from controlplane.migrations import migrate
+from registry.changes import CHANNEL, ChangeKind, parse_change
 from registry.store import Database
+from tests.e2e.replicas import create_database, drop_database
 
 
 async def _queue(database_url: str) -> tuple[Database, CommandQueue]:
@@ -54,3 +60,25 @@ async def test_what_a_dead_leader_took_is_replayed_only_when_idempotent(database
         assert "look at the rollout and send it again" in outcome.result["message"]
     finally:
         await database.dispose()
+
+
+@pytest.mark.postgres
+async def test_a_stored_command_notifies_the_replicas_once_at_commit_and_taking_it_does_not() -> None:
+    """The leader's pick-up is woken by this notification instead of waiting for its next poll."""
+    url = (await create_database()).replace("postgresql://", "postgresql+asyncpg://")
+    database, queue = await _queue(url)
+    listener = await asyncpg.connect(asyncpg_dsn(url))
+    heard: asyncio.Queue[str] = asyncio.Queue()
+    try:
+        await listener.add_listener(CHANNEL, lambda *args: heard.put_nowait(args[3]))
+        command = await queue.submit(CommandKind.ALERT, {}, model_name="m", submitted_by="r2")
+        change = parse_change(await asyncio.wait_for(heard.get(), 2))
+        assert change is not None and (change.kind, change.model_name) == (ChangeKind.COMMANDS, "")
+        assert [c.id for c in await queue.take(epoch=1)] == [command]
+        await queue.finish(command, Outcome(True, {}))
+        await asyncio.sleep(0.2)
+        assert heard.empty(), "taking and finishing wake nobody"
+    finally:
+        await listener.close()
+        await database.dispose()
+        await drop_database(url.replace("postgresql+asyncpg://", "postgresql://"))

@@ -83,3 +83,19 @@ async def test_a_change_that_cannot_be_read_leads_to_a_reconcile_soon() -> None:
     await asyncio.sleep(1.1)
     task.cancel()
     assert recorder.calls == ["routing a", "all", "nodes"]
+
+
+async def test_a_stored_command_wakes_the_pick_up_at_once_and_reloads_nothing() -> None:
+    recorder, woken = Recorder(), []
+    subject = Follower(
+        origin=ME, reload_routing=recorder.reload("routing"), reload_rollout=recorder.reload("rollout"),
+        reconcile_steps=[recorder.reload("all")], on_commands=lambda: woken.append("pick up"),
+        reconcile_seconds=3600,
+    )
+    task = await started(subject)
+    recorder.calls.clear()
+    subject.on_change(change(ChangeKind.COMMANDS))
+    assert woken == ["pick up"], "called from the listener's callback, not after the queue of reloads"
+    await settle()
+    task.cancel()
+    assert recorder.calls == []
