@@ -10,6 +10,7 @@ import time
 from typing import Any
 
 from controlplane.client import EXIT_USAGE, AegisClient, ApiError, report
+from controlplane.rollout.explained import check_lines
 
 # `rollout status --wait` exit codes, as Argo's `status --timeout`: CI tells them apart.
 WAIT_SUCCEEDED, WAIT_ROLLED_BACK, WAIT_STOPPED = 0, 1, 2
@@ -29,7 +30,7 @@ def add_commands(commands: Any) -> None:
     status.add_argument("--watch", action="store_true", help="redraw every second until Ctrl-C")
     status.add_argument("--wait", action="store_true", help="wait until the rollout ends or pauses (CI)")
     status.add_argument(
-        "--timeout", type=_duration, help="with --wait: give up after this long (30, 90s, 5m)"
+        "--timeout", type=duration, help="with --wait: give up after this long (30, 90s, 5m)"
     )
     status.add_argument("--json", action="store_true", help="the API's JSON")
     status.set_defaults(run=_status)
@@ -54,7 +55,7 @@ def add_commands(commands: Any) -> None:
         command.set_defaults(run=_command, command=name)
 
 
-def _duration(text: str) -> float:
+def duration(text: str) -> float:
     found = re.fullmatch(r"(\d+(?:\.\d+)?)(ms|s|m|h)?", text.strip())
     if found is None:
         raise argparse.ArgumentTypeError(f"{text!r} is not a duration: give seconds (30) or 90s, 5m, 1h")
@@ -199,35 +200,6 @@ def _decision_lines(decisions: list[dict[str, Any]]) -> list[str]:
         )
         lines.extend(check_lines(decision.get("checks") or []))
     return lines
-
-
-def check_lines(checks: list[dict[str, Any]], indent: str = "      ") -> list[str]:
-    """Each check against the baseline: its verdict and evidence, then per arm the counts and rates."""
-    lines = []
-    for check in checks:
-        evidence = ""
-        if check.get("e_value") is not None:
-            evidence = (
-                f"  e-value {check['e_value']:.3g} (fails at {check['threshold']:g}), "
-                f"within {check['tolerance']}: {check['pass_e_value']:.3g}"
-            )
-        ratio = check.get("observed_ratio")
-        shown_ratio = f"  ratio {ratio:.2f}x" if ratio is not None else ""
-        health = "" if check.get("baseline_healthy", True) else "  baseline unhealthy"
-        lines.append(f"{indent}{check['check']} [{check['verdict']}] counting {check['counted']}:"
-                     f"{evidence}{shown_ratio}{health}")
-        for arm in check.get("arms", []):
-            lines.append(
-                f"{indent}  {arm['arm']:<8} {arm['version']:<10} tick {_counts(arm['tick'])}  "
-                f"total {_counts(arm['total'])}"
-            )
-    return lines
-
-
-def _counts(counts: dict[str, Any]) -> str:
-    rate = counts.get("rate")
-    shown = "-" if rate is None else f"{rate:.2%}"
-    return f"{counts['events']}/{counts['requests']} ({shown})"
 
 
 def _history(args: argparse.Namespace) -> int:
