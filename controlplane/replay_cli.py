@@ -11,7 +11,7 @@ from datetime import datetime
 from controlplane.metrics.prometheus import PrometheusSource
 from controlplane.rollout.policy import first_matching
 from controlplane.rollout.policy_files import load_policy_paths
-from controlplane.rollout.replay import render_json, render_text, replay
+from controlplane.rollout.replay import render_json, render_text, replay, tick_times
 
 DEFAULT_PROMETHEUS = "http://127.0.0.1:9090"
 
@@ -55,7 +55,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         ticks = asyncio.run(replay(
             policy, model=args.model, stable_version=args.stable, canary_version=args.canary,
-            source=source, start=args.start, end=args.end, step=step,
+            source=source, times=tick_times(args.start, args.end, step),
         ))
     finally:
         source.close()

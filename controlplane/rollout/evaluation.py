@@ -64,6 +64,7 @@ class Evaluation:
     verdicts: tuple[Verdict, ...]
     checks: tuple[CheckRecord, ...]
     comparisons: Comparisons | None
+    at: float | None  # the instant the counters were read (None: Prometheus's now)
 
     def documents(self) -> list[dict[str, object]]:
         return [record.as_document() for record in self.checks]
@@ -109,7 +110,7 @@ async def evaluate(
         comparisons, records = await _compare(policy, state, source, context, compared, now=now, at=at)
         judged.update((record.check, record.verdict()) for record in records)
     verdicts = tuple(judged[check.name] for check in spec.metrics)
-    return Evaluation(verdicts, records, comparisons)
+    return Evaluation(verdicts, records, comparisons, at)
 
 
 async def _compare(

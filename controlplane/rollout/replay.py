@@ -11,7 +11,7 @@ whatever it was then, and each tick is judged at its own request share, as live.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 
@@ -51,13 +51,19 @@ def tick_times(start: float, end: float, step: float) -> Iterator[float]:
 
 async def replay(
     policy: Policy, *, model: str, stable_version: str, canary_version: str, source: CounterSource,
-    start: float, end: float, step: float,
+    times: Iterable[float],
 ) -> list[ReplayTick]:
-    """The ticks from `start` to `end` that analysed or decided, until the rollout would have ended."""
-    state = RolloutState(model, policy.name, stable_version, canary_version, step_started_at=start,
-                         message=f"replay of policy {policy.name!r}")
+    """The ticks at `times` (ascending) that analysed or decided, until the rollout would have ended.
+
+    The first time starts the rollout; `tick_times` makes an even grid, and the instants a
+    live rollout analysed at (`analysed_at` of its decisions) reproduce its readings.
+    """
+    state: RolloutState | None = None
     ticks = []
-    for at in tick_times(start, end, step):
+    for at in times:
+        if state is None:
+            state = RolloutState(model, policy.name, stable_version, canary_version, step_started_at=at,
+                                 message=f"replay of policy {policy.name!r}")
         evaluation = None
         if analysis_due(policy, state, at):
             evaluation = await evaluate(policy, state, source, now=at, at=at)

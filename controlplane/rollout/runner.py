@@ -290,13 +290,17 @@ class RolloutRunner:
         decision = await self._apply(policy, decision)
         if decision.state != active.state or decision.reason:
             await self._store(active, decision, verdicts=verdicts, command=command, actor=actor,
-                              checks=evaluation.documents() if evaluation is not None else [])
+                              checks=evaluation.documents() if evaluation is not None else [],
+                              analysed_at=evaluation.at if evaluation is not None else None)
 
     def _acked(self, state: RolloutState) -> bool:
         return self.traffic.runs(state.model_name, _split(state, state.canary_weight))
 
     async def _analyse(self, policy: Policy, state: RolloutState) -> Evaluation:
-        evaluation = await evaluate(policy, state, self.metrics_source, now=self.clock())
+        now = self.clock()
+        # Read at an explicit instant, stored with the decision: a replay at the same instants
+        # reads the same counters.
+        evaluation = await evaluate(policy, state, self.metrics_source, now=now, at=now)
         for verdict in evaluation.verdicts:
             self.metrics.verdicts.labels(state.model_name, verdict.metric, verdict.kind.value).inc()
         return evaluation
@@ -355,11 +359,13 @@ class RolloutRunner:
         command: Command | None,
         actor: str = "",
         checks: list[dict[str, object]] | None = None,
+        analysed_at: float | None = None,
     ) -> None:
         inputs: dict[str, Any] = {
             "verdicts": [v.as_document() for v in verdicts] if verdicts else [],
             # The compared checks explained: per arm the counts and rates, e-values, thresholds.
             "checks": checks or [],
+            "analysed_at": analysed_at,
             "command": command.value if command else None,
             "actor": actor or None,
             "acked_at": decision.state.weight_acked_at,

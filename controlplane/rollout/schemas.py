@@ -98,6 +98,9 @@ class DecisionDocument(ResponseModel):
     checks: list[CheckDocument] = Field(
         default_factory=list, description="the checks against the baseline, per arm, with their evidence"
     )
+    analysed_at: Timestamp | None = Field(
+        default=None, description="when the checks read their counters (a replay at it reads the same)"
+    )
     command: str | None = None
     actor: str | None = Field(default=None, description="who gave the command")
     acked_at: Timestamp | None = Field(default=None, description="when Envoy ran the weight")
