@@ -15,7 +15,7 @@ from pathlib import Path
 
 from aiohttp import web
 
-from controlplane import ops_cli, rollout_cli
+from controlplane import ops_cli, replay_cli, rollout_cli
 from controlplane.app import create_app
 from controlplane.cluster.identity import SecondReplica
 from controlplane.observability import configure_logging
@@ -94,6 +94,23 @@ def _parser() -> argparse.ArgumentParser:
     validate = policy_commands.add_parser("validate", help="check policy files: file:line: field: message")
     validate.add_argument("files", nargs="+", type=Path, metavar="FILE", help="a policy file or folder")
     validate.set_defaults(run=_policy_validate)
+    replay = policy_commands.add_parser(
+        "replay", help="the decisions a policy would have taken over Prometheus history, tick by tick",
+        description="Reads the counters at every tick from --from to --to (instant queries at those "
+        "times) and runs the rollout's analysis and state machine on them; nothing is changed anywhere.",
+    )
+    replay.add_argument("policy_file", type=Path, metavar="POLICY", help="a policy file or folder")
+    replay.add_argument("--model", required=True, help="the model; the first policy matching it applies")
+    replay.add_argument("--stable", required=True, help="the baseline (prod) version")
+    replay.add_argument("--canary", required=True, help="the canary version")
+    replay.add_argument("--from", dest="start", required=True, type=replay_cli.instant,
+                        help="Unix seconds or RFC 3339 (2026-12-01T10:00:00Z)")
+    replay.add_argument("--to", dest="end", required=True, type=replay_cli.instant)
+    replay.add_argument("--step", type=rollout_cli.duration, help="seconds between ticks (default: "
+                        "the policy's analysis interval)")
+    replay.add_argument("--prometheus", help="Prometheus's URL (default: AEGIS_PROMETHEUS_URL)")
+    replay.add_argument("--json", action="store_true", help="the ticks as JSON")
+    replay.set_defaults(run=replay_cli.run)
     return parser
 
 

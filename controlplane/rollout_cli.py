@@ -10,6 +10,7 @@ import time
 from typing import Any
 
 from controlplane.client import EXIT_USAGE, AegisClient, ApiError, report
+from controlplane.rollout.explained import check_lines
 
 # `rollout status --wait` exit codes, as Argo's `status --timeout`: CI tells them apart.
 WAIT_SUCCEEDED, WAIT_ROLLED_BACK, WAIT_STOPPED = 0, 1, 2
@@ -29,7 +30,7 @@ def add_commands(commands: Any) -> None:
     status.add_argument("--watch", action="store_true", help="redraw every second until Ctrl-C")
     status.add_argument("--wait", action="store_true", help="wait until the rollout ends or pauses (CI)")
     status.add_argument(
-        "--timeout", type=_duration, help="with --wait: give up after this long (30, 90s, 5m)"
+        "--timeout", type=duration, help="with --wait: give up after this long (30, 90s, 5m)"
     )
     status.add_argument("--json", action="store_true", help="the API's JSON")
     status.set_defaults(run=_status)
@@ -54,7 +55,7 @@ def add_commands(commands: Any) -> None:
         command.set_defaults(run=_command, command=name)
 
 
-def _duration(text: str) -> float:
+def duration(text: str) -> float:
     found = re.fullmatch(r"(\d+(?:\.\d+)?)(ms|s|m|h)?", text.strip())
     if found is None:
         raise argparse.ArgumentTypeError(f"{text!r} is not a duration: give seconds (30) or 90s, 5m, 1h")
@@ -197,6 +198,7 @@ def _decision_lines(decisions: list[dict[str, Any]]) -> list[str]:
             f"    {decision['at'][:10]} {decision['at'][11:19]}  w={decision['canary_weight']:<3} "
             f"{decision['reason']}{by}"
         )
+        lines.extend(check_lines(decision.get("checks") or []))
     return lines
 
 

@@ -25,9 +25,9 @@ from prometheus_api_client import PrometheusConnect
 from prometheus_api_client.exceptions import PrometheusApiClientException
 from urllib3.util.retry import Retry
 
-from controlplane.rollout.analysis import Observation, ObservationKind
+from controlplane.rollout.analysis import Observation, ObservationKind, SeriesObservation
 
-__all__ = ["Observation", "ObservationKind", "PrometheusSource"]
+__all__ = ["Observation", "ObservationKind", "PrometheusSource", "SeriesObservation"]
 
 # The query Flagger uses as a health check: cheap, always exactly one sample when Prometheus answers.
 ONLINE_QUERY = "vector(1)"
@@ -52,10 +52,26 @@ class PrometheusSource:
         retry = Retry(total=0, read=False)
         self._client = PrometheusConnect(url=url.rstrip("/"), retry=retry, timeout=timeout_seconds)
 
-    async def query(self, promql: str) -> Observation:
-        """The value of an instant query that must yield one sample (a one-series vector or a scalar)."""
+    async def query(self, promql: str, *, at: float | None = None) -> Observation:
+        """The value of an instant query that must yield one sample (a one-series vector or a scalar).
+
+        `at`: the evaluation time in Unix seconds (history, for a replay); None: now.
+        """
+        result = await self._ask(promql, at)
+        return result if isinstance(result, Observation) else observation_from_result(result)
+
+    async def series(self, promql: str, *, at: float | None = None) -> SeriesObservation:
+        """Every series of an instant vector query with its labels (counters per Envoy instance)."""
+        result = await self._ask(promql, at)
+        if isinstance(result, Observation):
+            return SeriesObservation.failed(result.message)
+        return series_from_result(result)
+
+    async def _ask(self, promql: str, at: float | None) -> Any:
+        """`data.result` of an instant query, or an error observation that says why there is none."""
+        params = None if at is None else {"time": f"{at:.3f}"}
         try:
-            result = await asyncio.to_thread(self._client.custom_query, promql)
+            return await asyncio.to_thread(self._client.custom_query, promql, params)
         except PrometheusApiClientException as exc:
             return Observation.error(self._api_error_message(exc))
         except requests.exceptions.Timeout:
@@ -68,7 +84,6 @@ class PrometheusSource:
             return Observation.error(self._scrub(message))
         except requests.exceptions.RequestException as exc:
             return Observation.error(f"prometheus at {self.url} unreachable: {self._short_reason(exc)}")
-        return observation_from_result(result)
 
     async def is_online(self) -> bool:
         """Whether Prometheus answers queries at all (a trivial query, as Flagger's IsOnline does)."""
@@ -125,6 +140,24 @@ def observation_from_result(result: Any) -> Observation:
     if "value" not in sample:
         return Observation.error("query returned a range vector; use an instant vector, e.g. rate(x[1m])")
     return _observation_from_text(sample["value"][1])
+
+
+def series_from_result(result: Any) -> SeriesObservation:
+    """Map the `data.result` of an instant vector query to labelled values. Pure.
+
+    NaN samples are left out (no value); anything but a vector is an error that says so.
+    """
+    if not isinstance(result, list) or any(not isinstance(s, dict) or "value" not in s for s in result):
+        return SeriesObservation.failed(f"expected an instant vector, got {str(result)[:100]}")
+    found = []
+    for sample in result:
+        try:
+            value = float(sample["value"][1])
+        except (TypeError, ValueError, IndexError):
+            return SeriesObservation.failed(f"query returned a non-numeric value: {str(sample)[:100]}")
+        if not math.isnan(value):
+            found.append((dict(sample.get("metric", {})), value))
+    return SeriesObservation(tuple(found))
 
 
 def _observation_from_text(text: Any) -> Observation:

@@ -10,6 +10,7 @@ state machine's job.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 
@@ -57,6 +58,20 @@ class Observation:
     @classmethod
     def error(cls, message: str) -> Observation:
         return cls(ObservationKind.ERROR, None, message)
+
+
+@dataclass(frozen=True)
+class SeriesObservation:
+    """What a metric source answered to a query that may return many series: each series'
+    labels and value, or why it could not answer (`error`). No series is a valid answer
+    (a counter that does not exist yet)."""
+
+    series: tuple[tuple[Mapping[str, str], float], ...] = ()
+    error: str = ""
+
+    @classmethod
+    def failed(cls, message: str) -> SeriesObservation:
+        return cls((), message)
 
 
 @dataclass(frozen=True)

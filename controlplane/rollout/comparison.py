@@ -22,7 +22,7 @@ against the canary), the check neither passes nor blames, and the verdict says
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 from controlplane.rollout.analysis import Verdict, VerdictKind
@@ -98,6 +98,35 @@ class ArmReading:
         return cls(_series(document.get("requests", {})), _series(document.get("events", {})), per_series)
 
 
+Labels = Mapping[str, str]
+
+
+def arm_reading(answers: Mapping[str, Sequence[tuple[Labels, float]]]) -> ArmReading:
+    """One arm's reading from the answers to its counter queries (`metrics.templates.arm_queries`) (pure).
+
+    Keys "requests" and "events" hold a series per Envoy instance, "buckets" a series per
+    instance and `le`. A series is named by its `instance` label, or by all its labels
+    when it has none (a policy's own `events` query may sum over every Envoy).
+    """
+    def named(labels: Labels) -> str:
+        if "instance" in labels:
+            return labels["instance"]
+        return ",".join(f"{k}={v}" for k, v in sorted(labels.items()) if k != "le")
+
+    buckets: dict[str, dict[float, float]] = {}
+    for labels, value in answers.get("buckets", ()):
+        try:
+            le = float(labels["le"])
+        except (KeyError, ValueError):
+            raise ValueError(f"a histogram bucket without a numeric `le` label: {dict(labels)}") from None
+        buckets.setdefault(named(labels), {})[le] = value
+    return ArmReading(
+        {named(labels): value for labels, value in answers.get("requests", ())},
+        {named(labels): value for labels, value in answers.get("events", ())},
+        buckets,
+    )
+
+
 def _le(bound: float) -> str:
     return "+Inf" if math.isinf(bound) else f"{bound:g}"
 
@@ -153,6 +182,36 @@ class ComparisonState:
         return cls(
             Evidence.from_document(evidence), tolerance, _optional_number(slower),
             ArmReading.from_document(canary), ArmReading.from_document(baseline),
+        )
+
+
+@dataclass(frozen=True)
+class Comparisons:
+    """A rollout's compared checks between ticks: each check's state, and the weight its readings belong to.
+
+    `weight_acked_at` is when Envoy acknowledged the weight under which the readings were
+    taken: once the rollout's acknowledgement differs, the weight changed, and the next
+    tick must count from a reading taken under the new weight (`rebase`).
+    """
+
+    weight_acked_at: float | None
+    checks: Mapping[str, ComparisonState] = field(default_factory=dict)
+
+    def as_document(self) -> dict[str, object]:
+        return {
+            "weight_acked_at": self.weight_acked_at,
+            "checks": {name: state.as_document() for name, state in self.checks.items()},
+        }
+
+    @classmethod
+    def from_document(cls, document: Mapping[str, object]) -> Comparisons:
+        """The comparisons `as_document` wrote; ValueError says what is wrong with anything else."""
+        checks = document.get("checks", {})
+        if not isinstance(checks, Mapping) or not all(isinstance(c, Mapping) for c in checks.values()):
+            raise ValueError("not a rollout's comparisons: checks must map a check's name to its state")
+        return cls(
+            _optional_number(document.get("weight_acked_at")),
+            {str(name): ComparisonState.from_document(state) for name, state in checks.items()},
         )
 
 
@@ -255,6 +314,19 @@ def compare_tick(
                    f"{min_requests}; {result.message}")
     advanced = ComparisonState(evidence, state.tolerance_ratio, state.slower_than_ms, canary, baseline)
     return advanced, _record(check, comparison, advanced, kind, tick, result, versions, healthy, message)
+
+
+def unavailable(
+    check: MetricCheck, state: ComparisonState | None, *, canary_version: str, stable_version: str,
+    reason: str,
+) -> CheckRecord:
+    """The error verdict of a tick whose counters could not be read (pure): nothing is counted."""
+    comparison = check.compare
+    if comparison is None:
+        raise ValueError(f"check {check.name!r} does not compare with the baseline")
+    versions = {"canary": canary_version, "baseline": stable_version}
+    return _record(check, comparison, state, VerdictKind.ERROR, None, None, versions, True,
+                   f"{check.name}: {reason}")
 
 
 def rebase(state: ComparisonState, *, canary: ArmReading, baseline: ArmReading) -> ComparisonState:

@@ -12,6 +12,7 @@ from dataclasses import dataclass, replace
 from enum import StrEnum
 
 from controlplane.rollout.analysis import Verdict, VerdictKind
+from controlplane.rollout.comparison import Comparisons
 from controlplane.rollout.policy import BaselineUnhealthy, Pause, Policy, SetWeight
 
 
@@ -57,6 +58,10 @@ class RolloutState:
     message: str = ""
     # When the rollout was paused: a timed pause's clock stands still until it resumes.
     paused_at: float | None = None
+    # The sequential tests of the policy's `compare: baseline` checks: their evidence and last
+    # readings, kept with the state so that a restarted process resumes with the same evidence.
+    # The machine only carries them; the runner's analysis reads and advances them.
+    comparisons: Comparisons | None = None
 
     @property
     def active(self) -> bool:

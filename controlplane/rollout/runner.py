@@ -25,9 +25,10 @@ from typing import Any, Protocol, TypeVar
 
 from controlplane.cluster.commands import CommandKind, CommandQueue, Outcome
 from controlplane.cluster.store import EpochFence, NotLeader
-from controlplane.metrics.templates import CANARY_REQUESTS_QUERY, TemplateContext, query_for, render
 from controlplane.notifications.events import RolloutEvent, transition_event
-from controlplane.rollout.analysis import Observation, Verdict, judge
+from controlplane.rollout.analysis import Verdict
+from controlplane.rollout.evaluation import CounterSource as MetricSource
+from controlplane.rollout.evaluation import Evaluation, evaluate
 from controlplane.rollout.machine import (
     Action,
     ActionKind,
@@ -50,7 +51,6 @@ from controlplane.traffic.service import (
     TrafficRequest,
     TrafficService,
 )
-from controlplane.xds.resources import cluster_name
 from registry.domain import ChangeAction, Stage, StageChange
 from registry.errors import Conflict, NotFound, RegistryError
 from registry.service import RegistryService
@@ -90,10 +90,6 @@ class ForwardedError(RegistryError):
 class NoLeader(RegistryError):
     status = 503
     code = "no_leader"
-
-
-class MetricSource(Protocol):
-    async def query(self, promql: str) -> Observation: ...
 
 
 class PolicySource(Protocol):
@@ -372,14 +368,14 @@ class RolloutRunner:
         if active is None:
             return
         policy = self.policy(active.state.policy_name)
-        verdicts: tuple[Verdict, ...] | None = None
+        evaluation: Evaluation | None = None
         analysed_state = active.state
         if policy is not None and analysis_due(policy, active.state, self.clock()):
-            verdicts = await self._analyse(policy, active.state)
+            evaluation = await self._analyse(policy, active.state)
         async with active.lock:
             if active.state is not analysed_state:
-                verdicts = None  # decided meanwhile (an alert, an operator): this analysis is stale
-            await self._decide(active, policy, verdicts=verdicts)
+                evaluation = None  # decided meanwhile (an alert, an operator): this analysis is stale
+            await self._decide(active, policy, evaluation=evaluation)
 
     async def command(
         self, model_name: str, command: Command, *, reason: str, actor: str = ""
@@ -409,12 +405,16 @@ class RolloutRunner:
         active: ActiveRollout,
         policy: Policy | None,
         *,
-        verdicts: tuple[Verdict, ...] | None = None,
+        evaluation: Evaluation | None = None,
         command: Command | None = None,
         reason: str = "",
         actor: str = "",
     ) -> None:
         state, now = active.state, self.clock()
+        verdicts = None if evaluation is None else evaluation.verdicts
+        if evaluation is not None:
+            # The sequential tests' evidence moves on with the analysis, stored with the decision.
+            state = replace(state, comparisons=evaluation.comparisons)
         if policy is None:
             decision = decide_without_policy(state, now, command=command, reason=reason)
         else:
@@ -423,37 +423,22 @@ class RolloutRunner:
             )
             decision = decide(policy, state, inputs)
         decision = await self._apply(policy, decision)
-        if decision.state != state or decision.reason:
-            await self._store(active, decision, verdicts=verdicts, command=command, actor=actor)
+        if decision.state != active.state or decision.reason:
+            await self._store(active, decision, verdicts=verdicts, command=command, actor=actor,
+                              checks=evaluation.documents() if evaluation is not None else [],
+                              analysed_at=evaluation.at if evaluation is not None else None)
 
     def _acked(self, state: RolloutState) -> bool:
         return self.traffic.runs(state.model_name, _split(state, state.canary_weight))
 
-    async def _analyse(self, policy: Policy, state: RolloutState) -> tuple[Verdict, ...]:
-        spec = policy.analysis
-        context = TemplateContext(
-            model=state.model_name,
-            stable_version=state.stable_version,
-            canary_version=state.canary_version,
-            stable_cluster=cluster_name(state.model_name, state.stable_version),
-            canary_cluster=cluster_name(state.model_name, state.canary_version),
-            window_seconds=spec.window_seconds,
-            interval_seconds=spec.interval_seconds,
-        )
-        values = context.values()
-        queries = [render(query_for(check), values) for check in spec.metrics]
-        volume_query = render(CANARY_REQUESTS_QUERY, values)
-        measured = await asyncio.gather(
-            self.metrics_source.query(volume_query), *(self.metrics_source.query(q) for q in queries)
-        )
-        volume, results = measured[0], measured[1:]
-        verdicts = tuple(
-            judge(check, result, canary_requests=volume, min_requests=spec.min_requests)
-            for check, result in zip(spec.metrics, results, strict=True)
-        )
-        for verdict in verdicts:
+    async def _analyse(self, policy: Policy, state: RolloutState) -> Evaluation:
+        now = self.clock()
+        # Read at an explicit instant, stored with the decision: a replay at the same instants
+        # reads the same counters.
+        evaluation = await evaluate(policy, state, self.metrics_source, now=now, at=now)
+        for verdict in evaluation.verdicts:
             self.metrics.verdicts.labels(state.model_name, verdict.metric, verdict.kind.value).inc()
-        return verdicts
+        return evaluation
 
     # --- acting -------------------------------------------------------------
 
@@ -510,9 +495,14 @@ class RolloutRunner:
         verdicts: tuple[Verdict, ...] | None,
         command: Command | None,
         actor: str = "",
+        checks: list[dict[str, object]] | None = None,
+        analysed_at: float | None = None,
     ) -> None:
         inputs: dict[str, Any] = {
             "verdicts": [v.as_document() for v in verdicts] if verdicts else [],
+            # The compared checks explained: per arm the counts and rates, e-values, thresholds.
+            "checks": checks or [],
+            "analysed_at": analysed_at,
             "command": command.value if command else None,
             "actor": actor or None,
             "acked_at": decision.state.weight_acked_at,
@@ -521,7 +511,7 @@ class RolloutRunner:
         await self.store.save(active.rollout_id, decision.state, reason=decision.reason, inputs=inputs)
         self.notify(transition_event(
             active.state, decision.state, reason=decision.reason, at=self.clock(),
-            verdicts=inputs["verdicts"], actor=actor or None,
+            inputs=inputs, actor=actor or None,
         ))
         active.state = decision.state
         self._stores += 1

@@ -54,6 +54,39 @@ class VerdictDocument(ResponseModel):
     message: str
 
 
+class CountsDocument(ResponseModel):
+    requests: int = Field(ge=0)
+    events: int = Field(ge=0, description="errors, or requests slower than the boundary")
+    rate: float | None = Field(description="events / requests; null without requests")
+
+
+class ArmDocument(ResponseModel):
+    arm: str = Field(description="canary or baseline")
+    version: str
+    tick: CountsDocument = Field(description="this tick's increase of the arm's counters")
+    total: CountsDocument = Field(description="every tick the test counted so far")
+
+
+class CheckDocument(ResponseModel):
+    """A `compare: baseline` check's verdict, explained: what each arm did and what the test concluded."""
+
+    check: str
+    method: str = Field(description="sequential: the anytime-valid test against the baseline")
+    verdict: VerdictKind
+    counted: str = Field(description="what an event is: 5xx responses, requests slower than X ms, …")
+    arms: list[ArmDocument]
+    e_value: float | None = Field(description="evidence that the canary is worse than the baseline")
+    pass_e_value: float | None = Field(description="evidence that it is within the tolerance")
+    threshold: float | None = Field(description="1/alpha: either e-value passing it decides")
+    alpha: float | None = Field(description="the false-rollback probability bound")
+    observed_ratio: float | None = Field(description="canary rate / baseline rate over the counted ticks")
+    tolerance: str = Field(description="as the policy wrote it: 1.5x or +0.5pp")
+    tolerance_ratio: float | None = Field(description="the tolerance as a rate ratio")
+    baseline_slo: str = Field(description="the check's thresholdRange, judged on the baseline")
+    baseline_healthy: bool
+    message: str
+
+
 class DecisionDocument(ResponseModel):
     id: int | None = Field(default=None, description="for paging with `before`")
     at: Timestamp
@@ -62,6 +95,12 @@ class DecisionDocument(ResponseModel):
     canary_weight: int = Field(ge=0, le=100)
     reason: str = Field(description="why, with the values behind it")
     verdicts: list[VerdictDocument] = Field(default_factory=list)
+    checks: list[CheckDocument] = Field(
+        default_factory=list, description="the checks against the baseline, per arm, with their evidence"
+    )
+    analysed_at: Timestamp | None = Field(
+        default=None, description="when the checks read their counters (a replay at it reads the same)"
+    )
     command: str | None = None
     actor: str | None = Field(default=None, description="who gave the command")
     acked_at: Timestamp | None = Field(default=None, description="when Envoy ran the weight")

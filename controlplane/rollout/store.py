@@ -10,6 +10,7 @@ from sqlalchemy import JSON, Column, DateTime, Index, text
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Field, SQLModel, col, func, select
 
+from controlplane.rollout.comparison import Comparisons
 from controlplane.rollout.machine import ACTIVE_PHASES, Phase, RolloutState
 from registry.changes import ChangeKind
 from registry.errors import Conflict
@@ -54,8 +55,9 @@ class DecisionRow(SQLModel, table=True):
 
 
 def state_to_json(state: RolloutState) -> dict[str, Any]:
-    document = dataclasses.asdict(state)
+    document = {f.name: getattr(state, f.name) for f in dataclasses.fields(RolloutState)}
     document["phase"] = state.phase.value
+    document["comparisons"] = None if state.comparisons is None else state.comparisons.as_document()
     return document
 
 
@@ -63,6 +65,8 @@ def state_from_json(document: dict[str, Any]) -> RolloutState:
     known = {f.name for f in dataclasses.fields(RolloutState)}
     values = {key: value for key, value in document.items() if key in known}
     values["phase"] = Phase(values["phase"])
+    comparisons = values.get("comparisons")
+    values["comparisons"] = None if comparisons is None else Comparisons.from_document(comparisons)
     return RolloutState(**values)
 
 

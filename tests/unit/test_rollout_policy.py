@@ -9,6 +9,8 @@ import pytest
 
 from controlplane.rollout.policy import (
     AnalysisSpec,
+    BaselineComparison,
+    BaselineUnhealthy,
     HeaderMatchSpec,
     MetricCheck,
     Pause,
@@ -97,7 +99,7 @@ def test_omitted_analysis_settings_take_the_design_defaults() -> None:
     assert (policies[1].mirror_percent, policies[1].rollback_on_alert) == (0, True)
 
 
-def test_shipped_default_policy_loads_as_in_the_design() -> None:
+def test_shipped_default_policy_judges_errors_and_latency_against_prod_with_the_sequential_test() -> None:
     path = ROOT / "deploy" / "policies" / "default.yaml"
 
     policies, errors = parse_policy_text(path.read_text(), source=str(path))
@@ -105,11 +107,13 @@ def test_shipped_default_policy_loads_as_in_the_design() -> None:
     assert errors == []
     (policy,) = policies
     assert policy.steps == (SetWeight(10), Pause(30.0), SetWeight(50), Pause(30.0))
-    assert [(m.name, m.template, m.threshold) for m in policy.analysis.metrics] == [
-        ("error-rate", "request-error-rate", ThresholdRange(max=0.01)),
-        ("p99-latency-ms", "request-duration-p99", ThresholdRange(max=300)),
-        ("top-k-recall", None, ThresholdRange(min=0.9)),
+    # No check on a gauge only the reference model server exports: a real server has none, and
+    # "no data" would pause every rollout.
+    assert [(m.name, m.template, m.threshold, m.compare) for m in policy.analysis.metrics] == [
+        ("error-rate", "request-error-rate", ThresholdRange(max=0.05), BaselineComparison(alpha=0.01)),
+        ("latency", "request-duration-p99", ThresholdRange(max=1000), BaselineComparison(alpha=0.01)),
     ]
+    assert policy.analysis.baseline_unhealthy is BaselineUnhealthy.HOLD
     assert policy.match == (HeaderMatchSpec((("x-canary", "always"),)),)
 
 
