@@ -47,6 +47,17 @@ from controlplane.rollout.machine import RolloutState
 from controlplane.rollout.policy import MetricCheck, Policy
 from controlplane.xds.resources import cluster_name
 
+# How far behind the rollout's clock an analysis reads Prometheus. A sample is stamped with
+# its scrape's start but can be queried only once that scrape is stored: reading at "now"
+# could miss one that a replay at the same instant later finds. Local scrapes are stored
+# within milliseconds; a second leaves room for a slow one.
+SCRAPE_SETTLE_SECONDS = 1.0
+
+
+def reading_instant(now: float) -> float:
+    """The instant an analysis at `now` reads the counters at (live and in a replay alike)."""
+    return now - SCRAPE_SETTLE_SECONDS
+
 
 class CounterSource(Protocol):
     """Instant queries at a given time (None: now), as `metrics.prometheus.PrometheusSource` answers them."""

@@ -15,7 +15,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 
-from controlplane.rollout.evaluation import CounterSource, Evaluation, evaluate
+from controlplane.rollout.evaluation import CounterSource, Evaluation, evaluate, reading_instant
 from controlplane.rollout.explained import check_lines
 from controlplane.rollout.machine import Decision, Inputs, RolloutState, analysis_due, decide
 from controlplane.rollout.policy import Policy
@@ -55,8 +55,9 @@ async def replay(
 ) -> list[ReplayTick]:
     """The ticks at `times` (ascending) that analysed or decided, until the rollout would have ended.
 
-    The first time starts the rollout; `tick_times` makes an even grid, and the instants a
-    live rollout analysed at (`analysed_at` of its decisions) reproduce its readings.
+    The first time starts the rollout; `tick_times` makes an even grid, and the times a live
+    rollout analysed at (its decisions' `analysed_at` plus SCRAPE_SETTLE_SECONDS) reproduce its
+    readings.
     """
     state: RolloutState | None = None
     ticks = []
@@ -66,7 +67,8 @@ async def replay(
                                  message=f"replay of policy {policy.name!r}")
         evaluation = None
         if analysis_due(policy, state, at):
-            evaluation = await evaluate(policy, state, source, now=at, at=at)
+            # As the live runner: a tick at `at` reads the counters a little earlier.
+            evaluation = await evaluate(policy, state, source, now=at, at=reading_instant(at))
             state = replace(state, comparisons=evaluation.comparisons)
         verdicts = evaluation.verdicts if evaluation is not None else None
         # Envoy is taken to run a weight by the tick after the one that set it.

@@ -28,7 +28,7 @@ from controlplane.cluster.store import EpochFence, NotLeader
 from controlplane.notifications.events import RolloutEvent, transition_event
 from controlplane.rollout.analysis import Verdict
 from controlplane.rollout.evaluation import CounterSource as MetricSource
-from controlplane.rollout.evaluation import Evaluation, evaluate
+from controlplane.rollout.evaluation import Evaluation, evaluate, reading_instant
 from controlplane.rollout.machine import (
     Action,
     ActionKind,
@@ -435,7 +435,8 @@ class RolloutRunner:
         now = self.clock()
         # Read at an explicit instant, stored with the decision: a replay at the same instants
         # reads the same counters.
-        evaluation = await evaluate(policy, state, self.metrics_source, now=now, at=now)
+        at = reading_instant(now)
+        evaluation = await evaluate(policy, state, self.metrics_source, now=now, at=at)
         for verdict in evaluation.verdicts:
             self.metrics.verdicts.labels(state.model_name, verdict.metric, verdict.kind.value).inc()
         return evaluation

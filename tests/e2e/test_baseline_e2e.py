@@ -24,6 +24,7 @@ from typing import Any
 import pytest
 
 from controlplane.metrics.prometheus import PrometheusSource
+from controlplane.rollout.evaluation import SCRAPE_SETTLE_SECONDS
 from controlplane.rollout.policy_loader import parse_policy_text
 from controlplane.rollout.replay import replay
 from controlplane.xds.validate import find_envoy_binary
@@ -119,7 +120,12 @@ async def replayed(observed: Observed, model: str, rollout: dict[str, Any]) -> l
     analysis instant (or its time, for a decision without analysis)."""
     decisions = list(reversed(rollout["decisions"]))
     acked = min(decision_time({"at": d["acked_at"]}) for d in decisions if d.get("acked_at"))
-    later = [decision_time({"at": d["analysed_at"] or d["at"]}) for d in decisions]
+    # A live analysis at `now` read the counters at analysed_at = now - SCRAPE_SETTLE_SECONDS.
+    later = [
+        decision_time({"at": d["analysed_at"]}) + SCRAPE_SETTLE_SECONDS if d["analysed_at"]
+        else decision_time(d)
+        for d in decisions
+    ]
     (policy,), errors = parse_policy_text(POLICY, source="e2e")
     assert errors == []
     source = PrometheusSource(observed.prometheus.url)
