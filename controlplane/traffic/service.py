@@ -8,11 +8,8 @@ reject (or that is inconsistent) is undone and reported.
 from __future__ import annotations
 
 import logging
-from collections import OrderedDict
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any
 
 from controlplane.traffic.store import EndpointRow, TrafficRow, TrafficStore, setting_of
 from controlplane.xds.cache import Publisher, PublishResult
@@ -25,8 +22,10 @@ from controlplane.xds.resources import (
     RdsPolling,
     cluster_name,
     model_routes,
+    model_weights,
 )
-from controlplane.xds.snapshot import ModelRoutes, ResourceType, Snapshot, content_version
+from controlplane.xds.served import served_split
+from controlplane.xds.snapshot import ModelWeights, ResourceType, Snapshot, content_version
 from registry.domain import Stage, StageChange, check_model_name
 from registry.errors import Conflict, InvalidInput, NotFound
 from registry.store import RegistryStore
@@ -37,9 +36,6 @@ MAX_TTL_SECONDS = 3600
 DEFAULT_TTL_SECONDS = 30
 MAX_WEIGHT = 1_000_000
 ROLLOUT_OWNER = "rollout"
-# Route versions whose per-model split is remembered, to tell what a node's acknowledged
-# version serves (as many as the xDS cache remembers of its own history).
-SPLIT_HISTORY = 256
 
 
 @dataclass(frozen=True)
@@ -81,8 +77,9 @@ class TrafficService:
         self.endpoints: dict[tuple[str, str], dict[tuple[str, int], datetime]] = {}
         # model -> (its routes' version, the first route version that carried them).
         self._model_route_versions: dict[str, tuple[str, str]] = {}
-        # rds version -> each model's routes in it (shared with the snapshot, not copied).
-        self._route_parts: OrderedDict[str, Mapping[str, ModelRoutes]] = OrderedDict()
+        # model -> (its weights' version, the first runtime version that carried them); only
+        # models whose routes read their weights from the runtime layer.
+        self._model_weight_versions: dict[str, tuple[str, str]] = {}
         # Each model's routing as last built from the inputs; dropped when an input changes,
         # so a change to one model rebuilds one model (identity tells the snapshot builder).
         self._routes: dict[str, ModelRoute] = {}
@@ -156,52 +153,46 @@ class TrafficService:
         return result
 
     def _track_route_versions(self, snapshot: Snapshot) -> None:
-        """Remember, per model, the first route version that carried its current routes."""
-        rds_version = snapshot.versions[ResourceType.ROUTE]
-        for model_name in snapshot.changed_models:
-            part = snapshot.model_routes.get(model_name)
-            if part is None:
-                self._model_route_versions.pop(model_name, None)
-                continue
-            known = self._model_route_versions.get(model_name)
-            if known is None or known[0] != part.version:
-                self._model_route_versions[model_name] = (part.version, rds_version)
-        self._route_parts[rds_version] = snapshot.model_routes
-        self._route_parts.move_to_end(rds_version)
-        while len(self._route_parts) > SPLIT_HISTORY:
-            self._route_parts.popitem(last=False)
+        """Remember, per model, the first route and runtime versions that carried its current
+        routes and weights."""
+        for changed, parts, kind, carried in (
+            (snapshot.changed_models, snapshot.model_routes, ResourceType.ROUTE, self._model_route_versions),
+            (snapshot.changed_weights, snapshot.model_weights, ResourceType.RUNTIME,
+             self._model_weight_versions),
+        ):
+            for model_name in changed:
+                part = parts.get(model_name)
+                if part is None:
+                    carried.pop(model_name, None)
+                    continue
+                known = carried.get(model_name)
+                if known is None or known[0] != part.version:
+                    carried[model_name] = (part.version, snapshot.versions[kind])
 
-    def _split_of(self, model_name: str, routes: tuple[Any, ...]) -> dict[str, int]:
-        """Percent of requests per version that a model's plain route sends (header routes aside)."""
-        main = next((r for r in routes if r.get("name") == f"{model_name}/v1"), None)
-        action = main.get("route", {}) if main is not None else {}
-        if "cluster" in action:
-            targets = {str(action["cluster"]): 1}
-        else:
-            clusters = action.get("weighted_clusters", {}).get("clusters", [])
-            targets = {str(c.get("name")): int(c.get("weight", 0)) for c in clusters}
-        total = sum(targets.values())
+    def _by_version(self, model_name: str, split: dict[str, int] | None) -> dict[str, int] | None:
+        """A split per cluster as a split per live version (a cluster of no live version keeps its name)."""
+        if split is None:
+            return None
         stages = self.stages.get(model_name)
         versions = [v for v in (stages.prod, stages.canary) if v] if stages else []
         by_cluster = {cluster_name(model_name, version): version for version in versions}
-        return {
-            by_cluster.get(cluster, cluster): round(100 * weight / total)
-            for cluster, weight in targets.items()
-            if total > 0
-        }
+        return {by_cluster.get(cluster, cluster): share for cluster, share in split.items()}
 
     def served_splits(self, model_name: str) -> list[dict[str, int] | None]:
-        """Per live Envoy node, the percent per version its acknowledged routes serve.
+        """Per live Envoy node, the percent per version its acknowledged routes and runtime
+        layer serve.
 
         An empty split: the node answers 503 (no version can serve); None: the node runs
-        a route version this process never published (or none yet).
+        a route version (or, for a model whose routes read weights, a runtime version)
+        this process never published (or none yet).
         """
         now = self.publisher.clock()
+        cache = self.publisher.cache
         splits: list[dict[str, int] | None] = []
-        for version in self.publisher.nodes.acked_versions(ResourceType.ROUTE, now=now):
-            parts = self._route_parts.get(version)
-            part = parts.get(model_name) if parts is not None else None
-            splits.append(None if parts is None else self._split_of(model_name, part.routes) if part else {})
+        for node in self.publisher.nodes.nodes_holding(ResourceType.ROUTE, now=now):
+            parts = cache.route_parts(node.type_state(ResourceType.ROUTE).acked_version)
+            weights = cache.weight_parts(node.type_state(ResourceType.RUNTIME).acked_version)
+            splits.append(self._by_version(model_name, served_split(model_name, parts, weights)))
         return splits
 
     # --- stages -------------------------------------------------------------
@@ -303,12 +294,20 @@ class TrafficService:
         return effective_weights(self.live_stages(model_name), setting_of(row) if row else None)
 
     def acknowledgement(self, model_name: str) -> Acknowledgement:
-        """Which route version carries the model's routes, and whether every live node runs it."""
-        known = self._model_route_versions.get(model_name)
-        rds_version = known[1] if known else ""
-        acked_nodes, total_nodes = self.publisher.routes_acked(rds_version)
+        """Which versions carry the model's routes and weights, and whether every live node runs them.
+
+        `xds_version`: the runtime version when the model's routes read weights from the
+        runtime layer, else the route version.
+        """
+        routes = self._model_route_versions.get(model_name)
+        wanted = {ResourceType.ROUTE: routes[1] if routes else ""}
+        weights = self._model_weight_versions.get(model_name)
+        if weights is not None:
+            wanted[ResourceType.RUNTIME] = weights[1]
+        acked_nodes, total_nodes = self.publisher.nodes_running(wanted)
         acked = acked_nodes == total_nodes and self._serves_desired(model_name)
-        return Acknowledgement(rds_version, acked, acked_nodes, total_nodes)
+        carrier = wanted.get(ResourceType.RUNTIME, wanted[ResourceType.ROUTE])
+        return Acknowledgement(carrier, acked, acked_nodes, total_nodes)
 
     def runs(self, model_name: str, weights: dict[str, int]) -> bool:
         """Whether these are the model's weights and every live Envoy node runs them."""
@@ -328,7 +327,13 @@ class TrafficService:
         if route is None:
             return True
         known = self._model_route_versions.get(model_name)
-        return known is not None and known[0] == content_version(model_routes(route))
+        if known is None or known[0] != content_version(model_routes(route)):
+            return False
+        weights = model_weights(route)
+        carried = self._model_weight_versions.get(model_name)
+        if not weights:
+            return carried is None
+        return carried is not None and carried[0] == ModelWeights(model_name, weights).version
 
     def _endpoints_of(self, model_name: str) -> dict[tuple[str, str], tuple[Endpoint, ...]]:
         """Live endpoints per (model, version) of one model's live versions."""

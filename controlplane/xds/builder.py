@@ -1,14 +1,18 @@
 """Builds a snapshot from the desired state, on top of the previous one: purely computational, no I/O.
 
 Only the models whose routing changed (or whose routes were held back until
-Envoy has a cluster) get new clusters and routes; every other model's
-resources, versions and bytes are reused. A caller that knows which models it
+Envoy has a cluster) get new clusters, routes and weights; every other model's
+resources, versions and bytes are reused. A change of weights alone changes
+only the runtime layer: the routes read the weights from it. A caller that knows which models it
 changed says so (`changed_models`) and no pass over every model is made.
 
 Make before break (REST polls each type on its own clock, and an ADS Envoy
 applies each type as it arrives):
-- a new cluster is routed to only once every node has acknowledged a CDS version
-  that contains it (`routable_clusters`);
+- a new cluster is routed to (and weighted in the runtime layer) only once every
+  node has acknowledged a CDS version that contains it (`routable_clusters`);
+  its weight reaches traffic only through a route that names it, and that
+  route's runtime prefix names its set of arms, so keys that come before the
+  route are not read by anything;
 - a cluster that is no longer desired (or lost its endpoints) stays in CDS with
   its last hosts while a route config some node still runs sends traffic to it
   (`still_routed`).
@@ -20,7 +24,7 @@ import bisect
 import dataclasses
 from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from controlplane.xds import resources
 from controlplane.xds.consistency import endpoint_count, route_problems
@@ -28,9 +32,11 @@ from controlplane.xds.resources import Arm, DesiredState, Endpoint, ModelRoute, 
 from controlplane.xds.snapshot import (
     MODULUS,
     ModelRoutes,
+    ModelWeights,
     ResourceEntry,
     ResourceType,
     RouteConfigEntry,
+    RuntimeEntry,
     Snapshot,
     SnapshotInconsistent,
     content_version,
@@ -84,12 +90,14 @@ class _Build:
     clusters: dict[str, ResourceEntry]
     owner: dict[str, str]
     parts: dict[str, ModelRoutes]
+    weights: dict[str, ModelWeights]
     shapes: dict[str, str]
     cluster_total: int
     # Clusters that left their model or lost their hosts: (entry as it was, owning model).
     candidates: dict[str, tuple[ResourceEntry, str]] = field(default_factory=dict)
     retained: set[str] = field(default_factory=set)
     changed: set[str] = field(default_factory=set)
+    weights_changed: set[str] = field(default_factory=set)
     rebuilt: set[str] = field(default_factory=set)
     # Clusters put or dropped: what may differ from the previous snapshot's.
     touched: set[str] = field(default_factory=set)
@@ -165,14 +173,28 @@ def _rebuild_model(
         build.changed.add(name)
     if build.parts.get(name) is not part:
         build.writable("parts")[name] = part
+    _put_weights(build, name, resources.model_weights(model, routable=routable))
     shape = _shape(model, routable)
     if build.shapes.get(name) != shape:
         build.writable("shapes")[name] = shape
 
 
+def _put_weights(build: _Build, name: str, weights: tuple[tuple[str, int], ...]) -> None:
+    """A model's part of the runtime layer; none for a model whose routes read no weights."""
+    prior = build.weights.get(name)
+    if (prior.weights if prior is not None else ()) == weights:
+        return  # same weights: keep its version and bytes
+    build.weights_changed.add(name)
+    if weights:
+        build.writable("weights")[name] = ModelWeights(name, weights)
+    else:
+        build.writable("weights").pop(name, None)
+
+
 def _remove_model(build: _Build, old: ModelRoute) -> None:
     for arm in old.arms:
         build.consider(old.cluster(arm))
+    _put_weights(build, old.model_name, ())
     build.writable("parts").pop(old.model_name, None)
     build.writable("shapes").pop(old.model_name, None)
     build.changed.add(old.model_name)
@@ -203,9 +225,11 @@ def _check_part(build: _Build, part: ModelRoutes) -> None:
         for cluster in part.routed_clusters
         if cluster in build.clusters
     }
+    weights = build.weights.get(part.model_name)
+    layer = dict(weights.weights) if weights is not None else {}
     for route in part.routes:
         build.problems += route_problems(
-            f"{resources.ROUTE_CONFIG_NAME}/{route.get('name', '?')}", route, counts
+            f"{resources.ROUTE_CONFIG_NAME}/{route.get('name', '?')}", route, counts, layer
         )
 
 
@@ -228,6 +252,31 @@ def _listeners(desired: DesiredState, previous: Snapshot | None) -> tuple[Resour
     )
 
 
+_Part = TypeVar("_Part", ModelRoutes, ModelWeights)
+
+
+def _updated_parts(
+    parts: tuple[_Part, ...], total: int, changed: Iterable[str], current: Mapping[str, _Part]
+) -> tuple[tuple[_Part, ...], int]:
+    """The parts in name order with each changed model's replaced, inserted or removed, and their
+    digest sum adjusted: each is found by bisection, no pass over every model."""
+    ordered = list(parts)
+    for name in sorted(changed):
+        index = bisect.bisect_left(ordered, name, key=lambda part: part.model_name)
+        present = index < len(ordered) and ordered[index].model_name == name
+        if present:
+            total -= ordered[index].digest
+        if name in current:
+            total += current[name].digest
+            if present:
+                ordered[index] = current[name]
+            else:
+                ordered.insert(index, current[name])
+        elif present:
+            del ordered[index]
+    return tuple(ordered), total % MODULUS
+
+
 def _route_config(
     build: _Build, inputs: Mapping[str, ModelRoute], previous: Snapshot | None
 ) -> RouteConfigEntry:
@@ -237,24 +286,17 @@ def _route_config(
     prior = previous.route_config
     if not build.changed:
         return prior
-    # The parts stay in name order: each changed model is found by bisection, replaced,
-    # inserted or removed, and the sum adjusted; no pass over every model.
-    parts = list(prior.parts)
-    total = prior.total
-    for name in sorted(build.changed):
-        index = bisect.bisect_left(parts, name, key=lambda part: part.model_name)
-        present = index < len(parts) and parts[index].model_name == name
-        if present:
-            total -= parts[index].digest
-        if name in build.parts:
-            total += build.parts[name].digest
-            if present:
-                parts[index] = build.parts[name]
-            else:
-                parts.insert(index, build.parts[name])
-        elif present:
-            del parts[index]
-    return RouteConfigEntry(tuple(parts), total % MODULUS)
+    return RouteConfigEntry(*_updated_parts(prior.parts, prior.total, build.changed, build.parts))
+
+
+def _runtime(build: _Build, previous: Snapshot | None) -> RuntimeEntry:
+    if previous is None:
+        ordered = tuple(build.weights[name] for name in sorted(build.weights))
+        return RuntimeEntry(ordered, sum(part.digest for part in ordered) % MODULUS)
+    prior = previous.runtime
+    if not build.weights_changed:
+        return prior
+    return RuntimeEntry(*_updated_parts(prior.parts, prior.total, build.weights_changed, build.weights))
 
 
 def build_snapshot(
@@ -281,6 +323,7 @@ def build_snapshot(
         clusters=previous.cluster_entries if previous else {},  # type: ignore[arg-type]
         owner=previous.cluster_owner if previous else {},  # type: ignore[arg-type]
         parts=previous.model_routes if previous else {},  # type: ignore[arg-type]
+        weights=previous.model_weights if previous else {},  # type: ignore[arg-type]
         shapes=previous.shapes if previous else {},  # type: ignore[arg-type]
         cluster_total=previous.cluster_total if previous else 0,
     )
@@ -317,7 +360,7 @@ def build_snapshot(
                 cluster, (previous.cluster_entries[cluster], previous.cluster_owner.get(cluster, ""))
             )
     _settle(build, inputs, still_routed)
-    for name in build.changed:
+    for name in build.changed | build.weights_changed:
         if name in build.parts:
             _check_part(build, build.parts[name])
     if build.problems:
@@ -355,12 +398,15 @@ def _assemble(
         cluster_entries=build.clusters,
         model_routes=build.parts,
         route_config=_route_config(build, inputs, previous),
+        model_weights=build.weights,
+        runtime=_runtime(build, previous),
         inputs=inputs,
         cluster_owner=build.owner,
         cluster_total=build.cluster_total % MODULUS,
         routable=routable,
         retained=frozenset(build.retained),
         changed_models=frozenset(build.changed),
+        changed_weights=frozenset(build.weights_changed),
         changed_clusters=None if previous is None else frozenset(build.touched),
         base_cluster_version=None if previous is None else previous.versions[ResourceType.CLUSTER],
         shapes=build.shapes,

@@ -18,9 +18,16 @@ from dataclasses import dataclass
 from typing import TypeVar
 
 from controlplane.xds.builder import build_snapshot, subset
-from controlplane.xds.nodes import NodeTracker
+from controlplane.xds.nodes import NodeState, NodeTracker
 from controlplane.xds.resources import DesiredState
-from controlplane.xds.snapshot import ModelRoutes, ResourceType, Snapshot, SnapshotInconsistent, has_hosts
+from controlplane.xds.snapshot import (
+    ModelRoutes,
+    ModelWeights,
+    ResourceType,
+    Snapshot,
+    SnapshotInconsistent,
+    has_hosts,
+)
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +62,8 @@ class XdsCache:
         # when first asked (most versions are never asked about: no node holds them).
         self._cluster_sets: OrderedDict[str, frozenset[str] | Snapshot] = OrderedDict()
         self._route_parts: OrderedDict[str, Mapping[str, ModelRoutes]] = OrderedDict()
+        self._weight_parts: OrderedDict[str, Mapping[str, ModelWeights]] = OrderedDict()
+        # Route and runtime versions -> when first published (versions of two types never collide).
         self._sequences: OrderedDict[str, int] = OrderedDict()
         self._published: dict[ResourceType, OrderedDict[str, None]] = {
             kind: OrderedDict() for kind in ResourceType
@@ -82,8 +91,11 @@ class XdsCache:
             self._cluster_sets.move_to_end(cds)
         # The per-model parts are shared with the snapshot, not copied.
         _bounded_put(self._route_parts, rds, snapshot.model_routes)
-        if rds not in self._sequences:
-            _bounded_put(self._sequences, rds, self.sequence)
+        runtime = snapshot.versions[ResourceType.RUNTIME]
+        _bounded_put(self._weight_parts, runtime, snapshot.model_weights)
+        for version in (rds, runtime):
+            if version not in self._sequences:
+                _bounded_put(self._sequences, version, self.sequence)
         for versions in (snapshot.versions, snapshot.ads_versions):
             for kind, version in versions.items():
                 _bounded_put(self._published[kind], version, None)
@@ -129,9 +141,18 @@ class XdsCache:
         """Each model's routes in a route version this process published; None when unknown."""
         return self._route_parts.get(rds_version)
 
-    def route_sequence(self, rds_version: str) -> int | None:
-        """When a route version was first published (a counter); None when unknown."""
-        return self._sequences.get(rds_version)
+    def weight_parts(self, runtime_version: str) -> Mapping[str, ModelWeights] | None:
+        """Each weighted model's part of a runtime layer this process published; None when unknown.
+
+        A node that never applied a runtime layer ("") runs none: every route falls back
+        to its own weights."""
+        if not runtime_version:
+            return {}
+        return self._weight_parts.get(runtime_version)
+
+    def sequence_of(self, version: str) -> int | None:
+        """When a route or runtime version was first published (a counter); None when unknown."""
+        return self._sequences.get(version)
 
 
 def _bounded_put(store: OrderedDict[str, T], key: str, value: T) -> None:
@@ -295,19 +316,26 @@ class Publisher:
             for listener in self._rebuild_refused:
                 listener(result.error)
 
-    def routes_acked(self, rds_version: str) -> tuple[int, int]:
-        """(nodes surely running `rds_version` or a later one, nodes that must acknowledge routes)."""
+    def nodes_running(self, wanted: Mapping[ResourceType, str]) -> tuple[int, int]:
+        """(nodes surely running, for each type given, that version or a later one; nodes that
+        must acknowledge routes).
+
+        Types are the route configuration and the runtime layer. A node that holds routes
+        but never applied a runtime layer (a bootstrap without Aegis's RTDS layer) runs
+        no runtime version: it does not count as running weights.
+        """
         now = self.clock()
-        wanted = self.cache.route_sequence(rds_version)
         live = self.nodes.nodes_holding(ResourceType.ROUTE, now=now)
-        if wanted is None:
+        wanted_sequences = {kind: self.cache.sequence_of(version) for kind, version in wanted.items()}
+        if any(sequence is None for sequence in wanted_sequences.values()):
             return 0, len(live)
-        acked = 0
-        for node in live:
-            sequences = [
-                self.cache.route_sequence(version)
-                for version in node.type_state(ResourceType.ROUTE).possible_versions()
-            ]
-            if all(seq is not None and seq >= wanted for seq in sequences):
-                acked += 1
+        def runs_at_least(node: NodeState, kind: ResourceType, wanted_sequence: int | None) -> bool:
+            sequences = [self.cache.sequence_of(v) for v in node.type_state(kind).possible_versions()]
+            return all(seq is not None and wanted_sequence is not None and seq >= wanted_sequence
+                       for seq in sequences)
+
+        acked = sum(
+            all(runs_at_least(node, kind, sequence) for kind, sequence in wanted_sequences.items())
+            for node in live
+        )
         return acked, len(live)

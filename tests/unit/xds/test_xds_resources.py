@@ -21,14 +21,25 @@ from controlplane.xds.resources import (
     clusters,
     listener,
     model_routes,
+    model_weights,
     route_configuration,
+    runtime_layer,
     serving_weights,
+    weights_prefix,
 )
 
 UP_1 = (Endpoint("127.0.0.1", 9001),)
 UP_2 = (Endpoint("127.0.0.1", 9002),)
 V1 = cluster_name("foo", "v1")
 V2 = cluster_name("foo", "v2")
+PREFIX = weights_prefix("foo", (V1, V2))
+# Both arms serve: the route names both, falls back to the stable one, and reads the weights.
+BY_RUNTIME = {
+    "weighted_clusters": {
+        "clusters": [{"name": V1, "weight": 1}, {"name": V2, "weight": 0}],
+        "runtime_key_prefix": PREFIX,
+    }
+}
 
 
 def foo(
@@ -63,24 +74,41 @@ def test_cluster_names_are_dot_free_unique_and_deterministic() -> None:
 
 
 @pytest.mark.parametrize(
-    ("model", "expected_action"),
+    ("model", "expected_action", "expected_weights"),
     [
+        pytest.param(foo(90, 10), BY_RUNTIME, {f"{PREFIX}.{V1}": 90, f"{PREFIX}.{V2}": 10}, id="90/10 split"),
+        pytest.param(foo(90, 10, canary_up=False), {"cluster": V1}, {}, id="canary without endpoints"),
+        pytest.param(foo(90, 10, stable_up=False), {"cluster": V2}, {}, id="stable without endpoints"),
+        pytest.param(foo(100, 0), BY_RUNTIME, {f"{PREFIX}.{V1}": 100, f"{PREFIX}.{V2}": 0}, id="canary at 0"),
         pytest.param(
-            foo(90, 10),
-            {"weighted_clusters": {"clusters": [{"name": V1, "weight": 90}, {"name": V2, "weight": 10}]}},
-            id="90/10 split",
+            foo(0, 100), BY_RUNTIME, {f"{PREFIX}.{V1}": 0, f"{PREFIX}.{V2}": 100}, id="canary at 100"
         ),
-        pytest.param(foo(90, 10, canary_up=False), {"cluster": V1}, id="canary without endpoints"),
-        pytest.param(foo(90, 10, stable_up=False), {"cluster": V2}, id="stable without endpoints"),
-        pytest.param(foo(100, 0), {"cluster": V1}, id="canary at 0 is left out"),
-        pytest.param(foo(0, 100), {"cluster": V2}, id="promoted to 100"),
-        pytest.param(ModelRoute("foo", stable=Arm("v1", 100, UP_1)), {"cluster": V1}, id="no canary"),
+        pytest.param(ModelRoute("foo", stable=Arm("v1", 100, UP_1)), {"cluster": V1}, {}, id="no canary"),
     ],
 )
-def test_split_route_sends_traffic_only_where_endpoints_are(
-    model: ModelRoute, expected_action: dict[str, Any]
+def test_split_route_names_the_serving_arms_and_the_runtime_layer_weighs_them(
+    model: ModelRoute, expected_action: dict[str, Any], expected_weights: dict[str, int]
 ) -> None:
     assert split_route(model)["route"] == expected_action
+    assert dict(model_weights(model)) == expected_weights
+    assert runtime_layer(DesiredState(ListenerAddress("127.0.0.1", 1), (model,))) == {
+        "name": "aegis_weights", "layer": expected_weights,
+    }
+
+
+def test_a_weight_change_leaves_the_routes_as_they_were() -> None:
+    assert model_routes(foo(90, 10)) == model_routes(foo(0, 100)) == model_routes(foo(100, 0))
+    assert model_weights(foo(90, 10)) != model_weights(foo(50, 50))
+
+
+def test_another_set_of_arms_reads_other_runtime_keys() -> None:
+    """A node running the new routes with the old layer (or the reverse) finds no key and
+    falls back to the stable arm, instead of mixing two splits."""
+    new_canary = ModelRoute("foo", stable=Arm("v1", 0, UP_1), canary=Arm("v3", 100, UP_2))
+    assert weights_prefix("foo", (V1, cluster_name("foo", "v3"))) != PREFIX
+    old_keys = {key for key, _ in model_weights(foo(0, 100))}
+    assert not old_keys & {key for key, _ in model_weights(new_canary)}
+    assert PREFIX.startswith("aegis_weights.foo.")
 
 
 @pytest.mark.parametrize(
@@ -102,6 +130,7 @@ def test_weight_of_an_arm_without_endpoints_goes_to_the_other(
 def test_canary_not_yet_acknowledged_gets_no_traffic() -> None:
     assert serving_weights(foo(90, 10), routable=frozenset({V1})) == (WeightedTarget(V1, 100),)
     assert split_route(foo(90, 10, mirror_percent=50), routable=frozenset({V1}))["route"] == {"cluster": V1}
+    assert model_weights(foo(90, 10), routable=frozenset({V1})) == ()
 
 
 def test_model_without_endpoints_answers_503_with_a_json_reason() -> None:

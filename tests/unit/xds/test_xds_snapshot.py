@@ -62,11 +62,12 @@ def test_endpoint_order_is_not_a_change() -> None:
 @pytest.mark.parametrize(
     ("after", "changed"),
     [
-        pytest.param(desired(50, 50), {ResourceType.ROUTE}, id="weight change"),
+        pytest.param(desired(50, 50), {ResourceType.RUNTIME}, id="weight change"),
+        pytest.param(desired(100, 0), {ResourceType.RUNTIME}, id="canary weight to 0"),
         pytest.param(desired(mirror_percent=10), {ResourceType.ROUTE}, id="mirror change"),
         pytest.param(
             desired(canary=None),
-            {ResourceType.ROUTE, ResourceType.CLUSTER, ResourceType.ENDPOINT},
+            {ResourceType.ROUTE, ResourceType.CLUSTER, ResourceType.ENDPOINT, ResourceType.RUNTIME},
             id="canary removed",
         ),
         pytest.param(
@@ -172,9 +173,12 @@ def test_new_canary_is_routed_only_after_envoy_acknowledged_its_cluster() -> Non
     before_ack = build_snapshot(desired(), routable_clusters=frozenset({V1}))
     assert {cluster["name"] for cluster in before_ack.clusters} == {V1, V2}
     assert split_action(before_ack) == {"cluster": V1}
+    assert before_ack.runtime.layer == {}
     after_ack = build_snapshot(desired(), routable_clusters=frozenset({V1, V2}))
-    assert versions_that_differ(before_ack, after_ack) == {ResourceType.ROUTE}
-    assert split_action(after_ack)["weighted_clusters"]["clusters"][1] == {"name": V2, "weight": 10}
+    assert versions_that_differ(before_ack, after_ack) == {ResourceType.ROUTE, ResourceType.RUNTIME}
+    prefix = split_action(after_ack)["weighted_clusters"]["runtime_key_prefix"]
+    assert split_action(after_ack)["weighted_clusters"]["clusters"][1] == {"name": V2, "weight": 0}
+    assert after_ack.runtime.layer == {f"{prefix}.{V1}": 90, f"{prefix}.{V2}": 10}
 
 
 def test_removed_canary_stays_in_cds_until_no_acked_route_uses_it() -> None:
