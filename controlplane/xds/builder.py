@@ -8,11 +8,14 @@ changed says so (`changed_models`) and no pass over every model is made.
 
 Make before break (REST polls each type on its own clock, and an ADS Envoy
 applies each type as it arrives):
-- a new cluster is routed to (and weighted in the runtime layer) only once every
-  node has acknowledged a CDS version that contains it (`routable_clusters`);
-  its weight reaches traffic only through a route that names it, and that
-  route's runtime prefix names its set of arms, so keys that come before the
-  route are not read by anything;
+- a new cluster is routed to only once every node has acknowledged a CDS version
+  that contains it (`routable_clusters`);
+- each version of a model's routes reads its weights under its own runtime key
+  prefix; the keys of routes some node still runs stay in the runtime layer with
+  the weights they were published with (`running_routes`), so a node that has
+  not taken new routes yet, or rejected them, keeps its whole last good split,
+  and a weight for a new arm is read only by routes that name it (sent after the
+  runtime layer, ads_protocol.SEND_ORDER);
 - a cluster that is no longer desired (or lost its endpoints) stays in CDS with
   its last hosts while a route config some node still runs sends traffic to it
   (`still_routed`).
@@ -98,6 +101,8 @@ class _Build:
     retained: set[str] = field(default_factory=set)
     changed: set[str] = field(default_factory=set)
     weights_changed: set[str] = field(default_factory=set)
+    # Models whose runtime part keeps the weights of older routes some node still runs.
+    weights_kept: set[str] = field(default_factory=set)
     rebuilt: set[str] = field(default_factory=set)
     # Clusters put or dropped: what may differ from the previous snapshot's.
     touched: set[str] = field(default_factory=set)
@@ -146,9 +151,13 @@ def _cluster_entry(model: ModelRoute, arm: Arm, previous: ResourceEntry | None) 
     return ResourceEntry(ResourceType.CLUSTER, str(body["name"]), body)
 
 
+RunningRoutes = Callable[[str], Iterable[ModelRoutes]]
+"""model name -> the versions of its routes that some node may still run."""
+
+
 def _rebuild_model(
     build: _Build, model: ModelRoute, *, old: ModelRoute | None, previous: Snapshot | None,
-    routable: frozenset[str] | None,
+    routable: frozenset[str] | None, running_routes: RunningRoutes | None,
 ) -> None:
     name = model.model_name
     build.rebuilt.add(name)
@@ -173,10 +182,29 @@ def _rebuild_model(
         build.changed.add(name)
     if build.parts.get(name) is not part:
         build.writable("parts")[name] = part
-    _put_weights(build, name, resources.model_weights(model, routable=routable))
+    kept = _kept_weights(build, part, running_routes)
+    if kept:
+        build.weights_kept.add(name)
+    current = resources.model_weights(model, routable=routable, routes=list(part.routes))
+    _put_weights(build, name, current + kept)
     shape = _shape(model, routable)
     if build.shapes.get(name) != shape:
         build.writable("shapes")[name] = shape
+
+
+def _kept_weights(
+    build: _Build, part: ModelRoutes, running_routes: RunningRoutes | None
+) -> tuple[tuple[str, int], ...]:
+    """The weights of this model's older routes that some node still runs, as last published."""
+    prior = build.weights.get(part.model_name)
+    if prior is None or running_routes is None:
+        return ()
+    prefixes = {running.runtime_prefix for running in running_routes(part.model_name)}
+    prefixes.discard(part.runtime_prefix)
+    prefixes.discard(None)
+    return tuple(sorted(
+        (key, weight) for key, weight in prior.weights if key.rsplit(".", 1)[0] in prefixes
+    ))
 
 
 def _put_weights(build: _Build, name: str, weights: tuple[tuple[str, int], ...]) -> None:
@@ -304,6 +332,7 @@ def build_snapshot(
     *,
     routable_clusters: frozenset[str] | None = None,
     still_routed: Callable[[str], bool] | None = None,
+    running_routes: RunningRoutes | None = None,
     previous: Snapshot | None = None,
     changed_models: Collection[str] | None = None,
 ) -> Snapshot:
@@ -313,10 +342,13 @@ def build_snapshot(
     name no other (None: no gating, e.g. for validation or a restart that restores
     what Envoy already runs). `still_routed(cluster)`: whether a route config some
     node still runs sends traffic to a cluster; such a cluster is kept (with its
-    last hosts) after it stopped being desired. `previous`: the snapshot to build
-    on; only models whose routing changed (or whose routes were held back) are
-    rebuilt. `changed_models`: the only models that may differ from `previous`'s
-    (a caller that tracks its changes saves a pass over every model); None
+    last hosts) after it stopped being desired. `running_routes(model)`: the
+    versions of a model's routes some node may still run; their weights stay in the
+    runtime layer as last published (None: none kept). `previous`: the snapshot to
+    build on; only models whose routing changed (or whose routes were held back, or
+    whose runtime part keeps older weights) are rebuilt. `changed_models`: the only
+    models that may differ from `previous`'s (a caller that tracks its changes saves
+    a pass over every model); None
     compares every model, by identity first, then by equality.
     """
     build = _Build(
@@ -328,6 +360,7 @@ def build_snapshot(
         cluster_total=previous.cluster_total if previous else 0,
     )
     old_inputs: Mapping[str, ModelRoute] = previous.inputs if previous else {}
+    held_before = previous.held_back_models if previous else frozenset()
     only_grew = _routable_only_grew(previous, routable_clusters)
     if previous is not None and changed_models is not None and only_grew:
         inputs = dict(old_inputs)
@@ -349,9 +382,10 @@ def build_snapshot(
         if model is None:
             continue
         old = old_inputs.get(name)
-        if (old is model or old == model) and only_grew and not build.parts[name].held_back:
+        if (old is model or old == model) and only_grew and name not in held_before:
             continue
-        _rebuild_model(build, model, old=old, previous=previous, routable=routable_clusters)
+        _rebuild_model(build, model, old=old, previous=previous, routable=routable_clusters,
+                       running_routes=running_routes)
     for name in removed:
         _remove_model(build, old_inputs[name])
     if previous is not None:
@@ -372,7 +406,7 @@ def _held_back_models(build: _Build, previous: Snapshot | None, rebuilt: Iterabl
     held = set(previous.held_back_models) if previous is not None else set()
     for name in rebuilt:
         part = build.parts.get(name)
-        if part is not None and part.held_back:
+        if part is not None and (part.held_back or name in build.weights_kept):
             held.add(name)
         else:
             held.discard(name)

@@ -13,7 +13,7 @@ import asyncio
 import logging
 import time
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable, Collection, Mapping
+from collections.abc import Awaitable, Callable, Collection, Iterator, Mapping
 from dataclasses import dataclass
 from typing import TypeVar
 
@@ -270,9 +270,17 @@ class Publisher:
                         return True
             return False
 
+        def running_routes(model_name: str) -> Iterator[ModelRoutes]:
+            for versions in route_holders:
+                for rds_version in versions:
+                    parts = self.cache.route_parts(rds_version)
+                    part = parts.get(model_name) if parts is not None else None
+                    if part is not None:
+                        yield part
+
         return build_snapshot(
-            desired, routable_clusters=routable, still_routed=still_routed, previous=current,
-            changed_models=changed_models,
+            desired, routable_clusters=routable, still_routed=still_routed, running_routes=running_routes,
+            previous=current, changed_models=changed_models,
         )
 
     def request_rebuild(self, resource_type: ResourceType | None = None, acked_version: str = "") -> None:

@@ -20,10 +20,12 @@ Routing rules, each for a reason:
   `<prefix>.<cluster>` on every request (summing them per request). The routes
   then change only when a model's set of arms changes, and a weight change is a
   small runtime update instead of Envoy re-applying every model's routes (385 ms
-  at 10,000 models, measured). The prefix names the model and its set of arms, so
-  a route never reads keys written for another set; the weights in the route are
-  the fallback for keys Envoy does not have (yet): all to the stable arm, the one
-  split that is safe whatever the runtime layer holds.
+  at 10,000 models, measured). The prefix names the model and hashes the rest of
+  its routes, so each version of a model's routes reads its own keys: a node
+  still on older routes (or one that rejected the new ones) reads the weights
+  they were published with (builder.py keeps them), never a mix. The weights in
+  the route are the fallback for keys Envoy does not have: all to the stable
+  arm, the one split that is safe whatever the runtime layer holds.
 - No retry policy: a retry stays on the same weighted cluster and would hide
   canary errors from the analysis (and overflow the default retry breaker).
 """
@@ -326,16 +328,24 @@ def _no_endpoints_response(model_name: str) -> Resource:
     }
 
 
-def weights_prefix(model_name: str, clusters: Iterable[str]) -> str:
-    """The `runtime_key_prefix` of a model's weighted routes over these arms. Pure.
+def weights_prefix(model_name: str, routes: list[Resource]) -> str:
+    """The `runtime_key_prefix` of a model's weighted routes, from those routes without it. Pure.
 
-    It names the model (readable in Envoy's /runtime) and hashes the set of arms:
-    when the arms change, so do the keys, so a node that has the new routes but an
-    older runtime layer (or the reverse) finds no keys and falls back to the
-    route's own weights instead of mixing two splits (which could sum to 0).
+    It names the model (readable in Envoy's /runtime) and hashes its routes (arms,
+    header matches, mirroring): when they change, so do the keys, so routes never
+    read weights published for other routes (two splits mixed could even sum to 0).
     """
-    digest = hashlib.sha256("\0".join(clusters).encode()).hexdigest()[:8]
-    return f"{RUNTIME_LAYER_NAME}.{model_name}.{digest}"
+    digest = hashlib.sha256(json.dumps(routes, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+    return f"{RUNTIME_LAYER_NAME}.{model_name}.{digest[:8]}"
+
+
+def runtime_prefix(routes: Iterable[Resource]) -> str | None:
+    """The runtime key prefix a model's routes read their weights under; None when they read none."""
+    for route in routes:
+        prefix = route.get("route", {}).get("weighted_clusters", {}).get("runtime_key_prefix")
+        if prefix:
+            return str(prefix)
+    return None
 
 
 def weight_key(prefix: str, cluster: str) -> str:
@@ -344,17 +354,18 @@ def weight_key(prefix: str, cluster: str) -> str:
 
 
 def model_weights(
-    model: ModelRoute, *, routable: frozenset[str] | None = None
+    model: ModelRoute, *, routable: frozenset[str] | None = None, routes: list[Resource] | None = None
 ) -> tuple[tuple[str, int], ...]:
     """One model's part of the runtime layer: (runtime key, weight) per arm. Pure.
 
     Empty unless the model's routes split between two arms (a single serving arm
-    gets a plain route, with no weight to read).
+    gets a plain route, with no weight to read). `routes`: the model's routes for
+    the same `routable`, when already built.
     """
     targets = serving_weights(model, routable=routable)
-    if len(targets) < 2:
+    prefix = runtime_prefix(routes if routes is not None else model_routes(model, routable=routable))
+    if len(targets) < 2 or prefix is None:
         return ()
-    prefix = weights_prefix(model.model_name, (target.cluster for target in targets))
     return tuple((weight_key(prefix, target.cluster), target.weight) for target in targets)
 
 
@@ -368,13 +379,10 @@ def _split_action(model: ModelRoute, targets: tuple[WeightedTarget, ...], mirror
     else:
         # Every serving arm is named, weight or not: the runtime layer moves traffic
         # between them without a route change (100/0 and 0/100 are one route).
+        # model_routes adds the runtime_key_prefix.
         names = [target.cluster for target in targets]
         fallback = [{"name": name, "weight": 1 if index == 0 else 0} for index, name in enumerate(names)]
-        action = {
-            "weighted_clusters": {
-                "clusters": fallback, "runtime_key_prefix": weights_prefix(model.model_name, names)
-            }
-        }
+        action = {"weighted_clusters": {"clusters": fallback}}
     if mirror is not None and model.mirror_percent > 0:
         fraction = {"numerator": model.mirror_percent, "denominator": "HUNDRED"}
         action["request_mirror_policies"] = [
@@ -410,6 +418,12 @@ def model_routes(model: ModelRoute, *, routable: frozenset[str] | None = None) -
     for kind, path in _path_matches(model.model_name):
         split = _split_action(model, targets, canary_cluster)
         routes.append({"name": f"{model.model_name}/{kind}", "match": path, **split})
+    splits = [route["route"]["weighted_clusters"] for route in routes
+              if "weighted_clusters" in route.get("route", {})]
+    if splits:
+        prefix = weights_prefix(model.model_name, routes)
+        for split in splits:
+            split["runtime_key_prefix"] = prefix
     return routes
 
 

@@ -138,6 +138,11 @@ class ModelRoutes:
         return proto.encode_virtual_host_routes(self.routes)
 
     @cached_property
+    def runtime_prefix(self) -> str | None:
+        """The prefix of the runtime keys these routes read their weights under (None: none)."""
+        return resources.runtime_prefix(self.routes)
+
+    @cached_property
     def routed_clusters(self) -> frozenset[str]:
         """Clusters these routes send traffic or mirror copies to."""
         names: set[str] = set()
@@ -267,7 +272,8 @@ class Snapshot:
     base_cluster_version: str | None = None
     # A key per model for "this shape of config was validated by Envoy" (names and weights left out).
     shapes: Mapping[str, str] = field(default_factory=dict)
-    # Models whose routes leave out an arm Envoy does not have yet: rebuilt at every build.
+    # Models whose routes leave out an arm Envoy does not have yet, or whose runtime part
+    # keeps the weights of older routes some node runs: rebuilt at every build.
     held_back_models: frozenset[str] = frozenset()
     _sorted_clusters: tuple[ResourceEntry, ...] | None = None
     # What the listener was built from (for builder.subset).

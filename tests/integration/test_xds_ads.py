@@ -255,16 +255,15 @@ async def test_delta_removes_the_canary_cluster_only_after_the_routes_stopped_us
         routes = await envoy.receive()
         assert routes.type_url == RDS, "routes leave the canary first"
         assert route_weights(decode(RDS, routes.resources[0].resource.value), "m/v1-verb") == {V1: 100}
-        weights = await envoy.receive()
-        layer = layer_weights(decode(RTDS, weights.resources[0].resource.value))
-        assert layer == {}, "a plain route reads no weights"
-        await envoy.delta_request(RTDS, nonce=weights.nonce)
-        assert await envoy.nothing_within(0.3), "the cluster stays while the node may route to it"
+        assert await envoy.nothing_within(0.3), "the cluster and its weights stay while the node may use them"
         await envoy.delta_request(RDS, nonce=routes.nonce)
         clusters = await envoy.receive()
         assert clusters.type_url == CDS
         assert (list(clusters.removed_resources), list(clusters.resources)) == ([V2], [])
+        weights = await envoy.receive()
+        assert layer_weights(decode(RTDS, weights.resources[0].resource.value)) == {}, "no route reads any"
         await envoy.delta_request(CDS, nonce=clusters.nonce)
+        await envoy.delta_request(RTDS, nonce=weights.nonce)
         assert await envoy.nothing_within(0.2)
 
 
@@ -325,7 +324,7 @@ async def rollout(client: TestClient[Any, Any]) -> dict[str, Any]:
     return document
 
 
-async def test_a_rollout_holds_at_its_step_while_a_node_rejects_its_weights(
+async def test_a_rollout_holds_at_its_step_while_a_node_rejects_its_routes(
     make_settings: Any, database_url: str, start_client: StartClient, tmp_path: Any
 ) -> None:
     policies = tmp_path / "policies.yaml"
@@ -347,7 +346,7 @@ async def test_a_rollout_holds_at_its_step_while_a_node_rejects_its_weights(
         assert announced.status in (200, 201)
     await client.post("/v1/registry/m/1/promote", json={"stage": "prod"}, headers=auth("operator"))
     async with AdsClient(ads_target(client), "picky") as envoy:
-        good = (await sync_sotw(envoy))["runtime"]
+        good = (await sync_sotw(envoy))["routes"]
         promoted = await client.post(
             "/v1/registry/m/2/promote", json={"stage": "canary"}, headers=auth("operator")
         )
@@ -356,15 +355,18 @@ async def test_a_rollout_holds_at_its_step_while_a_node_rejects_its_weights(
         clusters = await envoy.receive()
         assert clusters.type_url == CDS
         await envoy.ack(clusters)
+        # The weights the new routes will read come first, then the routes.
+        weights = await envoy.receive()
+        assert layer_weights(decode(RTDS, weights.resources[0].value)) == {V1: 90, V2: 10}
+        await envoy.ack(weights)
         routes = await envoy.receive()
         assert routes.type_url == RDS
         assert route_weights(decode(RDS, routes.resources[0].value), "m/v1-verb") == {V1: 1, V2: 0}
-        await envoy.ack(routes)
-        weights = await envoy.receive()
-        assert layer_weights(decode(RTDS, weights.resources[0].value)) == {V1: 90, V2: 10}
-        await envoy.request(RTDS, good.version_info, [RUNTIME_LAYER_NAME], nonce=weights.nonce,
-                            error="rejected for the test")
+        await envoy.request(RDS, good.version_info, [ROUTE_CONFIG_NAME], nonce=routes.nonce,
+                            error="Sum of weights in the weighted_cluster must be greater than 0.")
         assert await envoy.nothing_within(2.5)  # the 1 s pause and many ticks
+        # It serves what its routes say: the canary gets nothing there.
+        assert (await rollout(client))["served_canary_weights"] == [{"canary_weight": 0, "nodes": 1}]
         held = await rollout(client)
         assert (held["phase"], held["step"], held["canary_weight"], held["acknowledged"]) == (
             "progressing", 1, 10, False

@@ -26,6 +26,12 @@ SPLIT_0_100 = snapshot(0, 100)
 NO_CANARY = snapshot(100, None)
 OTHER_CANARY = snapshot(20, 80, canary_version="3")
 NO_HOSTS = snapshot(100, None, up=False)
+# New routes (mirroring) and weights, while a node still runs SPLIT_90's routes: their weights stay.
+MIRRORED = build_snapshot(
+    DesiredState(ListenerAddress("127.0.0.1", 1), (ModelRoute("foo", Arm("1", 50, UP), Arm("2", 50, UP),
+                                                              mirror_percent=5),)),
+    running_routes=lambda model: [SPLIT_90.model_routes[model]], previous=SPLIT_90,
+)
 
 
 UNKNOWN = None  # a version this process never published
@@ -45,6 +51,10 @@ NONE_APPLIED: dict[str, ModelWeights] = {}  # the node never applied a runtime l
                      id="a layer without its keys: fallback"),
         pytest.param(OTHER_CANARY.model_routes, SPLIT_90.model_weights, {V1: 100, V3: 0},
                      id="keys of another set of arms: fallback"),
+        pytest.param(SPLIT_90.model_routes, MIRRORED.model_weights, {V1: 90, V2: 10},
+                     id="older routes read the weights they came with"),
+        pytest.param(MIRRORED.model_routes, MIRRORED.model_weights, {V1: 50, V2: 50},
+                     id="the new routes read the new weights"),
         pytest.param(SPLIT_90.model_routes, UNKNOWN, None, id="a runtime version never published"),
         pytest.param(NO_CANARY.model_routes, UNKNOWN, {V1: 100}, id="a plain route needs no runtime layer"),
         pytest.param(UNKNOWN, SPLIT_90.model_weights, None, id="a route version never published"),

@@ -24,22 +24,14 @@ from controlplane.xds.resources import (
     model_weights,
     route_configuration,
     runtime_layer,
+    runtime_prefix,
     serving_weights,
-    weights_prefix,
 )
 
 UP_1 = (Endpoint("127.0.0.1", 9001),)
 UP_2 = (Endpoint("127.0.0.1", 9002),)
 V1 = cluster_name("foo", "v1")
 V2 = cluster_name("foo", "v2")
-PREFIX = weights_prefix("foo", (V1, V2))
-# Both arms serve: the route names both, falls back to the stable one, and reads the weights.
-BY_RUNTIME = {
-    "weighted_clusters": {
-        "clusters": [{"name": V1, "weight": 1}, {"name": V2, "weight": 0}],
-        "runtime_key_prefix": PREFIX,
-    }
-}
 
 
 def foo(
@@ -57,6 +49,16 @@ def split_route(model: ModelRoute, **kwargs: Any) -> dict[str, Any]:
     """The route for `/v1/models/foo:` requests without a header match."""
     routes = model_routes(model, **kwargs)
     return next(route for route in routes if route["name"] == f"{model.model_name}/v1-verb")
+
+
+PREFIX = runtime_prefix(model_routes(foo(90, 10))) or ""
+# Both arms serve: the route names both, falls back to the stable one, and reads the weights.
+BY_RUNTIME = {
+    "weighted_clusters": {
+        "clusters": [{"name": V1, "weight": 1}, {"name": V2, "weight": 0}],
+        "runtime_key_prefix": PREFIX,
+    }
+}
 
 
 def test_cluster_name_is_pinned_because_dashboards_and_templates_use_it() -> None:
@@ -101,14 +103,20 @@ def test_a_weight_change_leaves_the_routes_as_they_were() -> None:
     assert model_weights(foo(90, 10)) != model_weights(foo(50, 50))
 
 
-def test_another_set_of_arms_reads_other_runtime_keys() -> None:
-    """A node running the new routes with the old layer (or the reverse) finds no key and
-    falls back to the stable arm, instead of mixing two splits."""
-    new_canary = ModelRoute("foo", stable=Arm("v1", 0, UP_1), canary=Arm("v3", 100, UP_2))
-    assert weights_prefix("foo", (V1, cluster_name("foo", "v3"))) != PREFIX
-    old_keys = {key for key, _ in model_weights(foo(0, 100))}
-    assert not old_keys & {key for key, _ in model_weights(new_canary)}
+@pytest.mark.parametrize(
+    "other",
+    [
+        pytest.param(ModelRoute("foo", Arm("v1", 0, UP_1), Arm("v3", 100, UP_2)), id="new canary"),
+        pytest.param(foo(90, 10, mirror_percent=5), id="mirroring"),
+        pytest.param(foo(90, 10, canary_matches=(HeaderMatch.of({"x-canary": "1"}),)), id="header match"),
+    ],
+)
+def test_other_routes_read_other_runtime_keys(other: ModelRoute) -> None:
+    """Routes never read weights published for other routes: a node that still runs (or kept,
+    rejecting the new ones) older routes reads the weights they came with."""
     assert PREFIX.startswith("aegis_weights.foo.")
+    assert runtime_prefix(model_routes(other)) not in (None, PREFIX)
+    assert not {key for key, _ in model_weights(foo(90, 10))} & {key for key, _ in model_weights(other)}
 
 
 @pytest.mark.parametrize(
