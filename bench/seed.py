@@ -33,7 +33,7 @@ from sqlmodel import SQLModel
 from controlplane.settings import load_settings
 from controlplane.traffic.store import EndpointRow, TrafficRow
 from controlplane.xds.resources import Arm, DesiredState, Endpoint, ListenerAddress, ModelRoute
-from registry.blobs import BlobStore
+from registry.blob_directory import DirectoryBlobStore
 from registry.store import HistoryRow, ModelRow, VersionRow
 
 __all__ = ["desired_state", "endpoint", "has_canary", "model_name", "seed_models"]
@@ -85,7 +85,7 @@ def seed_models(
     server_settings = load_settings({"AEGIS_MODEL_SIGN_KEY": sign_key, "AEGIS_DATA_DIR": str(data_dir)})
     keyring = server_settings.security.keyring
     checksum = hashlib.sha256(ARTIFACT).hexdigest()
-    blob = BlobStore(data_dir / "blobs").path_for(checksum)
+    blob = DirectoryBlobStore(data_dir / "blobs").path_for(checksum)
     blob.parent.mkdir(parents=True, exist_ok=True)
     blob.write_bytes(ARTIFACT)
 

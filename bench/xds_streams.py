@@ -144,8 +144,9 @@ async def ads_client(plan: ClientPlan, conn: Connection) -> None:
         for _ in range(plan.channels)
     ]
     stubs = [ads_pb2_grpc.AggregatedDiscoveryServiceStub(channel) for channel in channels]
-    # Streams opened and not yet answered, at most: gRPC's server cancels calls beyond
-    # about 1,000 it has not yet handed to the application (a burst of new streams).
+    # Streams opened and not yet answered, at most: a ramp, so that the subscription phase
+    # measures the server rather than these processes (the server also takes a burst:
+    # tests/integration/test_xds_ads_burst.py).
     opening = asyncio.Semaphore(plan.opening)
 
     async def envoy(stream: int) -> None:

@@ -6,7 +6,7 @@ from datetime import datetime
 
 from sqlalchemy import Column, DateTime
 from sqlalchemy.exc import IntegrityError
-from sqlmodel import Field, SQLModel, select
+from sqlmodel import Field, SQLModel, col, select
 
 from registry.store import Database
 
@@ -44,3 +44,9 @@ class AlertStore:
         except IntegrityError:
             return False
         return True
+
+    async def recent(self, *, limit: int) -> list[AlertRow]:
+        """The newest deliveries first: what the console lists."""
+        async with self.database.transaction() as session:
+            found = await session.exec(select(AlertRow).order_by(col(AlertRow.id).desc()).limit(limit))
+            return list(found.all())

@@ -12,7 +12,11 @@ from aiohttp import web
 
 from controlplane import alerts, openapi
 from controlplane.alert_store import AlertStore
+from controlplane.console.app import create_console
+from controlplane.follow.follower import Follower
+from controlplane.follow.listener import ChangeListener, asyncpg_dsn
 from controlplane.metrics.prometheus import PrometheusSource
+from controlplane.notifications.notifier import NotificationMetrics, Notifier
 from controlplane.observability import METRICS_REGISTRY, new_metrics_registry
 from controlplane.rollout import api as rollout_api
 from controlplane.rollout.metrics import RolloutMetrics
@@ -20,8 +24,9 @@ from controlplane.rollout.policy import Policy
 from controlplane.rollout.policy_files import PolicyRegistry
 from controlplane.rollout.runner import RolloutRunner
 from controlplane.rollout.store import RolloutStore
-from controlplane.settings import Settings, parse_listen, url_signing_key
+from controlplane.settings import Settings, SettingsError, parse_listen, url_signing_key
 from controlplane.traffic import api as traffic_api
+from controlplane.traffic.metrics import TrafficCollector
 from controlplane.traffic.service import TrafficService
 from controlplane.traffic.store import TrafficStore
 from controlplane.xds import server as xds_server
@@ -29,12 +34,14 @@ from controlplane.xds.ads import AdsServer
 from controlplane.xds.builder import build_snapshot
 from controlplane.xds.cache import Publisher, ValidationOutcome, Validator, XdsCache
 from controlplane.xds.explain import RejectionExplainer
+from controlplane.xds.node_sharing import NodeSharing
 from controlplane.xds.nodes import NodeTracker
 from controlplane.xds.resources import DesiredState, ListenerAddress, RdsPolling
 from controlplane.xds.snapshot import Snapshot
 from controlplane.xds.validate import EnvoyUnavailable, find_envoy_binary, validate_with_envoy
 from registry import api as registry_api
-from registry.blobs import BLOB_GRACE_SECONDS, BlobStore
+from registry.blob_stores import open_blob_store
+from registry.blobs import BLOB_GRACE_SECONDS, BlobStoreUnavailable
 from registry.http import BODY_READ_TIMEOUT, TOKENS, json_errors
 from registry.metrics import RegistryMetrics
 from registry.routes import add_operations
@@ -49,7 +56,12 @@ XDS = xds_server.SERVER
 ADS = web.AppKey("ads_server", AdsServer)
 
 ROLLOUT_METRICS = web.AppKey("rollout_metrics", RolloutMetrics)
+# With PostgreSQL: how this replica follows the others (None on SQLite: one replica).
+FOLLOWER: web.AppKey[Follower | None] = web.AppKey("follower")
+CHANGE_LISTENER: web.AppKey[ChangeListener | None] = web.AppKey("change_listener")
+NOTIFIER = web.AppKey("notifier", Notifier)
 
+CONSOLE_PREFIX = "/ui/"
 ENDPOINT_EXPIRY_INTERVAL = 1.0  # seconds between TTL sweeps: an expired endpoint leaves within ~1 s
 
 
@@ -72,7 +84,7 @@ def create_app(settings: Settings) -> web.Application:
     publisher = Publisher(cache, nodes, validator=_envoy_validator() if settings.xds.validate else None)
     xds = xds_server.XdsServer(
         cache, nodes, publisher, xds_metrics, settings.xds.hold_seconds,
-        credentials=settings.xds.node_credentials,
+        credentials=settings.xds.node_credentials, replica_id=settings.server.replica_id,
     )
     app[XDS] = xds
     if settings.xds.grpc_listen is not None:
@@ -83,9 +95,12 @@ def create_app(settings: Settings) -> web.Application:
             explainer=RejectionExplainer(cache, nodes, envoy_binary=envoy_binary) if envoy_binary else None,
         )
     app[ROLLOUT_METRICS] = RolloutMetrics(metrics_registry)
+    app[NOTIFIER] = Notifier(settings.integrations.notifications, NotificationMetrics(metrics_registry))
     policies_path = settings.integrations.policies_path
     app[rollout_api.POLICIES] = PolicyRegistry(policies_path) if policies_path else None
+    app.cleanup_ctx.append(_notifications)
     app.cleanup_ctx.append(_storage)
+    app.cleanup_ctx.append(_follow_database)
     # After storage: the stored routing is published before any Envoy is answered.
     app.cleanup_ctx.append(_xds_listener)
     app.cleanup_ctx.append(_ads_listener)
@@ -97,7 +112,17 @@ def create_app(settings: Settings) -> web.Application:
     if settings.xds.listen is not None:
         on_api = tuple(op for op in on_api if op is not xds_server.DISCOVER)
     add_operations(app, on_api)
+    # The operator's console: HTML pages over the same services and roles, outside the API's table.
+    # `/ui` first: the console's prefix resource would answer it with a 404.
+    app.router.add_get(CONSOLE_PREFIX.rstrip("/"), _to_console)
+    app.add_subapp(CONSOLE_PREFIX, create_console(
+        prometheus_url=settings.integrations.prometheus_url, public_url=settings.server.public_url,
+    ))
     return app
+
+
+async def _to_console(request: web.Request) -> web.StreamResponse:
+    raise web.HTTPPermanentRedirect(CONSOLE_PREFIX)
 
 
 async def _xds_listener(app: web.Application) -> AsyncIterator[None]:
@@ -158,8 +183,11 @@ async def _storage(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
     data_dir = settings.server.data_dir
     await asyncio.to_thread(data_dir.mkdir, parents=True, exist_ok=True)
-    blobs = BlobStore(data_dir / "blobs")
-    await asyncio.to_thread(blobs.prepare)
+    blobs = open_blob_store(settings.registry.blob_store, data_dir=data_dir)
+    try:
+        await blobs.start()
+    except BlobStoreUnavailable as exc:
+        raise SettingsError(str(exc)) from None
     database = Database(settings.server.effective_database_url)
     await database.create_schema()
     registry_store = RegistryStore(database)
@@ -174,8 +202,10 @@ async def _storage(app: web.Application) -> AsyncIterator[None]:
         xds.publisher,
         listener=_listener_of(settings),
         rds_polling=_rds_of(settings),
+        static_endpoints=settings.xds.static_endpoints,
     )
     service.on_stage_change(traffic.on_stage_change)
+    app[METRICS_REGISTRY].register(TrafficCollector(traffic))
     app[DATABASE] = database
     app[registry_api.BLOBS] = blobs
     app[registry_api.SERVICE] = service
@@ -210,6 +240,8 @@ async def _storage(app: web.Application) -> AsyncIterator[None]:
         service,
         app[ROLLOUT_METRICS],
     )
+    # Told of every transition; queues and returns, so the rollout loop never waits on a webhook.
+    runner.notify = app[NOTIFIER].notify
     service.guard_stage_change(runner.guard_promotion)
     service.guard_stage_change(traffic.guard_stage_change)
     service.on_stage_change(runner.on_stage_change)
@@ -221,7 +253,7 @@ async def _storage(app: web.Application) -> AsyncIterator[None]:
     if not result.published:
         log.error("the stored routing could not be published: %s", result.error)
     await runner.load()
-    log.info("storage ready: data in %s", data_dir)
+    log.info("storage ready: data in %s, artifacts in %s", data_dir, blobs.location)
     # The sweep repeats while the process lives, for garbage a crashed replica leaves.
     sweeper = asyncio.get_running_loop().create_task(
         _sweep_periodically(service, app[registry_api.METRICS])
@@ -232,6 +264,38 @@ async def _storage(app: web.Application) -> AsyncIterator[None]:
         await sweeper
     prometheus.close()
     await database.dispose()
+    await blobs.close()
+
+
+async def _follow_database(app: web.Application) -> AsyncIterator[None]:
+    """With PostgreSQL, follow the other replicas' writes, and share this replica's Envoy nodes."""
+    database = app[DATABASE]
+    if database.is_sqlite:
+        app[FOLLOWER] = app[CHANGE_LISTENER] = None
+        yield
+        return
+    traffic, runner, xds = app[traffic_api.TRAFFIC], app[rollout_api.RUNNER], app[XDS]
+    sharing = NodeSharing(database, xds.nodes, xds.publisher, replica=app[SETTINGS].server.replica_id)
+    follower = Follower(
+        origin=database.notifier.origin,
+        reload_routing=traffic.reload_model,
+        reload_rollout=runner.follow,
+        reconcile_steps=[traffic.reload_all, runner.follow_all],
+        refresh_nodes=sharing.refresh,
+    )
+    listener = ChangeListener(
+        asyncpg_dsn(database.url), on_change=follower.on_change, on_connected=follower.request_reconcile,
+        name=f"aegis-follow {app[SETTINGS].server.replica_id}"[:63],  # PostgreSQL keeps 63 bytes
+    )
+    app[FOLLOWER], app[CHANGE_LISTENER] = follower, listener
+    loop = asyncio.get_running_loop()
+    tasks = [loop.create_task(job()) for job in (follower.run, listener.run, sharing.run)]
+    yield
+    for task in tasks:
+        task.cancel()
+    for task in tasks:
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
 
 
 async def _sweep_garbage(service: RegistryService, metrics: RegistryMetrics) -> None:
@@ -262,6 +326,15 @@ def _listener_of(settings: Settings) -> ListenerAddress:
 
 def _rds_of(settings: Settings) -> RdsPolling:
     return RdsPolling(settings.xds.rds_refresh_delay_ms, settings.xds.rds_request_timeout_ms)
+
+
+async def _notifications(app: web.Application) -> AsyncIterator[None]:
+    """Deliveries to webhooks, in the background for the process's life (cleaned up after storage)."""
+    task = asyncio.get_running_loop().create_task(app[NOTIFIER].run())
+    yield
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
 
 
 async def _endpoint_expiry(app: web.Application) -> AsyncIterator[None]:

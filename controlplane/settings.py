@@ -6,6 +6,7 @@ as `*_FILE` paths; they are never part of a repr, a log line or an error message
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 import socket
@@ -17,10 +18,13 @@ from typing import Any
 
 import yaml
 
+from controlplane.notifications.targets import NotificationSettings, NotifySettingError, parse_webhooks
+from controlplane.traffic.static_endpoints import StaticEndpointError, StaticEndpoints, parse_static_endpoints
 from controlplane.xds.ads_tls import GrpcTls, TlsConfigError, check_server_tls
 from controlplane.xds.credentials import NodeCredentials, NodeTokenConfigError
 from controlplane.xds.nodes import DEFAULT_MAX_NODES
 from registry.auth import TokenTable
+from registry.blob_stores import BlobStoreTarget, DataDirBlobs, parse_blob_store
 from registry.http import DEFAULT_BODY_READ_TIMEOUT_SECONDS
 from registry.signing import Keyring, keyring_from_env
 
@@ -52,6 +56,9 @@ class ServerSettings:
     # connection: long enough for a congested link, short enough that stalled
     # clients cannot pile up connections (nginx's client_body_timeout is 60 s).
     body_read_timeout_seconds: float = DEFAULT_BODY_READ_TIMEOUT_SECONDS
+    # This replica's name among several on one PostgreSQL (AEGIS_REPLICA_ID): shown with
+    # the Envoy nodes attached to it. Default host:port, the same after a restart.
+    replica_id: str = ""
 
     @property
     def effective_database_url(self) -> str:
@@ -64,6 +71,8 @@ class RegistrySettings:
     max_artifact_bytes: int = DEFAULT_MAX_ARTIFACT_BYTES
     # Seconds a signed download URL stays valid: long enough for a model server to start.
     download_url_ttl_seconds: int = 900
+    # Where artifact bytes live (AEGIS_BLOB_STORE): the data directory by default.
+    blob_store: BlobStoreTarget = field(default_factory=DataDirBlobs)
 
 
 @dataclass(frozen=True)
@@ -105,6 +114,8 @@ class XdsSettings:
     # Server TLS for the gRPC listener, mutual with a client CA (AEGIS_XDS_GRPC_TLS_*);
     # None: plaintext (keep the listener on an internal interface then).
     grpc_tls: GrpcTls | None = None
+    # (model, version) -> (address, port)s always in Envoy's config (AEGIS_STATIC_ENDPOINTS).
+    static_endpoints: StaticEndpoints = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -118,6 +129,8 @@ class IntegrationSettings:
     rollout_tick_seconds: float = 1.0
     # Seconds between checks of the policy files for edits (SIGHUP reloads at once).
     policy_reload_seconds: float = 2.0
+    # Webhooks told about rollout events (AEGIS_NOTIFY_*).
+    notifications: NotificationSettings = field(default_factory=NotificationSettings)
 
 
 @dataclass(frozen=True)
@@ -146,10 +159,12 @@ def load_settings(env: Mapping[str, str] | None = None, config_file: Path | None
         body_read_timeout_seconds=_positive_float(
             merged, "AEGIS_BODY_READ_TIMEOUT_SECONDS", DEFAULT_BODY_READ_TIMEOUT_SECONDS
         ),
+        replica_id=_replica_id(merged.get("AEGIS_REPLICA_ID", ""), host, port),
     )
     registry = RegistrySettings(
         max_artifact_bytes=_positive_int(merged, "AEGIS_MAX_ARTIFACT_BYTES", DEFAULT_MAX_ARTIFACT_BYTES),
         download_url_ttl_seconds=_positive_int(merged, "AEGIS_DOWNLOAD_URL_TTL_SECONDS", 900),
+        blob_store=_blob_store(merged.get("AEGIS_BLOB_STORE", "")),
     )
     try:
         tokens = TokenTable.parse(_secret(merged, "AEGIS_API_TOKENS"))
@@ -168,8 +183,16 @@ def load_settings(env: Mapping[str, str] | None = None, config_file: Path | None
         envoy_listener=merged.get("AEGIS_ENVOY_LISTENER", "127.0.0.1:10000"),
         rollout_tick_seconds=_non_negative_float(merged, "AEGIS_ROLLOUT_TICK_SECONDS", 1.0) or 1.0,
         policy_reload_seconds=_non_negative_float(merged, "AEGIS_POLICY_RELOAD_SECONDS", 2.0) or 2.0,
+        notifications=_notification_settings(merged),
     )
     return Settings(server, registry, security, integrations, _xds_settings(merged, server))
+
+
+def _blob_store(text: str) -> BlobStoreTarget:
+    try:
+        return parse_blob_store(text)
+    except ValueError as exc:
+        raise SettingsError(str(exc)) from exc
 
 
 def _xds_settings(values: Mapping[str, str], server: ServerSettings) -> XdsSettings:
@@ -202,7 +225,30 @@ def _xds_settings(values: Mapping[str, str], server: ServerSettings) -> XdsSetti
         max_nodes=_positive_int(values, "AEGIS_XDS_MAX_NODES", DEFAULT_MAX_NODES),
         grpc_listen=grpc_listen,
         grpc_tls=_grpc_tls(values),
+        static_endpoints=_static_endpoints(values.get("AEGIS_STATIC_ENDPOINTS", "")),
     )
+
+
+def _notification_settings(values: Mapping[str, str]) -> NotificationSettings:
+    try:
+        webhooks = parse_webhooks(values.get("AEGIS_NOTIFY_WEBHOOKS", ""))
+    except NotifySettingError as exc:
+        raise SettingsError(str(exc)) from None
+    key = _secret(values, "AEGIS_NOTIFY_SIGNING_KEY")
+    return NotificationSettings(
+        webhooks=webhooks,
+        signing_key=key.encode() if key else None,
+        max_attempts=_positive_int(values, "AEGIS_NOTIFY_MAX_ATTEMPTS", 6),
+        retry_seconds=_positive_float(values, "AEGIS_NOTIFY_RETRY_SECONDS", 1.0),
+        queue_size=_positive_int(values, "AEGIS_NOTIFY_QUEUE_SIZE", 1000),
+    )
+
+
+def _static_endpoints(text: str) -> StaticEndpoints:
+    try:
+        return parse_static_endpoints(text)
+    except StaticEndpointError as exc:
+        raise SettingsError(str(exc)) from None
 
 
 def _grpc_listen(
@@ -254,6 +300,22 @@ def _pem_file(path: str, name: str) -> bytes:
         return Path(path).read_bytes()
     except OSError as exc:
         raise SettingsError(f"{name}={path!r} cannot be read: {exc.strerror}") from exc
+
+
+REPLICA_ID_MAX_CHARS = 255
+
+
+def _replica_id(configured: str, host: str, port: int) -> str:
+    if not configured:
+        name = socket.gethostname() if host in WILDCARD_HOSTS else host
+        return f"{name}:{port}"
+    too_long = len(configured) > REPLICA_ID_MAX_CHARS
+    if too_long or not configured.isprintable() or configured != configured.strip():
+        raise SettingsError(
+            f"AEGIS_REPLICA_ID must be 1 to {REPLICA_ID_MAX_CHARS} printable characters without "
+            "surrounding spaces (e.g. aegis-0)"
+        )
+    return configured
 
 
 def _non_negative_float(values: Mapping[str, str], name: str, default: float) -> float:
@@ -364,7 +426,11 @@ def _read_config_file(path: Path) -> dict[str, str]:
     unknown = [key for key in document if not str(key).startswith("AEGIS_")]
     if unknown:
         raise SettingsError(f"config file {path}: unknown settings {unknown}; keys are AEGIS_* names")
-    return {str(key): str(value) for key, value in document.items()}
+    # A list or mapping (AEGIS_STATIC_ENDPOINTS) travels as JSON, as it would in the environment.
+    return {
+        str(key): json.dumps(value) if isinstance(value, list | dict) else str(value)
+        for key, value in document.items()
+    }
 
 
 def _database_url(url: str) -> str:

@@ -17,7 +17,7 @@ from aiohttp import BodyPartReader, MultipartReader, web
 from aiohttp.http import HttpProcessingError
 
 from registry.auth import Role
-from registry.blobs import CHUNK_BYTES, BlobStore, StagedBlob
+from registry.blobs import CHUNK_BYTES, BlobStore, RemoteBlob, StagedBlob
 from registry.domain import Stage, StageChange
 from registry.download_urls import check_url_signature, url_signature
 from registry.errors import MalformedRequest, NotFound, PayloadTooLarge
@@ -69,7 +69,7 @@ PromotionReport = Callable[[str, str, Stage], Awaitable[dict[str, Any]]]
 
 SERVICE = web.AppKey("registry_service", RegistryService)
 PROMOTION_REPORTS: web.AppKey[list[PromotionReport]] = web.AppKey("promotion_reports")
-BLOBS = web.AppKey("registry_blobs", BlobStore)
+BLOBS: web.AppKey[BlobStore] = web.AppKey("registry_blobs")
 CONFIG = web.AppKey("registry_api_config", RegistryApiConfig)
 METRICS = web.AppKey("registry_metrics", RegistryMetrics)
 
@@ -240,29 +240,42 @@ async def validate(call: Call[None, None]) -> ValidationReportDocument:
 
 async def download(call: Call[None, ArtifactQuery]) -> web.StreamResponse:
     request = call.request
+    config = request.app[CONFIG]
     model_name, version = call.path["model"], call.path["version"]
     if call.query.sig is not None:
-        check_url_signature(
-            request.app[CONFIG].download_url_key, model_name, version,
+        expires = check_url_signature(
+            config.download_url_key, model_name, version,
             expires=call.query.expires or "", signature=call.query.sig, now=time.time(),
         )
     else:
         authorize(request, Role.VIEWER)
+        expires = int(time.time()) + config.download_url_ttl_seconds
     found = await request.app[SERVICE].get_version(model_name, version)
-    blobs = request.app[BLOBS]
-    if not blobs.exists(found.checksum):
+    located = await request.app[BLOBS].download(
+        found.checksum, filename=f"{model_name}-{version}.bin",
+        expires_at=datetime.fromtimestamp(expires, UTC),
+    )
+    if located is None:
         raise NotFound(
             f"the artifact of {model_name} {version} is missing from the blob store; "
             "run GET …/validate and re-register it"
         )
+    facts = {
+        "X-Aegis-Checksum-Sha256": found.checksum,
+        "X-Aegis-Signature": found.signature,
+        "X-Aegis-Key-Id": found.key_id,
+    }
+    if isinstance(located, RemoteBlob):
+        # The store serves the bytes itself, through a URL that expires no later than
+        # the one that led here (or the token's usual URL lifetime).
+        headers = {**facts, "Location": located.url, "Cache-Control": "no-store"}
+        return web.Response(status=307, headers=headers)
     return web.FileResponse(
-        blobs.path_for(found.checksum),
+        located.path,
         headers={
             "Content-Type": "application/octet-stream",
             "Content-Disposition": f'attachment; filename="{model_name}-{version}.bin"',
-            "X-Aegis-Checksum-Sha256": found.checksum,
-            "X-Aegis-Signature": found.signature,
-            "X-Aegis-Key-Id": found.key_id,
+            **facts,
         },
     )
 
@@ -385,7 +398,11 @@ OPERATIONS = (
         "get", "/v1/registry/{model}/{version}/artifact", "downloadArtifact",
         "Download the artifact's bytes (a token or a signed URL)", "registry", Role.VIEWER, download,
         params=_VERSION, query=ArtifactQuery, self_authorizing=True,
-        description="With `expires` and `sig` from POST …/artifact-url, no token is needed.",
+        description=(
+            "With `expires` and `sig` from POST …/artifact-url, no token is needed. With an S3 blob "
+            "store (AEGIS_BLOB_STORE=s3://…) the answer is a 307 redirect to a presigned URL of the "
+            "store that expires with the signed URL, carrying the same X-Aegis-* headers."
+        ),
         responses={
             200: Reply(
                 "the bytes", media_type="application/octet-stream",

@@ -15,8 +15,8 @@ def url_signature(key: bytes, model_name: str, version: str, expires: int) -> st
 
 def check_url_signature(
     key: bytes, model_name: str, version: str, *, expires: str, signature: str, now: float
-) -> None:
-    """Raise Forbidden unless the URL was signed by us for this version and has not expired."""
+) -> int:
+    """The URL's expiry (Unix seconds); Forbidden unless we signed it for this version and it is valid."""
     try:
         expires_at = int(expires)
     except ValueError:
@@ -27,3 +27,4 @@ def check_url_signature(
         raise Forbidden("the download URL's signature is not valid; ask for a new URL")
     if now > expires_at:
         raise Forbidden("the download URL has expired; ask for a new one with POST …/artifact-url")
+    return expires_at

@@ -54,3 +54,10 @@ class RequestTimeout(RegistryError):
 
     status = 408
     code = "request_timeout"
+
+
+class StorageUnavailable(RegistryError):
+    """The blob store did not answer or refused a request; nothing was stored, and a retry may work."""
+
+    status = 503
+    code = "storage_unavailable"

@@ -109,6 +109,7 @@ class RegistryService:
             version = self._new_version(claim, staged, signature, actor=actor)
             if await self.store.insert_version(version):
                 created_blob = False  # a row names it now
+                await self.blobs.ensure_stored(staged)
                 return RegistrationResult(version, created=True)
             # Registered by someone else between our read and our write: compare with theirs.
             existing = await self.store.get_version(claim.model_name, claim.version)
@@ -119,6 +120,7 @@ class RegistryService:
                 )
             result = self._repeat_registration(existing, staged)
             created_blob = False  # the same bytes: the winner's row names this blob
+            await self.blobs.ensure_stored(staged)
             return result
         finally:
             # The lock goes first, so that removing the blob we made (when no row names

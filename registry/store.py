@@ -20,6 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlmodel import Field, SQLModel, col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
+from registry.changes import ChangeKind, ChangeNotifier
 from registry.domain import ChangeAction, HistoryEntry, ModelVersion, Stage, StageChange
 from registry.errors import Conflict
 
@@ -42,6 +43,7 @@ class VersionRow(SQLModel, table=True):
             sqlite_where=text(_EXCLUSIVE), postgresql_where=text(_EXCLUSIVE),
         ),
     )
+    __change_kind__ = ChangeKind.REGISTRY
 
     id: int | None = Field(default=None, primary_key=True)
     model_name: str = Field(foreign_key="registry_models.name", max_length=128, index=True)
@@ -72,13 +74,19 @@ class HistoryRow(SQLModel, table=True):
 
 
 class Database:
-    """An async engine and its sessions; SQLite gets WAL and write transactions that lock early."""
+    """An async engine and its sessions; SQLite gets WAL and write transactions that lock early.
 
-    def __init__(self, url: str) -> None:
+    On PostgreSQL every transaction announces the changes it commits (registry/changes.py):
+    other replicas follow them. `notifier.origin` tells a replica its own announcements.
+    """
+
+    def __init__(self, url: str, *, notifier: ChangeNotifier | None = None) -> None:
         self.url = url
         self.is_sqlite = url.startswith("sqlite")
         connect_args: dict[str, Any] = {"timeout": 30} if self.is_sqlite else {}
         self.engine: AsyncEngine = create_async_engine(url, connect_args=connect_args)
+        self.notifier = notifier or ChangeNotifier()
+        self._session_info = {} if self.is_sqlite else self.notifier.session_info()
         if self.is_sqlite:
             _lock_early(self.engine)
 
@@ -88,7 +96,10 @@ class Database:
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[AsyncSession]:
-        async with AsyncSession(self.engine, expire_on_commit=False) as session, session.begin():
+        async with (
+            AsyncSession(self.engine, expire_on_commit=False, info=dict(self._session_info)) as session,
+            session.begin(),
+        ):
             yield session
 
     async def dispose(self) -> None:

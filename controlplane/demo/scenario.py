@@ -105,6 +105,9 @@ class Demo:
     alert: bool
     admin_token: str = field(default_factory=lambda: secrets.token_urlsafe(24))
     operator_token: str = field(default_factory=lambda: secrets.token_urlsafe(24))
+    # Printed for the console: a viewer watches every page and can change nothing.
+    viewer_token: str = field(default_factory=lambda: secrets.token_urlsafe(24))
+    console: str = ""  # "the console's URL and how to sign in", once Aegis runs
     # Envoy's xDS node token (README: xDS threat model); Aegis refuses an ADS stream without it.
     xds_node_token: str = field(default_factory=lambda: secrets.token_urlsafe(24))
     sign_key: str = field(default_factory=lambda: secrets.token_hex(32))
@@ -198,7 +201,8 @@ class _Stack:
             {
                 "AEGIS_DATA_DIR": str(root / "aegis"),
                 "AEGIS_API_TOKENS": (
-                    f"admin:demo-admin:{demo.admin_token},operator:demo-operator:{demo.operator_token}"
+                    f"admin:demo-admin:{demo.admin_token},operator:demo-operator:{demo.operator_token},"
+                    f"viewer:demo-viewer:{demo.viewer_token}"
                 ),
                 "AEGIS_MODEL_SIGN_KEY": demo.sign_key,
                 "AEGIS_POLICIES": str(policy_file),
@@ -232,6 +236,8 @@ class _Stack:
             f"aegis serve on {self.aegis.url}, gRPC ADS for Envoy on :{self.aegis.grpc_port} "
             f"(SQLite in {demo.workdir / 'aegis'})"
         )
+        demo.console = f"console: {self.aegis.url}/ui/ (sign in with the viewer token {demo.viewer_token})"
+        print(f"watch the rollouts in a browser, {demo.console}", flush=True)
         self._step()
         self.envoy = Envoy(
             demo.workdir / "envoy", xds_port=self.aegis.grpc_port, node_token=demo.xds_node_token
@@ -394,6 +400,7 @@ def _draw(demo: Demo, rollout: Any, model: Any, load: LoadGenerator, *, title: s
         arms=load.stats(),
         elapsed=time.monotonic() - demo.started,
         log=demo.log,
+        console=demo.console,
     )
     if sys.stdout.isatty():
         sys.stdout.write("\033[H\033[2J" + text + "\n")

@@ -16,8 +16,9 @@ def render(
     arms: list[ArmStats],
     elapsed: float,
     log: list[str],
+    console: str = "",
 ) -> str:
-    lines = [f"Aegis demo: {title}   ({elapsed:5.1f} s)", ""]
+    lines = [f"Aegis demo: {title}   ({elapsed:5.1f} s)", *([console] if console else []), ""]
     if model is not None:
         rows: list[tuple[str, ...]] = [("VERSION", "STAGE", "SHA256", "KEY")]
         rows += [(v["version"], v["stage"], v["checksum"][:12], v["key_id"]) for v in model["versions"]]

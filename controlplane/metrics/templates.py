@@ -70,17 +70,17 @@ def unknown_variables(text: str) -> set[str]:
     return variables_in(text) - set(VARIABLES)
 
 
-def render(text: str, values: Mapping[str, str]) -> str:
+def render(text: str, values: Mapping[str, str], *, allowed: tuple[str, ...] = VARIABLES) -> str:
     """`text` with every `{{ name }}` replaced by `values[name]`.
 
-    Raises TemplateError for a name that is no template variable or has no value,
-    so a query never reaches Prometheus with braces left in it. Values are put in
-    as they are: model names, versions and cluster names cannot hold a quote.
+    Raises TemplateError for a name that is no template variable (of `allowed`) or
+    has no value, so a query never reaches Prometheus with braces left in it. Values
+    are put in as they are: model names, versions and cluster names cannot hold a quote.
     """
-    unknown = unknown_variables(text)
+    unknown = variables_in(text) - set(allowed)
     if unknown:
         raise TemplateError(
-            f"unknown template variable(s) {_names(unknown)}; allowed: {_names(VARIABLES)}",
+            f"unknown template variable(s) {_names(unknown)}; allowed: {_names(allowed)}",
             variables=frozenset(unknown),
         )
     missing = variables_in(text) - set(values)
@@ -150,6 +150,55 @@ BUILTIN_TEMPLATES: Mapping[str, str] = MappingProxyType({
     # Requests per second sent to the canary.
     "request-rate": f"sum(rate({_CANARY_REQUESTS}))",
 })
+
+
+# The variables a `compare: baseline` check's counter queries add: the arm's cluster and version.
+ARM_VARIABLES: tuple[str, ...] = ("cluster", "version")
+
+# The cumulative counters a `compare: baseline` check reads for each arm at every tick. Raw
+# counters, not rate() or increase(): those extrapolate and give fractions, while the test
+# needs whole requests; `rollout.comparison` takes the increases (and resets) itself, per
+# Envoy instance, so that one Envoy's restart does not read as a reset of all. The 5xx
+# series appears at the first 5xx: an instance missing from the answer has none yet.
+ARM_COUNTERS: Mapping[str, Mapping[str, str]] = MappingProxyType({
+    "request-error-rate": MappingProxyType({
+        "requests": 'sum by (instance) (envoy_cluster_upstream_rq_xx{envoy_cluster_name="{{ cluster }}"})',
+        "events": (
+            'sum by (instance) (envoy_cluster_upstream_rq_xx{envoy_response_code_class="5",'
+            'envoy_cluster_name="{{ cluster }}"})'
+        ),
+    }),
+    "request-duration-p99": MappingProxyType({
+        "buckets": (
+            "sum by (instance, le) (envoy_cluster_upstream_rq_time_bucket"
+            '{envoy_cluster_name="{{ cluster }}"})'
+        ),
+    }),
+})
+
+
+def arm_queries(check: MetricCheck, context: TemplateContext, *, canary: bool) -> dict[str, str]:
+    """The counter queries of a `compare: baseline` check for one arm, rendered (pure).
+
+    Keys: "requests" and "events" (a series per Envoy instance), or "buckets" (a series per
+    instance and `le`) for latency; the answers become a `rollout.comparison.ArmReading`.
+    """
+    comparison = check.compare
+    if comparison is None:
+        raise TemplateError(f"metric {check.name!r} does not compare with the baseline",
+                            variables=frozenset())
+    if comparison.events_query is not None and comparison.requests_query is not None:
+        texts: Mapping[str, str] = {"requests": comparison.requests_query, "events": comparison.events_query}
+    elif check.template is not None and check.template in ARM_COUNTERS:
+        texts = ARM_COUNTERS[check.template]
+    else:
+        raise TemplateError(f"metric {check.name!r} has no counters to compare per arm",
+                            variables=frozenset())
+    values = context.values() | {
+        "cluster": context.canary_cluster if canary else context.stable_cluster,
+        "version": context.canary_version if canary else context.stable_version,
+    }
+    return {name: render(text, values, allowed=(*VARIABLES, *ARM_VARIABLES)) for name, text in texts.items()}
 
 
 def query_for(check: MetricCheck) -> str:

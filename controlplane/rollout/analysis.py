@@ -1,8 +1,10 @@
 """Canary analysis verdicts: a purely computational module.
 
-Four verdicts, kept apart: pass, fail (outside the threshold range), no data (never
-a failure, never a pass) and error (the metric source could not be asked). Counting
-them against the policy's limits is the state machine's job.
+Four verdicts of a threshold, kept apart: pass, fail (outside the threshold range),
+no data (never a failure, never a pass) and error (the metric source could not be
+asked); a check against the baseline (`rollout.comparison`) adds hold (evidence still
+coming in) and baseline unhealthy. Counting them against the policy's limits is the
+state machine's job.
 """
 
 from __future__ import annotations
@@ -19,6 +21,12 @@ class VerdictKind(StrEnum):
     FAIL = "fail"
     NO_DATA = "no_data"
     ERROR = "error"
+    # A check against the baseline with no regression shown so far, and none ruled out
+    # yet: the step may end when its time is up, not before (its duration is the test's
+    # horizon at that weight). Normal while a sequential test runs, so it is not "no data".
+    HOLD = "hold"
+    # The baseline broke the check's SLO (a shared incident): nobody is blamed, nothing advances.
+    BASELINE_UNHEALTHY = "baseline_unhealthy"
 
 
 class ObservationKind(StrEnum):
@@ -57,6 +65,9 @@ class Verdict:
     kind: VerdictKind
     value: float | None
     message: str
+    # A sequential test's fail or pass: it already controls its error rate over the whole
+    # rollout, so a fail rolls back at once (no failureLimit) and a pass may end a step early.
+    decisive: bool = False
 
     def as_document(self) -> dict[str, object]:
         return {
@@ -71,6 +82,12 @@ def judge(
     check: MetricCheck, measurement: Observation, *, canary_requests: Observation | None, min_requests: int
 ) -> Verdict:
     """One metric's verdict for one analysis window (pure)."""
+    if check.compare is not None:
+        # A threshold cannot judge a comparison (its range is only the baseline's SLO): an
+        # error holds the rollout instead of passing every canary.
+        return Verdict(check.name, VerdictKind.ERROR, None,
+                       f"{check.name}: `compare: baseline` is judged per arm by the sequential test, "
+                       "not by a threshold on the canary alone")
     if measurement.kind is ObservationKind.ERROR:
         return Verdict(check.name, VerdictKind.ERROR, None, f"{check.name}: {measurement.message}")
     volume = _too_little_traffic(canary_requests, min_requests)

@@ -121,14 +121,23 @@ async def start_rollout(call: Call[RolloutStartRequest, None]) -> Answer:
 
 
 async def command_rollout(call: Call[RolloutCommandRequest, None]) -> RolloutDocument:
-    model_name, name = call.path["model"], call.path["command"]
+    model_name = call.path["model"]
+    await run_command(
+        call.app[RUNNER], model_name, call.path["command"],
+        full=call.body.full, reason=call.body.reason, actor=call.actor,
+    )
+    return await _latest(call.app[RUNNER], model_name)
+
+
+async def run_command(
+    runner: RolloutRunner, model_name: str, name: str, *, full: bool, reason: str, actor: str
+) -> None:
+    """An operator's command, from the API or the console alike."""
     command = COMMANDS[name]
-    full = call.body.full
     if command is Command.PROMOTE and full:
         command = Command.PROMOTE_FULL
-    reason = call.body.reason or f"{name}{' (full)' if full else ''} by {call.actor}"
-    await call.app[RUNNER].command(model_name, command, reason=reason, actor=call.actor)
-    return await _latest(call.app[RUNNER], model_name)
+    reason = reason or f"{name}{' (full)' if full else ''} by {actor}"
+    await runner.command(model_name, command, reason=reason, actor=actor)
 
 
 OPERATIONS = (

@@ -12,7 +12,7 @@ from dataclasses import dataclass, replace
 from enum import StrEnum
 
 from controlplane.rollout.analysis import Verdict, VerdictKind
-from controlplane.rollout.policy import Pause, Policy, SetWeight
+from controlplane.rollout.policy import BaselineUnhealthy, Pause, Policy, SetWeight
 
 
 class Phase(StrEnum):
@@ -210,6 +210,10 @@ def _judge(policy: Policy, state: RolloutState, inputs: Inputs) -> Decision:
             state, failures=failures, inconclusive_streak=0, error_streak=0, passed_at_weight=False
         )
         detail = "; ".join(v.message for v in failed)
+        if any(v.decisive for v in failed):
+            # A sequential test's fail already bounds false rollbacks by its alpha over the whole
+            # rollout: counting it against failureLimit would only delay the rollback.
+            return _rollback(state, f"{detail}: rolled back at once (a sequential test's fail)")
         if failures > spec.failure_limit:
             return _rollback(state, f"{detail}: failures {failures} > failureLimit {spec.failure_limit}")
         return Decision(state, (), f"{detail}: failures {failures} <= failureLimit {spec.failure_limit}")
@@ -237,8 +241,33 @@ def _judge(policy: Policy, state: RolloutState, inputs: Inputs) -> Decision:
                 inputs.now,
             )
         return Decision(state, (), f"{detail}: holding (no data {streak} in a row)")
-    passed = replace(state, inconclusive_streak=0, error_streak=0, passed_at_weight=True)
-    return Decision(passed, (), "analysis passed: " + "; ".join(v.message for v in inputs.verdicts))
+    return _judge_passing(policy, state, inputs)
+
+
+def _judge_passing(policy: Policy, state: RolloutState, inputs: Inputs) -> Decision:
+    """No failure, error or missing data: a shared incident, evidence still coming in, or a pass."""
+    assert inputs.verdicts is not None
+    unhealthy = [v for v in inputs.verdicts if v.kind is VerdictKind.BASELINE_UNHEALTHY]
+    holding = [v for v in inputs.verdicts if v.kind is VerdictKind.HOLD]
+    state = replace(state, inconclusive_streak=0, error_streak=0)
+    if unhealthy:
+        # Prod itself breaks the SLO: not the canary's fault, and no time to advance either.
+        detail = "; ".join(v.message for v in unhealthy)
+        state = replace(state, passed_at_weight=False)
+        if policy.analysis.baseline_unhealthy is BaselineUnhealthy.PAUSE:
+            return _pause(state, f"{detail}: baseline unhealthy; resume when prod recovers", inputs.now)
+        return Decision(state, (), f"{detail}: baseline unhealthy, holding")
+    passed = replace(state, passed_at_weight=True)
+    if holding:
+        # No regression shown: the step may end when its time is up, but not early.
+        return Decision(passed, (), "no regression so far: " + "; ".join(v.message for v in inputs.verdicts))
+    reason = "analysis passed: " + "; ".join(v.message for v in inputs.verdicts)
+    step = _current_step(policy, state)
+    timed_pause = isinstance(step, Pause) and step.duration_seconds is not None
+    if timed_pause and all(v.decisive for v in inputs.verdicts):
+        # Every check is a sequential test that ruled out a regression beyond its tolerance.
+        return _advance(policy, passed, inputs.now, f"{reason}; step {state.step_index + 1} ended early")
+    return Decision(passed, (), reason)
 
 
 def _note_ack(state: RolloutState, inputs: Inputs) -> RolloutState:

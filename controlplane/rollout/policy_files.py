@@ -51,9 +51,17 @@ class PolicySet:
 
 
 def policy_files(path: Path) -> list[Path]:
-    """The policy files at `path`: the file itself, or the folder's *.yaml and *.yml in name order."""
+    """The policy files at `path`: the file itself, or the folder's *.yaml and *.yml in name order.
+
+    Names starting with `..` are skipped: in a Kubernetes ConfigMap volume they are the
+    kubelet's own (`..data`, `..2026_12_01_10_00_00.123`, `..data_tmp`), and the files
+    are symlinks through `..data` into them.
+    """
     if path.is_dir():
-        return sorted(p for p in path.iterdir() if p.suffix in POLICY_FILE_SUFFIXES and p.is_file())
+        return sorted(
+            p for p in path.iterdir()
+            if p.suffix in POLICY_FILE_SUFFIXES and not p.name.startswith("..") and p.is_file()
+        )
     return [path]
 
 
@@ -109,20 +117,25 @@ def _duplicates(policies: tuple[Policy, ...], defined_at: dict[str, str]) -> lis
     return errors
 
 
-Fingerprint = tuple[tuple[str, int, int], ...]
+Fingerprint = tuple[tuple[str, int, int, int, int], ...]
 
 
 def _fingerprint(path: Path) -> Fingerprint:
-    """Names, mtimes and sizes of the policy files: any edit, addition or removal changes it."""
+    """Names, mtimes, sizes and inodes of the policy files: any edit, addition or removal changes it.
+
+    Through symlinks: a ConfigMap update (the kubelet writes a new directory and swaps the
+    `..data` symlink to it) leaves every name as it was and changes the file behind it, a
+    new inode, even when the size and the coarse mtime are the same.
+    """
     if not path.exists():
-        return (("<missing>", 0, 0),)
+        return (("<missing>", 0, 0, 0, 0),)
     stats = []
     for file in policy_files(path):
         try:
             stat = file.stat()
         except OSError:
             continue
-        stats.append((str(file), stat.st_mtime_ns, stat.st_size))
+        stats.append((str(file), stat.st_mtime_ns, stat.st_size, stat.st_dev, stat.st_ino))
     return tuple(stats)
 
 

@@ -21,13 +21,20 @@ from yaml.constructor import SafeConstructor
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
 from controlplane.metrics.templates import (
+    ARM_COUNTERS,
+    ARM_VARIABLES,
     BUILTIN_TEMPLATES,
     VARIABLES,
     prometheus_duration,
     unknown_variables,
+    variables_in,
 )
 from controlplane.rollout.policy import (
+    MAX_TOLERANCE_RATIO,
     AnalysisSpec,
+    BaselineComparison,
+    BaselineUnhealthy,
+    ComparisonMethod,
     HeaderMatchSpec,
     MetricCheck,
     Pause,
@@ -36,6 +43,8 @@ from controlplane.rollout.policy import (
     SetWeight,
     Step,
     ThresholdRange,
+    Tolerance,
+    ToleranceKind,
 )
 
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|h|m|s)")
@@ -351,7 +360,7 @@ _ANALYSIS_LIMITS = {
     "consecutiveErrorLimit": "consecutive_error_limit",
     "minRequests": "min_requests",
 }
-_ANALYSIS_KEYS = ("interval", "window", *_ANALYSIS_LIMITS, "metrics")
+_ANALYSIS_KEYS = ("interval", "window", *_ANALYSIS_LIMITS, "metrics", "baselineUnhealthy")
 
 
 def _analysis(reader: _Reader, node: Node, field: str) -> AnalysisSpec | None:
@@ -367,6 +376,15 @@ def _analysis(reader: _Reader, node: Node, field: str) -> AnalysisSpec | None:
             settings[attribute] = reader.integer(keys[key], f"{field}.{key}", low=0)
     if "metrics" in keys:
         settings["metrics"] = _metrics(reader, keys["metrics"], f"{field}.metrics")
+    if "baselineUnhealthy" in keys:
+        where = f"{field}.baselineUnhealthy"
+        action = reader.string(keys["baselineUnhealthy"], where)
+        actions = tuple(a.value for a in BaselineUnhealthy)
+        if action is not None and action not in actions:
+            reader.error(keys["baselineUnhealthy"], where,
+                         f"must be {' or '.join(actions)}{_suggestion(action, actions)}, got {action!r}")
+            action = None
+        settings["baseline_unhealthy"] = None if action is None else BaselineUnhealthy(action)
     if any(value is None for value in settings.values()):
         return None
     return AnalysisSpec(**settings)
@@ -386,29 +404,166 @@ def _metrics(reader: _Reader, node: Node, field: str) -> tuple[MetricCheck, ...]
     return tuple(checks)
 
 
+_METRIC_KEYS = ("name", "template", "query", "thresholdRange")
+# Keys of a check that compares the canary with the baseline (`compare: baseline`).
+_COMPARE_KEYS = ("compare", "method", "alpha", "tolerance", "slowerThan", "events", "requests")
+# Built-in templates a comparison can count per arm: errors against requests, and requests
+# slower than a latency bucket.
+COMPARABLE_TEMPLATES = tuple(ARM_COUNTERS)
+# Envoy's default histogram bucket boundaries (ms): `slowerThan` must be one of them.
+ENVOY_BUCKETS_MS = (0.5, 1.0, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2500.0, 5000.0, 10000.0,
+                    30000.0, 60000.0, 300000.0, 600000.0, 1800000.0, 3600000.0)
+_TOLERANCE = re.compile(r"(?:(?P<ratio>\d+(?:\.\d+)?)x|\+(?P<points>\d+(?:\.\d+)?)pp)")
+
+
 def _metric(reader: _Reader, node: Node, field: str) -> MetricCheck | None:
-    keys = reader.mapping(node, field, allowed=("name", "template", "query", "thresholdRange"),
-                          required=("name", "thresholdRange"))
+    keys = reader.mapping(node, field, allowed=_METRIC_KEYS + _COMPARE_KEYS, required=("name",))
     if keys is None:
         return None
+    errors_before = len(reader.errors)
     name = reader.string(keys["name"], f"{field}.name") if "name" in keys else None
+    compare = "compare" in keys
     template = query = None
-    if ("template" in keys) == ("query" in keys):
+    if compare:
+        template = _compared_source(reader, node, keys, field)
+    elif ("template" in keys) == ("query" in keys):
         reader.error(node, field, f"exactly one of template ({', '.join(BUILTIN_TEMPLATES)}) or query")
     elif "template" in keys:
-        template = reader.string(keys["template"], f"{field}.template")
-        if template is not None and template not in BUILTIN_TEMPLATES:
-            reader.error(keys["template"], f"{field}.template",
-                         f"unknown template {template!r}{_suggestion(template, tuple(BUILTIN_TEMPLATES))}; "
-                         f"built in: {', '.join(BUILTIN_TEMPLATES)}")
-            template = None
+        template = _template(reader, keys["template"], f"{field}.template")
     else:
         query = _query(reader, keys["query"], f"{field}.query")
+    if not compare:
+        for key in _COMPARE_KEYS[1:]:
+            if key in keys:
+                reader.error(keys[key], f"{field}.{key}", "only in a check with `compare: baseline`")
+        if "thresholdRange" not in keys:
+            reader.error(node, f"{field}.thresholdRange", "required (or `compare: baseline`)")
     threshold = _threshold(reader, keys["thresholdRange"], f"{field}.thresholdRange") \
-        if "thresholdRange" in keys else None
-    if name is None or threshold is None or (template is None and query is None):
+        if "thresholdRange" in keys else ThresholdRange()
+    comparison = _comparison(reader, keys, field, template=template) if compare else None
+    if len(reader.errors) > errors_before or name is None or threshold is None:
         return None
-    return MetricCheck(name=name, threshold=threshold, template=template, query=query)
+    return MetricCheck(name=name, threshold=threshold, template=template, query=query, compare=comparison)
+
+
+def _template(reader: _Reader, node: Node, field: str) -> str | None:
+    template = reader.string(node, field)
+    if template is not None and template not in BUILTIN_TEMPLATES:
+        reader.error(node, field,
+                     f"unknown template {template!r}{_suggestion(template, tuple(BUILTIN_TEMPLATES))}; "
+                     f"built in: {', '.join(BUILTIN_TEMPLATES)}")
+        return None
+    return template
+
+
+def _compared_source(reader: _Reader, node: Node, keys: dict[str, Node], field: str) -> str | None:
+    """A comparison counts per arm: a countable built-in template, or `events` and `requests` PromQL."""
+    counters = "events" in keys or "requests" in keys
+    what = (f"template ({', '.join(COMPARABLE_TEMPLATES)}) or events and requests "
+            "(PromQL counters with {{ cluster }} or {{ version }})")
+    if "query" in keys:
+        reader.error(keys["query"], f"{field}.query",
+                     f"`compare: baseline` counts per arm, a query's value cannot be: use {what}")
+        return None
+    if ("template" in keys) == counters:
+        reader.error(node, field, f"`compare: baseline` needs exactly one of {what}")
+        return None
+    if counters:
+        for key in ("events", "requests"):
+            if key not in keys:
+                reader.error(node, f"{field}.{key}", "required with the other of events, requests")
+        return None
+    template = _template(reader, keys["template"], f"{field}.template")
+    if template is not None and template not in COMPARABLE_TEMPLATES:
+        reader.error(keys["template"], f"{field}.template",
+                     f"{template!r} has no counts to compare per arm; "
+                     f"comparable: {', '.join(COMPARABLE_TEMPLATES)}")
+        return None
+    return template
+
+
+def _comparison(
+    reader: _Reader, keys: dict[str, Node], field: str, *, template: str | None
+) -> BaselineComparison | None:
+    errors_before = len(reader.errors)
+    against = reader.string(keys["compare"], f"{field}.compare")
+    if against is not None and against != "baseline":
+        reader.error(keys["compare"], f"{field}.compare", f"must be baseline, got {against!r}")
+    method = ComparisonMethod.SEQUENTIAL
+    if "method" in keys:
+        given = reader.string(keys["method"], f"{field}.method")
+        methods = tuple(m.value for m in ComparisonMethod)
+        if given is not None and given not in methods:
+            reader.error(keys["method"], f"{field}.method", f"unknown method {given!r}"
+                         f"{_suggestion(given, methods)}; known: {', '.join(methods)}")
+        elif given is not None:
+            method = ComparisonMethod(given)
+    alpha = reader.number(keys["alpha"], f"{field}.alpha") if "alpha" in keys else 0.01
+    if alpha is not None and not 0 < alpha < 1:
+        reader.error(keys["alpha"], f"{field}.alpha",
+                     f"must be between 0 and 1 (the false-rollback probability, e.g. 0.01), got {alpha:g}")
+    tolerance = _tolerance(reader, keys["tolerance"], f"{field}.tolerance") if "tolerance" in keys \
+        else Tolerance(ToleranceKind.RATIO, 1.5)
+    slower_than = None
+    if "slowerThan" in keys:
+        slower_than = _slower_than(reader, keys["slowerThan"], f"{field}.slowerThan", template=template)
+    events = requests = None
+    if "events" in keys and "requests" in keys:
+        events = _counter_query(reader, keys["events"], f"{field}.events")
+        requests = _counter_query(reader, keys["requests"], f"{field}.requests")
+    if len(reader.errors) > errors_before or alpha is None or tolerance is None:
+        return None
+    return BaselineComparison(method=method, alpha=alpha, tolerance=tolerance, slower_than_ms=slower_than,
+                              events_query=events, requests_query=requests)
+
+
+def _tolerance(reader: _Reader, node: Node, field: str) -> Tolerance | None:
+    text = node.value.strip() if isinstance(node, ScalarNode) and node.tag == _TAG_STR else ""
+    match = _TOLERANCE.fullmatch(text)
+    value = float(match["ratio"] or match["points"]) if match else math.nan
+    if match and match["ratio"] and value > 1:
+        if value > MAX_TOLERANCE_RATIO:
+            reader.error(node, field, f"must be at most {MAX_TOLERANCE_RATIO:g}x, got {_shown(node)}")
+            return None
+        return Tolerance(ToleranceKind.RATIO, value)
+    if match and match["points"] and 0 < value < 100:
+        return Tolerance(ToleranceKind.POINTS, value)
+    reader.error(node, field, 'must be a ratio above 1 such as "1.5x" (no more than 1.5 times the baseline) '
+                 f'or percentage points such as "+0.5pp" (the baseline plus 0.5 points), got {_shown(node)}')
+    return None
+
+
+def _slower_than(reader: _Reader, node: Node, field: str, *, template: str | None) -> float | None:
+    if template != "request-duration-p99":
+        reader.error(node, field, "only for latency: `template: request-duration-p99`")
+        return None
+    seconds = reader.duration(node, field)
+    if seconds is None:
+        return None
+    milliseconds = round(seconds * 1000, 3)
+    if milliseconds not in ENVOY_BUCKETS_MS:
+        buckets = ", ".join(f"{ms:g}" for ms in ENVOY_BUCKETS_MS[:12])
+        reader.error(node, field, "must be a bucket boundary of Envoy's latency histogram in ms "
+                     f"({buckets}, …), got {_shown(node)}")
+        return None
+    return milliseconds
+
+
+def _counter_query(reader: _Reader, node: Node, field: str) -> str | None:
+    query = reader.string(node, field)
+    if query is None:
+        return None
+    allowed_names = (*VARIABLES, *ARM_VARIABLES)
+    unknown = sorted(variables_in(query) - set(allowed_names))
+    allowed = ", ".join(f"{{{{ {name} }}}}" for name in allowed_names)
+    for name in unknown:
+        reader.error(node, field, f"unknown template variable {{{{ {name} }}}}"
+                     f"{_suggestion(name, allowed_names)}; allowed: {allowed}")
+    if not unknown and not set(ARM_VARIABLES) & variables_in(query):
+        reader.error(node, field, "must name the arm with {{ cluster }} or {{ version }}: "
+                     "the same query runs for the canary and for the baseline")
+        return None
+    return None if unknown else query
 
 
 def _query(reader: _Reader, node: Node, field: str) -> str | None:
@@ -476,20 +631,36 @@ def policy_document(policy: Policy) -> dict[str, Any]:
             "interval": prometheus_duration(analysis.interval_seconds),
             "window": prometheus_duration(analysis.window_seconds),
             **{key: getattr(analysis, attribute) for key, attribute in _ANALYSIS_LIMITS.items()},
-            "metrics": [
-                {
-                    "name": check.name,
-                    **({"template": check.template} if check.template is not None else {}),
-                    **({"query": check.query} if check.query is not None else {}),
-                    "thresholdRange": _threshold_document(check.threshold),
-                }
-                for check in analysis.metrics
-            ],
+            "metrics": [_check_document(check) for check in analysis.metrics],
+            "baselineUnhealthy": analysis.baseline_unhealthy.value,
         },
         "match": [{"headers": dict(spec.headers)} for spec in policy.match],
         "mirror": {"percent": policy.mirror_percent},
         "alerts": {"rollback": policy.rollback_on_alert},
     }
+
+
+def _check_document(check: MetricCheck) -> dict[str, Any]:
+    document: dict[str, Any] = {"name": check.name}
+    if check.template is not None:
+        document["template"] = check.template
+    if check.query is not None:
+        document["query"] = check.query
+    if check.threshold != ThresholdRange():  # a comparison's SLO is optional
+        document["thresholdRange"] = _threshold_document(check.threshold)
+    comparison = check.compare
+    if comparison is not None:
+        document |= {
+            "compare": "baseline",
+            "method": comparison.method.value,
+            "alpha": comparison.alpha,
+            "tolerance": comparison.tolerance.describe(),
+        }
+        if comparison.slower_than_ms is not None:
+            document["slowerThan"] = f"{comparison.slower_than_ms:g}ms"
+        if comparison.events_query is not None and comparison.requests_query is not None:
+            document |= {"events": comparison.events_query, "requests": comparison.requests_query}
+    return document
 
 
 def _threshold_document(threshold: ThresholdRange) -> dict[str, float]:

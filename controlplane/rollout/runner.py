@@ -12,11 +12,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 from controlplane.metrics.templates import CANARY_REQUESTS_QUERY, TemplateContext, query_for, render
+from controlplane.notifications.events import RolloutEvent, transition_event
 from controlplane.rollout.analysis import Observation, Verdict, judge
 from controlplane.rollout.machine import (
     Action,
@@ -32,8 +33,14 @@ from controlplane.rollout.machine import (
 )
 from controlplane.rollout.metrics import RolloutMetrics
 from controlplane.rollout.policy import Policy, first_matching
-from controlplane.rollout.store import RolloutStore
-from controlplane.traffic.service import ROLLOUT_OWNER, TrafficRequest, TrafficService
+from controlplane.rollout.store import RolloutRow, RolloutStore, state_from_json
+from controlplane.traffic.service import (
+    FOLLOW_ATTEMPTS,
+    ROLLOUT_OWNER,
+    FollowRace,
+    TrafficRequest,
+    TrafficService,
+)
 from controlplane.xds.resources import cluster_name
 from registry.domain import Stage, StageChange
 from registry.errors import Conflict, NotFound, RegistryError
@@ -42,6 +49,7 @@ from registry.service import RegistryService
 log = logging.getLogger(__name__)
 
 ACTOR = "aegis-rollout"
+T = TypeVar("T")
 
 
 class MetricSource(Protocol):
@@ -80,6 +88,9 @@ class RolloutRunner:
         self.metrics = metrics
         self.clock = clock
         self.active: dict[str, ActiveRollout] = {}
+        self._stores = 0  # rollout states this process stored (see _read_quietly)
+        # Told of every transition worth an event (the app wires the notifier's); must not block.
+        self.notify: Callable[[RolloutEvent | None], None] = lambda _event: None
 
     async def load(self) -> None:
         """Pick up every rollout that was active when the process stopped."""
@@ -87,6 +98,46 @@ class RolloutRunner:
             self.active[state.model_name] = ActiveRollout(rollout_id, state, asyncio.Lock())
             self.metrics.observe_state(state)
             log.info("resuming rollout of %s at step %d", state.model_name, state.step_index + 1)
+
+    async def follow(self, model_name: str) -> None:
+        """Take a model's latest rollout as the database has it: another replica wrote it."""
+        latest = await self._read_quietly(lambda: self.store.history(model_name, limit=1))
+        self._follow_row(model_name, latest[0][0] if latest else None)
+
+    async def follow_all(self) -> None:
+        """Every model's latest rollout as stored (after a lost connection, and now and then)."""
+        rows = {row.model_name: row for row in await self._read_quietly(self.store.latest_per_model)}
+        for model_name in set(rows) | set(self.active):
+            self._follow_row(model_name, rows.get(model_name))
+
+    async def _read_quietly(self, read: Callable[[], Awaitable[T]]) -> T:
+        """What `read` returns, read while this process stored no rollout state itself (a state
+        stored here meanwhile may be newer than the one read)."""
+        for _attempt in range(FOLLOW_ATTEMPTS):
+            stores = self._stores
+            found = await read()
+            if stores == self._stores:
+                return found
+        raise FollowRace(f"rollouts were stored here during {FOLLOW_ATTEMPTS} reads in a row")
+
+    def _follow_row(self, model_name: str, row: RolloutRow | None) -> None:
+        """What this process holds of a model's rollout becomes what is stored.
+
+        No lock is taken: a decision in progress here stores its own state after this,
+        as it would have without the notification.
+        """
+        if row is None or row.id is None:
+            self.active.pop(model_name, None)
+            return
+        state = state_from_json(row.state)
+        self.metrics.observe_state(state)
+        running = self.active.get(model_name)
+        if not state.active:
+            self.active.pop(model_name, None)
+        elif running is None or running.rollout_id != row.id:
+            self.active[model_name] = ActiveRollout(row.id, state, asyncio.Lock())
+        else:
+            running.state = state
 
     def policy(self, name: str) -> Policy | None:
         return next((p for p in self.policy_source.policies if p.name == name), None)
@@ -175,7 +226,9 @@ class RolloutRunner:
         rollout_id = await self.store.create(state, started_by=started_by)
         active = ActiveRollout(rollout_id, state, asyncio.Lock())
         self.active[model_name] = active
+        self._stores += 1
         await self.store.save(rollout_id, state, reason=state.message, inputs={})
+        self.notify(transition_event(None, state, reason=state.message, at=self.clock(), actor=started_by))
         log.info("rollout of %s %s started (policy %s)", model_name, stages.canary, policy.name)
         await self.tick(model_name)
         return self.active[model_name].state if model_name in self.active else state
@@ -328,7 +381,12 @@ class RolloutRunner:
             "acked_at": decision.state.weight_acked_at,
         }
         await self.store.save(active.rollout_id, decision.state, reason=decision.reason, inputs=inputs)
+        self.notify(transition_event(
+            active.state, decision.state, reason=decision.reason, at=self.clock(),
+            verdicts=inputs["verdicts"], actor=actor or None,
+        ))
         active.state = decision.state
+        self._stores += 1
         self.metrics.observe_state(decision.state)
         if decision.reason:
             log.info("rollout of %s: %s", decision.state.model_name, decision.reason)

@@ -11,6 +11,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlmodel import Field, SQLModel, col, func, select
 
 from controlplane.rollout.machine import ACTIVE_PHASES, Phase, RolloutState
+from registry.changes import ChangeKind
 from registry.errors import Conflict
 from registry.store import Database, as_utc
 
@@ -27,6 +28,7 @@ class RolloutRow(SQLModel, table=True):
             postgresql_where=text("active"),
         ),
     )
+    __change_kind__ = ChangeKind.ROLLOUT
 
     id: int | None = Field(default=None, primary_key=True)
     model_name: str = Field(max_length=128, index=True)
@@ -109,6 +111,13 @@ class RolloutStore:
                         inputs=inputs,
                     )
                 )
+
+    async def active_of(self, model_name: str) -> tuple[int, RolloutState] | None:
+        """A model's active rollout, if it has one."""
+        query = select(RolloutRow).where(col(RolloutRow.active), RolloutRow.model_name == model_name)
+        async with self.database.transaction() as session:
+            row = (await session.exec(query)).first()
+        return None if row is None or row.id is None else (row.id, state_from_json(row.state))
 
     async def active(self) -> list[tuple[int, RolloutState]]:
         async with self.database.transaction() as session:

@@ -134,7 +134,7 @@ class TrafficDocument(ResponseModel):
         return cls(
             model_name=model_name, weights=weights, prod=stages.prod, canary=stages.canary,
             endpoints={
-                version: [f"{a}:{p}" for a, p in sorted(traffic.endpoints.get((model_name, version), {}))]
+                version: [f"{a}:{p}" for a, p in sorted(traffic.live_endpoints(model_name, version))]
                 for version in weights
             },
             endpoint_counts={version: traffic.endpoint_count(model_name, version) for version in weights},
@@ -164,7 +164,8 @@ class EndpointDocument(ResponseModel):
     version: str
     address: str
     port: int
-    expires_at: Timestamp
+    expires_at: Timestamp | None = Field(description="null for a static endpoint: it never expires")
+    static: bool = Field(description="from the configuration (AEGIS_STATIC_ENDPOINTS), not announced")
 
 
 class EndpointList(ResponseModel):
@@ -172,12 +173,22 @@ class EndpointList(ResponseModel):
 
     @classmethod
     def of(cls, traffic: TrafficService) -> EndpointList:
-        return cls(
-            endpoints=[
-                EndpointDocument(
-                    model_name=model_name, version=version, address=address, port=port, expires_at=expires_at
-                )
-                for (model_name, version), members in sorted(traffic.endpoints.items())
-                for (address, port), expires_at in sorted(members.items())
-            ]
-        )
+        announced = [
+            EndpointDocument(
+                model_name=model_name, version=version, address=address, port=port, expires_at=expires_at,
+                static=False,
+            )
+            for (model_name, version), members in traffic.endpoints.items()
+            for (address, port), expires_at in members.items()
+        ]
+        static = [
+            EndpointDocument(
+                model_name=model_name, version=version, address=address, port=port, expires_at=None,
+                static=True,
+            )
+            for (model_name, version), members in traffic.static_endpoints.items()
+            for address, port in members
+        ]
+        return cls(endpoints=sorted(
+            announced + static, key=lambda e: (e.model_name, e.version, e.address, e.port, e.static)
+        ))

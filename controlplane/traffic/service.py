@@ -2,14 +2,17 @@
 
 Every change is written to the database first, then applied to the in-memory
 inputs and published; xDS polls never touch the database. A change Envoy would
-reject (or that is inconsistent) is undone and reported.
+reject (or that is inconsistent) is undone and reported. Changes other replicas
+commit are read back per model (`reload_model`) or all at once (`reload_all`).
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from typing import Any, TypeVar
 
 from controlplane.traffic.store import EndpointRow, TrafficRow, TrafficStore, setting_of
 from controlplane.xds.cache import Publisher, PublishResult
@@ -25,16 +28,19 @@ from controlplane.xds.resources import (
     model_weights,
 )
 from controlplane.xds.served import served_split
-from controlplane.xds.snapshot import ModelWeights, ResourceType, Snapshot, content_version
-from registry.domain import Stage, StageChange, check_model_name
+from controlplane.xds.snapshot import ResourceType, content_version
+from registry.domain import ModelVersion, Stage, StageChange, check_model_name
 from registry.errors import Conflict, InvalidInput, NotFound
-from registry.store import RegistryStore
+from registry.store import RegistryStore, as_utc
 
 log = logging.getLogger(__name__)
 
 MAX_TTL_SECONDS = 3600
 DEFAULT_TTL_SECONDS = 30
 MAX_WEIGHT = 1_000_000
+# Reads of the stored state tried before a reload gives up (see _read_quietly).
+FOLLOW_ATTEMPTS = 3
+T = TypeVar("T")
 ROLLOUT_OWNER = "rollout"
 
 
@@ -62,10 +68,15 @@ class EndpointAnnouncement:
     ttl_seconds: int = DEFAULT_TTL_SECONDS
 
 
+class FollowRace(RuntimeError):
+    """The stored state could not be read without a change made here at the same time."""
+
+
 class TrafficService:
     def __init__(
         self, store: TrafficStore, registry_store: RegistryStore, publisher: Publisher, *,
         listener: ListenerAddress, rds_polling: RdsPolling,
+        static_endpoints: Mapping[tuple[str, str], frozenset[tuple[str, int]]] | None = None,
     ) -> None:
         self.store = store
         self.registry_store = registry_store
@@ -75,11 +86,8 @@ class TrafficService:
         self.stages: dict[str, ModelStages] = {}
         self.settings: dict[str, TrafficRow] = {}
         self.endpoints: dict[tuple[str, str], dict[tuple[str, int], datetime]] = {}
-        # model -> (its routes' version, the first route version that carried them).
-        self._model_route_versions: dict[str, tuple[str, str]] = {}
-        # model -> (its weights' version, the first runtime version that carried them); only
-        # models whose routes read their weights from the runtime layer.
-        self._model_weight_versions: dict[str, tuple[str, str]] = {}
+        # (model, version) -> (address, port)s from the configuration: never expire, never stored.
+        self.static_endpoints = dict(static_endpoints or {})
         # Each model's routing as last built from the inputs; dropped when an input changes,
         # so a change to one model rebuilds one model (identity tells the snapshot builder).
         self._routes: dict[str, ModelRoute] = {}
@@ -88,7 +96,6 @@ class TrafficService:
         self._unpublished: dict[str, int] = {}
         self._revision = 0
         self._full_publish = True  # until the first publish: compare every model
-        publisher.on_publish(self._track_route_versions)
 
     async def start(self) -> PublishResult:
         """Load everything and publish before the first poll is answered.
@@ -108,6 +115,107 @@ class TrafficService:
             members[(row.address, row.port)] = max(row.expires_at, grace)
         self._stale.update(self.stages)
         return await self.publish()
+
+    # --- following the database (other replicas' writes) ---------------------
+
+    async def reload_model(self, model_name: str) -> PublishResult:
+        """Read one model's stages, traffic setting and endpoints again, and publish what changed.
+
+        Another replica wrote them: the database has the truth, this process's memory
+        follows it. Reading the same state again changes nothing (the same versions).
+        """
+
+        async def read() -> tuple[list[ModelVersion], TrafficRow | None, list[EndpointRow]]:
+            return (
+                await self.registry_store.list_versions(model_name),
+                await self.store.load_setting(model_name),
+                await self.store.load_endpoints(model_name),
+            )
+
+        versions, setting, endpoints = await self._read_quietly(read)
+        stages = _stages_of(model_name, [(v.version, v.stage.value) for v in versions]) if versions else None
+        if not self._follow_model(model_name, stages, setting, endpoints):
+            # Nothing to publish; publishing memory now could undo a candidate being stored.
+            return PublishResult(True, self.publisher.cache.current)
+        self._changed(model_name)
+        return await self.publish()
+
+    async def reload_all(self) -> PublishResult:
+        """Read every model again (after a lost connection, and now and then): a full reconcile."""
+
+        async def read() -> tuple[list[Any], dict[str, TrafficRow], list[EndpointRow]]:
+            return (
+                await self.registry_store.list_models(),
+                await self.store.load_settings(),
+                await self.store.load_endpoints(),
+            )
+
+        stored, settings, rows = await self._read_quietly(read)
+        models = {name: _stages_of(name, versions) for name, _created, versions in stored}
+        endpoints: dict[str, list[EndpointRow]] = {}
+        for row in rows:
+            endpoints.setdefault(row.model_name, []).append(row)
+        known = set(self.stages) | set(self.settings) | {name for name, _ in self.endpoints}
+        changed = [
+            name for name in sorted(known | set(models) | set(settings) | set(endpoints))
+            if self._follow_model(name, models.get(name), settings.get(name), endpoints.get(name, []))
+        ]
+        if not changed and not self._unpublished:
+            return PublishResult(True, self.publisher.cache.current)
+        for name in changed:
+            self._changed(name)
+        return await self.publish()
+
+    async def _read_quietly(self, read: Callable[[], Awaitable[T]]) -> T:
+        """What `read` returns, read while this process changed no input itself.
+
+        A change made here while the reads ran may be newer than what they found
+        (written after the read, applied to memory before it returns): applying the
+        reads would step back. Read again then; give up after FOLLOW_ATTEMPTS (the
+        caller's reconcile tries again shortly).
+        """
+        for _attempt in range(FOLLOW_ATTEMPTS):
+            revision = self._revision
+            found = await read()
+            if revision == self._revision:
+                return found
+        raise FollowRace(f"inputs changed here during {FOLLOW_ATTEMPTS} reads in a row")
+
+    def _follow_model(
+        self, model_name: str, stages: ModelStages | None, setting: TrafficRow | None,
+        rows: list[EndpointRow],
+    ) -> bool:
+        """Take a model's stored inputs; True when its routing inputs changed."""
+        before = (self.stages.get(model_name), _setting_key(self.settings.get(model_name)),
+                  self._members_of(model_name))
+        if stages is None:
+            self.stages.pop(model_name, None)
+        else:
+            self.stages[model_name] = stages
+        if setting is None:
+            self.settings.pop(model_name, None)
+        else:
+            self.settings[model_name] = setting
+        stored: dict[str, dict[tuple[str, int], datetime]] = {}
+        for row in rows:
+            stored.setdefault(row.version, {})[(row.address, row.port)] = as_utc(row.expires_at)
+        for key in [key for key in self.endpoints if key[0] == model_name and key[1] not in stored]:
+            del self.endpoints[key]
+        for version, members in stored.items():
+            held = self.endpoints.get((model_name, version), {})
+            # A grace given at start-up (see start) is kept; the stored expiry otherwise.
+            self.endpoints[(model_name, version)] = {
+                key: max(expires_at, held.get(key, expires_at)) for key, expires_at in members.items()
+            }
+        after = (self.stages.get(model_name), _setting_key(self.settings.get(model_name)),
+                 self._members_of(model_name))
+        return before != after
+
+    def _members_of(self, model_name: str) -> dict[str, frozenset[tuple[str, int]]]:
+        return {
+            version: frozenset(members)
+            for (name, version), members in self.endpoints.items() if name == model_name and members
+        }
 
     def desired(self, *, model_name: str | None = None, setting: TrafficRow | None = None) -> DesiredState:
         """The routing for the current inputs; with `model_name`, that model's setting replaced."""
@@ -152,23 +260,6 @@ class TrafficService:
                     del self._unpublished[name]
         return result
 
-    def _track_route_versions(self, snapshot: Snapshot) -> None:
-        """Remember, per model, the first route and runtime versions that carried its current
-        routes and weights."""
-        for changed, parts, kind, carried in (
-            (snapshot.changed_models, snapshot.model_routes, ResourceType.ROUTE, self._model_route_versions),
-            (snapshot.changed_weights, snapshot.model_weights, ResourceType.RUNTIME,
-             self._model_weight_versions),
-        ):
-            for model_name in changed:
-                part = parts.get(model_name)
-                if part is None:
-                    carried.pop(model_name, None)
-                    continue
-                known = carried.get(model_name)
-                if known is None or known[0] != part.version:
-                    carried[model_name] = (part.version, snapshot.versions[kind])
-
     def _by_version(self, model_name: str, split: dict[str, int] | None) -> dict[str, int] | None:
         """A split per cluster as a split per live version (a cluster of no live version keeps its name)."""
         if split is None:
@@ -191,7 +282,8 @@ class TrafficService:
         splits: list[dict[str, int] | None] = []
         for node in self.publisher.nodes.nodes_holding(ResourceType.ROUTE, now=now):
             parts = cache.route_parts(node.type_state(ResourceType.ROUTE).acked_version)
-            weights = cache.weight_parts(node.type_state(ResourceType.RUNTIME).acked_version)
+            runtime = node.types.get(ResourceType.RUNTIME)
+            weights = cache.weight_parts(runtime.acked_version if runtime is not None else "")
             splits.append(self._by_version(model_name, served_split(model_name, parts, weights)))
         return splits
 
@@ -230,7 +322,12 @@ class TrafficService:
                 )
 
     def endpoint_count(self, model_name: str, version: str) -> int:
-        return len(self.endpoints.get((model_name, version), {}))
+        return len(self.live_endpoints(model_name, version))
+
+    def live_endpoints(self, model_name: str, version: str) -> set[tuple[str, int]]:
+        """Live endpoints of one version: announced ones and static ones from the configuration."""
+        key = (model_name, version)
+        return set(self.endpoints.get(key, {})) | self.static_endpoints.get(key, frozenset())
 
     # --- traffic ------------------------------------------------------------
 
@@ -279,6 +376,10 @@ class TrafficService:
             raise
         self.settings[model_name] = row
         self._changed(model_name)
+        if self.publisher.cache.current is not result.snapshot:
+            # Something else published from memory while this was stored (a follower's
+            # reload, an endpoint): that snapshot had the old setting. Publish the stored one.
+            return await self.publish()
         return result
 
     async def release(self, model_name: str) -> None:
@@ -294,19 +395,21 @@ class TrafficService:
         return effective_weights(self.live_stages(model_name), setting_of(row) if row else None)
 
     def acknowledgement(self, model_name: str) -> Acknowledgement:
-        """Which versions carry the model's routes and weights, and whether every live node runs them.
+        """The version served now that carries the model's weights (the runtime layer's when its
+        routes read weights from it, else the route configuration's), and whether every live
+        node runs the model's routes and the weights they read.
 
-        `xds_version`: the runtime version when the model's routes read weights from the
-        runtime layer, else the route version.
+        Both are facts of content, not of this process's history: every replica with the
+        same state (and the same shared node view) gives the same answer.
         """
-        routes = self._model_route_versions.get(model_name)
-        wanted = {ResourceType.ROUTE: routes[1] if routes else ""}
-        weights = self._model_weight_versions.get(model_name)
-        if weights is not None:
-            wanted[ResourceType.RUNTIME] = weights[1]
-        acked_nodes, total_nodes = self.publisher.nodes_running(wanted)
+        current = self.publisher.cache.current
+        part = current.model_routes.get(model_name)
+        weights = current.weights_read(model_name)
+        acked_nodes, total_nodes = self.publisher.routes_acked(
+            model_name, part.version if part else None, weights
+        )
         acked = acked_nodes == total_nodes and self._serves_desired(model_name)
-        carrier = wanted.get(ResourceType.RUNTIME, wanted[ResourceType.ROUTE])
+        carrier = current.versions[ResourceType.RUNTIME if weights else ResourceType.ROUTE] if part else ""
         return Acknowledgement(carrier, acked, acked_nodes, total_nodes)
 
     def runs(self, model_name: str, weights: dict[str, int]) -> bool:
@@ -326,14 +429,12 @@ class TrafficService:
         route = model_route(stages, setting_of(row) if row else None, self._endpoints_of(model_name))
         if route is None:
             return True
-        known = self._model_route_versions.get(model_name)
-        if known is None or known[0] != content_version(model_routes(route)):
+        current = self.publisher.cache.current
+        part = current.model_routes.get(model_name)
+        routes = model_routes(route)
+        if part is None or part.version != content_version(routes):
             return False
-        weights = model_weights(route)
-        carried = self._model_weight_versions.get(model_name)
-        if not weights:
-            return carried is None
-        return carried is not None and carried[0] == ModelWeights(model_name, weights).version
+        return current.weights_read(model_name) == model_weights(route, routes=routes)
 
     def _endpoints_of(self, model_name: str) -> dict[tuple[str, str], tuple[Endpoint, ...]]:
         """Live endpoints per (model, version) of one model's live versions."""
@@ -341,7 +442,7 @@ class TrafficService:
         versions = [v for v in (stages.prod, stages.canary) if v] if stages else []
         found = {}
         for version in versions:
-            members = self.endpoints.get((model_name, version))
+            members = self.live_endpoints(model_name, version)
             if members:
                 found[(model_name, version)] = tuple(
                     Endpoint(address, port) for address, port in sorted(members)
@@ -378,10 +479,17 @@ class TrafficService:
 
     async def withdraw(self, announcement: EndpointAnnouncement) -> None:
         key = (announcement.address, announcement.port)
-        members = self.endpoints.get((announcement.model_name, announcement.version), {})
+        if key in self.static_endpoints.get((announcement.model_name, announcement.version), ()):
+            raise Conflict(
+                f"{announcement.address}:{announcement.port} is a static endpoint of "
+                f"{announcement.model_name} {announcement.version} (AEGIS_STATIC_ENDPOINTS); remove it "
+                "from the configuration and restart Aegis"
+            )
         removed = await self.store.delete_endpoint(
             announcement.model_name, announcement.version, announcement.address, announcement.port
         )
+        # Looked up after the delete: a reload that ran meanwhile may have replaced the set.
+        members = self.endpoints.get((announcement.model_name, announcement.version), {})
         if key not in members and not removed:
             raise NotFound(
                 f"no endpoint {announcement.address}:{announcement.port} for "
@@ -405,6 +513,13 @@ class TrafficService:
             await self.store.delete_expired(now)
             await self.publish()
         return expired
+
+
+def _setting_key(row: TrafficRow | None) -> tuple[Any, ...] | None:
+    """What of a traffic setting the routing and the API show (not who wrote it when)."""
+    if row is None:
+        return None
+    return (dict(row.weights), list(row.match), row.mirror_percent, row.owner)
 
 
 def _stages_of(model_name: str, versions: list[tuple[str, str]]) -> ModelStages:

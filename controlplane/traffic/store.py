@@ -12,11 +12,13 @@ from sqlalchemy import JSON, Column, DateTime
 from sqlmodel import Field, SQLModel, col, delete, select
 
 from controlplane.xds.desired import TrafficSetting
+from registry.changes import ChangeKind, note_change
 from registry.store import Database, as_utc
 
 
 class EndpointRow(SQLModel, table=True):
     __tablename__ = "traffic_endpoints"
+    __change_kind__ = ChangeKind.ENDPOINTS
 
     model_name: str = Field(primary_key=True, max_length=128)
     version: str = Field(primary_key=True, max_length=64)
@@ -29,6 +31,7 @@ class EndpointRow(SQLModel, table=True):
 
 class TrafficRow(SQLModel, table=True):
     __tablename__ = "traffic_settings"
+    __change_kind__ = ChangeKind.TRAFFIC
 
     model_name: str = Field(primary_key=True, max_length=128)
     weights: dict[str, int] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
@@ -44,9 +47,13 @@ class TrafficStore:
     def __init__(self, database: Database) -> None:
         self.database = database
 
-    async def load_endpoints(self) -> list[EndpointRow]:
+    async def load_endpoints(self, model_name: str | None = None) -> list[EndpointRow]:
+        """Every stored endpoint, or one model's."""
+        query = select(EndpointRow)
+        if model_name is not None:
+            query = query.where(EndpointRow.model_name == model_name)
         async with self.database.transaction() as session:
-            rows = list((await session.exec(select(EndpointRow))).all())
+            rows = list((await session.exec(query)).all())
         for row in rows:
             row.expires_at = as_utc(row.expires_at)
         return rows
@@ -74,12 +81,23 @@ class TrafficStore:
 
     async def delete_expired(self, now: datetime) -> None:
         async with self.database.transaction() as session:
-            await session.exec(delete(EndpointRow).where(col(EndpointRow.expires_at) < now))
+            gone = await session.exec(
+                delete(EndpointRow).where(col(EndpointRow.expires_at) < now).returning(
+                    col(EndpointRow.model_name)
+                )
+            )
+            # A bulk delete bypasses the unit of work: announce its models here.
+            for model_name in set(gone.scalars().all()):
+                await note_change(session, ChangeKind.ENDPOINTS, model_name)
 
     async def load_settings(self) -> dict[str, TrafficRow]:
         async with self.database.transaction() as session:
             rows = (await session.exec(select(TrafficRow))).all()
         return {row.model_name: row for row in rows}
+
+    async def load_setting(self, model_name: str) -> TrafficRow | None:
+        async with self.database.transaction() as session:
+            return await session.get(TrafficRow, model_name)
 
     async def save_setting(self, row: TrafficRow) -> None:
         async with self.database.transaction() as session:

@@ -23,7 +23,7 @@ import contextlib
 import itertools
 import logging
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
@@ -34,8 +34,10 @@ from envoy.service.discovery.v3 import discovery_pb2
 from controlplane.xds import ads_messages
 from controlplane.xds.ads_admission import Admission, Context, StreamGate
 from controlplane.xds.ads_protocol import (
+    DeltaChanges,
     DeltaRequest,
     DeltaTypeState,
+    PublishedType,
     RequestKind,
     SotwRequest,
     SotwTypeState,
@@ -56,7 +58,7 @@ from controlplane.xds.nodes import (
     clean_message,
 )
 from controlplane.xds.server import TYPE_LABELS, XdsMetrics
-from controlplane.xds.snapshot import ResourceType
+from controlplane.xds.snapshot import Entry, ResourceType
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +70,7 @@ MAX_REQUEST_BYTES = 16 << 20
 # Envoy's NACK message in a log line: the node view keeps the longer form.
 LOGGED_MESSAGE_CHARS = 300
 
-GRPC_OPTIONS: tuple[tuple[str, Any], ...] = (
+BASE_GRPC_OPTIONS: tuple[tuple[str, Any], ...] = (
     # Without this, a second process on the same port would silently share its connections.
     ("grpc.so_reuseport", 0),
     ("grpc.max_receive_message_length", MAX_REQUEST_BYTES),
@@ -83,11 +85,30 @@ GRPC_OPTIONS: tuple[tuple[str, Any], ...] = (
 )
 
 
+def grpc_options(*, max_nodes: int) -> tuple[tuple[str, Any], ...]:
+    """The server's options; `max_nodes`: the fleet the node table is sized for.
+
+    gRPC's core queues a new stream until this event loop takes it (one at a time)
+    and past 1,000 queued it refuses a random share of them, all past 3,000: a fleet
+    reconnecting after a restart lost most of its streams and retried with backoff.
+    The whole fleet may queue instead; a stream waits there about as long as the
+    loop takes to admit the ones before it (a few hundred a second).
+    """
+    queued = max(max_nodes, 1000)
+    return (
+        *BASE_GRPC_OPTIONS,
+        ("grpc.server.max_pending_requests", queued),
+        ("grpc.server.max_pending_requests_hard_limit", queued),
+    )
+
+
 class StreamKind(StrEnum):
     SOTW = "sotw"
     DELTA = "delta"
 
 
+# Each type of the current snapshot as delta streams see it, and its entries by name.
+Published = dict[ResourceType, tuple[PublishedType, Mapping[str, Entry]]]
 TRANSPORTS = {StreamKind.SOTW: Transport.ADS, StreamKind.DELTA: Transport.DELTA}
 ACKNOWLEDGED_TYPES = (ResourceType.CLUSTER, ResourceType.ROUTE)
 
@@ -98,6 +119,8 @@ class _Stream:
     admission: Admission
     wake: asyncio.Event = field(default_factory=asyncio.Event)
     closed: bool = False
+    # Whether a response is due now (the protocol state's plan is not empty); asked after an ACK.
+    due: Callable[[], bool] = lambda: True
     nonces: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
     # Unknown type URLs this stream asked for, reported once each.
     ignored_types: set[str] = field(default_factory=set)
@@ -133,6 +156,11 @@ class AdsServer:
         self._server: grpc.aio.Server | None = None
         self._fan_out: asyncio.Task[None] | None = None
         self._streams: set[_Stream] = set()
+        # Labelled metric children, looked up once: a fan-out counts thousands of responses.
+        self._responses = {
+            (kind, stream_kind): metrics.responses.labels(TYPE_LABELS[kind], stream_kind.value)
+            for kind in ResourceType for stream_kind in StreamKind
+        }
 
     # --- lifecycle -----------------------------------------------------------------
 
@@ -155,7 +183,8 @@ class AdsServer:
 
     async def start(self, host: str, port: int) -> int:
         """Bind and serve; returns the port (useful with port 0). Raises OSError if it cannot bind."""
-        server = grpc.aio.server(handlers=[self.handler()], options=GRPC_OPTIONS)
+        options = grpc_options(max_nodes=self.nodes.max_nodes)
+        server = grpc.aio.server(handlers=[self.handler()], options=options)
         address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
         try:
             if self.tls is None:
@@ -212,11 +241,12 @@ class AdsServer:
         admission = await self.gate.admit(context, StreamKind.SOTW, first.node, token)
         stream = _Stream(StreamKind.SOTW, admission)
         states: dict[ResourceType, SotwTypeState] = {}
+        rejected = self._rejected_by(stream)
 
-        def take(request: discovery_pb2.DiscoveryRequest) -> None:
+        def take(request: discovery_pb2.DiscoveryRequest) -> RequestKind | None:
             kind = self._known_type(stream, request.type_url)
             if kind is None:
-                return
+                return None
             state = states.setdefault(kind, SotwTypeState())
             sent_version = state.sent_version
             answer = state.receive(
@@ -229,11 +259,15 @@ class AdsServer:
             )
             self._record(stream, kind, answer, reported=request.version_info, answered=sent_version,
                          message=request.error_detail.message)
+            return answer
+
+        def due() -> bool:
+            return bool(sotw_plan(states, self.cache.current.ads_versions, rejected=rejected))
 
         async def write_due() -> None:
             snapshot = self.cache.current
             versions = snapshot.ads_versions
-            for kind in sotw_plan(states, versions, rejected=self._rejected_by(stream)):
+            for kind in sotw_plan(states, versions, rejected=rejected):
                 state = states[kind]
                 body = self.shared.sotw_body(snapshot, kind, state.requested)
                 nonce = stream.next_nonce()
@@ -245,6 +279,7 @@ class AdsServer:
         # not stay referenced from this frame for the stream's life.
         opening = [first]
         del first
+        stream.due = due
         await self._serve(stream, opening, requests, take, write_due)
 
     # --- delta -----------------------------------------------------------------------
@@ -260,11 +295,12 @@ class AdsServer:
         admission = await self.gate.admit(context, StreamKind.DELTA, first.node, token)
         stream = _Stream(StreamKind.DELTA, admission)
         states: dict[ResourceType, DeltaTypeState] = {}
+        rejected = self._rejected_by(stream)
 
-        def take(request: discovery_pb2.DeltaDiscoveryRequest) -> None:
+        def take(request: discovery_pb2.DeltaDiscoveryRequest) -> RequestKind | None:
             kind = self._known_type(stream, request.type_url)
             if kind is None:
-                return
+                return None
             state = states.setdefault(kind, DeltaTypeState())
             pending = state.pending
             answer = state.receive(
@@ -283,20 +319,28 @@ class AdsServer:
                 published, _ = self.shared.published(self.cache.current, kind)
                 in_sync = (state.wildcard or bool(state.names)) and state.changes(published) is None
                 self._record(stream, kind, answer, reported=published.version if in_sync else "", answered="")
-                return
+                return answer
             answered = pending.system_version if pending is not None else ""
             # An ACK means the node now runs what it was sent; a NACK, whatever it ran before.
             reported = answered if answer is RequestKind.ACK else ""
             self._record(stream, kind, answer, reported=reported, answered=answered,
                          message=request.error_detail.message)
+            return answer
 
-        async def write_due() -> None:
+        def plan_now() -> tuple[Published, list[tuple[ResourceType, DeltaChanges]]]:
             snapshot = self.cache.current
             published = {kind: self.shared.published(snapshot, kind) for kind in states}
             plan = delta_plan(
                 states, {kind: p[0] for kind, p in published.items()},
-                rejected=self._rejected_by(stream), diffs=self.shared.diffs,
+                rejected=rejected, diffs=self.shared.diffs,
             )
+            return published, plan
+
+        def due() -> bool:
+            return bool(plan_now()[1])
+
+        async def write_due() -> None:
+            published, plan = plan_now()
             for kind, changes in plan:
                 current, entries = published[kind]
                 nonce = stream.next_nonce()
@@ -313,13 +357,14 @@ class AdsServer:
         # not stay referenced from this frame for the stream's life.
         opening = [first]
         del first
+        stream.due = due
         await self._serve(stream, opening, requests, take, write_due)
 
     # --- both kinds ----------------------------------------------------------------
 
     async def _serve(
         self, stream: _Stream, opening: list[Any], requests: AsyncIterator[Any],
-        take: Callable[[Any], None], write_due: Callable[[], Any],
+        take: Callable[[Any], RequestKind | None], write_due: Callable[[], Any],
     ) -> None:
         """Read requests in one task, write what is due in this one, until the stream ends."""
         admission = stream.admission
@@ -346,15 +391,21 @@ class AdsServer:
             self.metrics.streams.labels(stream.kind.value).dec()
             self.nodes.stream_closed(admission.node_id, now=time.monotonic())
 
-    async def _read(self, stream: _Stream, requests: AsyncIterator[Any], take: Callable[[Any], None]) -> None:
+    async def _read(
+        self, stream: _Stream, requests: AsyncIterator[Any], take: Callable[[Any], RequestKind | None]
+    ) -> None:
         try:
             async for request in requests:
                 try:
-                    take(request)
+                    answer = take(request)
+                    # Most requests of a fan-out are ACKs of what is current: the writer has
+                    # nothing to send, and waking it would cost a task switch per stream.
+                    due = answer is not RequestKind.ACK or stream.due()
                 except Exception:
                     log.exception("ADS request of node %r not handled; its stream ends", stream.node_id)
                     return
-                stream.wake.set()
+                if due:
+                    stream.wake.set()
         except asyncio.CancelledError:
             raise
         except Exception:
@@ -380,7 +431,7 @@ class AdsServer:
 
     def _served(self, stream: _Stream, kind: ResourceType, version: str) -> None:
         self.nodes.record_served(stream.node_id, kind, version)
-        self.metrics.responses.labels(TYPE_LABELS[kind], stream.kind.value).inc()
+        self._responses[kind, stream.kind].inc()
 
     def _record(
         self, stream: _Stream, kind: ResourceType, answer: RequestKind, *, reported: str, answered: str,

@@ -203,7 +203,7 @@ def _kept_weights(
     prefixes.discard(part.runtime_prefix)
     prefixes.discard(None)
     return tuple(sorted(
-        (key, weight) for key, weight in prior.weights if key.rsplit(".", 1)[0] in prefixes
+        (key, weight) for key, weight in prior.weights if resources.weight_key_prefix(key) in prefixes
     ))
 
 

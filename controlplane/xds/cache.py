@@ -63,8 +63,6 @@ class XdsCache:
         self._cluster_sets: OrderedDict[str, frozenset[str] | Snapshot] = OrderedDict()
         self._route_parts: OrderedDict[str, Mapping[str, ModelRoutes]] = OrderedDict()
         self._weight_parts: OrderedDict[str, Mapping[str, ModelWeights]] = OrderedDict()
-        # Route and runtime versions -> when first published (versions of two types never collide).
-        self._sequences: OrderedDict[str, int] = OrderedDict()
         self._published: dict[ResourceType, OrderedDict[str, None]] = {
             kind: OrderedDict() for kind in ResourceType
         }
@@ -91,11 +89,7 @@ class XdsCache:
             self._cluster_sets.move_to_end(cds)
         # The per-model parts are shared with the snapshot, not copied.
         _bounded_put(self._route_parts, rds, snapshot.model_routes)
-        runtime = snapshot.versions[ResourceType.RUNTIME]
-        _bounded_put(self._weight_parts, runtime, snapshot.model_weights)
-        for version in (rds, runtime):
-            if version not in self._sequences:
-                _bounded_put(self._sequences, version, self.sequence)
+        _bounded_put(self._weight_parts, snapshot.versions[ResourceType.RUNTIME], snapshot.model_weights)
         for versions in (snapshot.versions, snapshot.ads_versions):
             for kind, version in versions.items():
                 _bounded_put(self._published[kind], version, None)
@@ -141,6 +135,13 @@ class XdsCache:
         """Each model's routes in a route version this process published; None when unknown."""
         return self._route_parts.get(rds_version)
 
+    def carries(self, rds_version: str, model_name: str, part_version: str) -> bool:
+        """Whether a route version this process published holds `model_name`'s routes at
+        `part_version` (False when the version is unknown here)."""
+        parts = self._route_parts.get(rds_version)
+        part = parts.get(model_name) if parts is not None else None
+        return part is not None and part.version == part_version
+
     def weight_parts(self, runtime_version: str) -> Mapping[str, ModelWeights] | None:
         """Each weighted model's part of a runtime layer this process published; None when unknown.
 
@@ -150,9 +151,21 @@ class XdsCache:
             return {}
         return self._weight_parts.get(runtime_version)
 
-    def sequence_of(self, version: str) -> int | None:
-        """When a route or runtime version was first published (a counter); None when unknown."""
-        return self._sequences.get(version)
+    def carries_weights(
+        self, runtime_version: str, model_name: str, weights: Collection[tuple[str, int]]
+    ) -> bool:
+        """Whether a runtime layer this process published (or none, "") holds every one of
+        these (key, weight) pairs of `model_name` (False when the version is unknown here)."""
+        parts = self.weight_parts(runtime_version)
+        part = parts.get(model_name) if parts is not None else None
+        held = set(part.weights) if part is not None else set()
+        return parts is not None and held.issuperset(weights)
+
+
+def possible_versions(node: NodeState, resource_type: ResourceType) -> tuple[str, ...]:
+    """What the node may run of a type; ("",) for a type it never asked for (no state made)."""
+    state = node.types.get(resource_type)
+    return state.possible_versions() if state is not None else ("",)
 
 
 def _bounded_put(store: OrderedDict[str, T], key: str, value: T) -> None:
@@ -324,26 +337,29 @@ class Publisher:
             for listener in self._rebuild_refused:
                 listener(result.error)
 
-    def nodes_running(self, wanted: Mapping[ResourceType, str]) -> tuple[int, int]:
-        """(nodes surely running, for each type given, that version or a later one; nodes that
-        must acknowledge routes).
+    def routes_acked(
+        self, model_name: str, part_version: str | None, weights: Collection[tuple[str, int]] = ()
+    ) -> tuple[int, int]:
+        """(nodes surely running `model_name`'s routes at `part_version` and, when given, the
+        (runtime key, weight) pairs these routes read; nodes that must acknowledge routes).
 
-        Types are the route configuration and the runtime layer. A node that holds routes
-        but never applied a runtime layer (a bootstrap without Aegis's RTDS layer) runs
-        no runtime version: it does not count as running weights.
+        A node counts when every route version and every runtime version it may run
+        (acknowledged, or served and not yet confirmed) carries them; a node that never
+        applied a runtime layer (a bootstrap without Aegis's RTDS layer) carries no
+        weights. None: the model is not routed.
         """
-        now = self.clock()
-        live = self.nodes.nodes_holding(ResourceType.ROUTE, now=now)
-        wanted_sequences = {kind: self.cache.sequence_of(version) for kind, version in wanted.items()}
-        if any(sequence is None for sequence in wanted_sequences.values()):
+        live = self.nodes.nodes_holding(ResourceType.ROUTE, now=self.clock())
+        if part_version is None:
             return 0, len(live)
-        def runs_at_least(node: NodeState, kind: ResourceType, wanted_sequence: int | None) -> bool:
-            sequences = [self.cache.sequence_of(v) for v in node.type_state(kind).possible_versions()]
-            return all(seq is not None and wanted_sequence is not None and seq >= wanted_sequence
-                       for seq in sequences)
-
         acked = sum(
-            all(runs_at_least(node, kind, sequence) for kind, sequence in wanted_sequences.items())
-            for node in live
+            1 for node in live
+            if all(
+                self.cache.carries(version, model_name, part_version)
+                for version in node.type_state(ResourceType.ROUTE).possible_versions()
+            )
+            and all(
+                self.cache.carries_weights(version, model_name, weights)
+                for version in possible_versions(node, ResourceType.RUNTIME)
+            )
         )
         return acked, len(live)

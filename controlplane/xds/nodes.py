@@ -22,12 +22,19 @@ believed when what it reports could be true:
   (`NODE_ID_MAX_CHARS`), at most `max_nodes` nodes are kept (the least recently
   seen go first, nodes that never acknowledged anything before those that did),
   and a node silent for `stale_after` is forgotten.
+
+Several replicas: every replica hands its nodes' meaningful changes out
+(`take_shared`, written to the database in batches by node_sharing.py) and takes
+the other replicas' nodes in (`replace_remote`). The questions a rollout and the
+snapshot builder ask (`nodes_holding`, `acked_versions`, `all_nodes`) are answered
+over both, each node counted once (where it was seen last), so "every live Envoy
+runs this weight" counts the Envoys attached to any replica.
 """
 
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from enum import StrEnum
 
@@ -118,6 +125,9 @@ class NodeState:
     transport: Transport = Transport.REST
     # Open ADS streams: the node is live while one is open, though it sends nothing.
     streams: int = 0
+    # The replica the node is attached to; "" for this one. Another replica's streams keep
+    # no node live here: it re-announces its streaming nodes as confirmed while they stream.
+    replica: str = ""
 
     def type_state(self, resource_type: ResourceType) -> TypeState:
         return self.types.setdefault(resource_type, TypeState())
@@ -129,7 +139,7 @@ class NodeState:
             state is not None
             and bool(state.acked_version)
             and state.confirmed_at is not None
-            and (self.streams > 0 or now - state.confirmed_at <= stale_after)
+            and ((self.streams > 0 and not self.replica) or now - state.confirmed_at <= stale_after)
         )
 
 
@@ -146,10 +156,18 @@ class NodeTracker:
     def __init__(
         self, *, stale_after: float, max_nodes: int = DEFAULT_MAX_NODES,
         on_evict: Callable[[EvictionReason], None] | None = None,
+        on_ack: Callable[[], None] | None = None,
     ) -> None:
         self.stale_after = stale_after
         self.max_nodes = max_nodes
         self.on_evict = on_evict
+        # Called when a node acknowledged, rejected or left (what other replicas wait for).
+        self.on_ack = on_ack
+        # Other replicas' nodes, by node id, as they last shared them (see node_sharing.py).
+        self._remote: dict[str, NodeState] = {}
+        # Nodes changed since they were last shared, and when each was last shared.
+        self._dirty: set[str] = set()
+        self._shared_at: dict[str, float] = {}
         # Two pools, each ordered by last_seen (oldest first): nodes that never
         # reported a genuine version are evicted before nodes that did, so a flood of
         # made-up node ids cannot push a real Envoy out.
@@ -163,9 +181,55 @@ class NodeTracker:
         return self._confirmed.get(node_id) or self._provisional.get(node_id)
 
     def all_nodes(self, *, now: float) -> Iterator[NodeState]:
+        """This replica's nodes and the other replicas' (each node once: where seen last)."""
         self.expire(now=now)
-        yield from self._confirmed.values()
-        yield from self._provisional.values()
+        yield from self._merged(self._confirmed.values())
+        yield from self._merged(self._provisional.values())
+        yield from self._remote_only()
+
+    def _merged(self, local: Iterable[NodeState]) -> Iterator[NodeState]:
+        for node in local:
+            other = self._remote.get(node.node_id)
+            yield node if other is None or other.last_seen <= node.last_seen else other
+
+    def _remote_only(self) -> Iterator[NodeState]:
+        for node_id, node in self._remote.items():
+            if self.get(node_id) is None:
+                yield node
+
+    # --- sharing with other replicas ---------------------------------------------
+
+    def replace_remote(self, nodes: Iterable[NodeState]) -> None:
+        """The other replicas' nodes, as they shared them last (replacing what was known)."""
+        self._remote = {}
+        for node in nodes:
+            known = self._remote.get(node.node_id)
+            if known is None or known.last_seen < node.last_seen:
+                self._remote[node.node_id] = node
+
+    def take_shared(self, *, now: float, heartbeat: float) -> list[NodeState]:
+        """The nodes to share now: those changed since last shared, and live ones not shared
+        for `heartbeat` seconds (others drop a node they have not heard of for `stale_after`)."""
+        self.expire(now=now)
+        chosen = []
+        for pool in (self._confirmed, self._provisional):
+            for node in pool.values():
+                if node.node_id in self._dirty or (
+                    self.is_live(node, now=now) and now - self._shared_at.get(node.node_id, 0.0) >= heartbeat
+                ):
+                    chosen.append(node)
+                    self._shared_at[node.node_id] = now
+        self._dirty.clear()
+        return chosen
+
+    def reshare(self, node_ids: Iterable[str]) -> None:
+        """These nodes were taken but not written: take them again next time."""
+        self._dirty.update(node_ids)
+
+    def _changed(self, node: NodeState, *, acked: bool = False) -> None:
+        self._dirty.add(node.node_id)
+        if acked and self.on_ack is not None:
+            self.on_ack()
 
     def observe(
         self, node_id: str, cluster: str, resource_type: ResourceType, version_info: str, *,
@@ -188,6 +252,8 @@ class NodeTracker:
         node.transport = transport
         self._touch(node)
         changed = version_info != state.acked_version
+        if changed or state.served_version:
+            self._changed(node, acked=True)
         state.acked_version = version_info
         if not version_info:
             # A restarted Envoy starts over: what we served its predecessor says
@@ -217,6 +283,7 @@ class NodeTracker:
         state = node.type_state(resource_type)
         if state.rejected_versions and state.rejected_versions[-1] == version:
             state.rejection_message = clean_message(message)
+            self._changed(node)
 
     def observe_rejection(
         self, node_id: str, resource_type: ResourceType, version: str, *, message: str, now: float
@@ -236,6 +303,7 @@ class NodeTracker:
         if state.acked_version:
             state.confirmed_at = now
         self._touch(node)
+        self._changed(node, acked=True)
         return True
 
     def stream_opened(
@@ -252,6 +320,7 @@ class NodeTracker:
         node.cluster, node.transport, node.authenticated = cluster, transport, authenticated
         node.last_seen = now
         self._touch(node)
+        self._changed(node)
 
     def stream_closed(self, node_id: str, *, now: float) -> None:
         """An ADS stream ended: the node counts for `stale_after` more seconds, as after a poll."""
@@ -264,10 +333,13 @@ class NodeTracker:
             if state.confirmed_at is not None:
                 state.confirmed_at = now
         self._touch(node)
+        self._changed(node, acked=True)
 
     def has_rejected(self, node_id: str, resource_type: ResourceType, version: str) -> bool:
+        # Asked for every stream of every fan-out: looks, never creates a state.
         node = self.get(node_id)
-        return node is not None and version in node.type_state(resource_type).rejected_versions
+        state = node.types.get(resource_type) if node is not None else None
+        return state is not None and version in state.rejected_versions
 
     def record_served(
         self, node_id: str, resource_type: ResourceType, version: str, *, awaiting_ack: bool = True
@@ -279,8 +351,9 @@ class NodeTracker:
             return
         state = node.type_state(resource_type)
         state.remember_served(version)
-        if awaiting_ack:
+        if awaiting_ack and state.served_version != version:
             state.served_version = version
+            self._changed(node)
 
     def is_live(self, node: NodeState, *, now: float) -> bool:
         """Whether the node holds rollouts for any type."""
@@ -290,10 +363,11 @@ class NodeTracker:
         return [node for node in self.all_nodes(now=now) if self.is_live(node, now=now)]
 
     def nodes_holding(self, resource_type: ResourceType, *, now: float) -> list[NodeState]:
-        """The nodes that must acknowledge a change of `resource_type` before it counts as applied."""
+        """The nodes, of any replica, that must acknowledge a change of `resource_type` before
+        it counts as applied."""
         self.expire(now=now)
         return [
-            node for node in self._confirmed.values()
+            node for node in (*self._merged(self._confirmed.values()), *self._remote_only())
             if node.holds(resource_type, now=now, stale_after=self.stale_after)
         ]
 
@@ -316,6 +390,7 @@ class NodeTracker:
                     pool.move_to_end(oldest.node_id)
                     continue
                 pool.popitem(last=False)
+                self._shared_at.pop(oldest.node_id, None)
                 self._evicted(EvictionReason.STALE)
 
     def _add(self, node_id: str, cluster: str, now: float) -> NodeState:
@@ -331,8 +406,10 @@ class NodeTracker:
             idle = next((node_id for node_id, node in pool.items() if not node.streams), None)
             if idle is not None:
                 del pool[idle]
+                self._shared_at.pop(idle, None)
                 return
-        (self._provisional or self._confirmed).popitem(last=False)
+        node_id, _node = (self._provisional or self._confirmed).popitem(last=False)
+        self._shared_at.pop(node_id, None)
 
     def _touch(self, node: NodeState) -> None:
         pool = self._confirmed if node.node_id in self._confirmed else self._provisional

@@ -353,6 +353,11 @@ def weight_key(prefix: str, cluster: str) -> str:
     return f"{prefix}.{cluster}"
 
 
+def weight_key_prefix(key: str) -> str:
+    """The prefix of a runtime key made by `weight_key` (cluster names have no dots)."""
+    return key.rsplit(".", 1)[0]
+
+
 def model_weights(
     model: ModelRoute, *, routable: frozenset[str] | None = None, routes: list[Resource] | None = None
 ) -> tuple[tuple[str, int], ...]:

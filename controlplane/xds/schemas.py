@@ -84,16 +84,21 @@ class XdsNode(ResponseModel):
     )
     transport: Transport = Field(description="how it last spoke: rest, ads (state of the world) or delta")
     streams: int = Field(description="open gRPC ADS streams; a node with one is live though it sends nothing")
+    replica: str = Field(
+        description="the Aegis replica it is attached to (AEGIS_REPLICA_ID); with several replicas on "
+        "PostgreSQL every replica lists every replica's nodes"
+    )
     first_seen: Timestamp
     last_seen: Timestamp
     types: dict[TypeName, TypeDocument]
 
     @classmethod
-    def of(cls, node: NodeState, *, live: bool, wall_offset: float) -> XdsNode:
-        """`wall_offset` turns the tracker's monotonic seconds into wall-clock time."""
+    def of(cls, node: NodeState, *, live: bool, wall_offset: float, replica: str = "") -> XdsNode:
+        """`wall_offset` turns the tracker's monotonic seconds into wall-clock time; `replica`
+        names this replica (for its own nodes)."""
         return cls(
             node_id=node.node_id, cluster=node.cluster, live=live, authenticated=node.authenticated,
-            transport=node.transport, streams=node.streams,
+            transport=node.transport, streams=node.streams, replica=node.replica or replica,
             first_seen=datetime.fromtimestamp(node.first_seen + wall_offset, UTC),
             last_seen=datetime.fromtimestamp(node.last_seen + wall_offset, UTC),
             types={

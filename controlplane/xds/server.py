@@ -120,6 +120,8 @@ class XdsServer:
     metrics: XdsMetrics
     hold_seconds: float
     credentials: NodeCredentials = field(default_factory=NodeCredentials)
+    # AEGIS_REPLICA_ID: named beside this replica's nodes in the node view.
+    replica_id: str = ""
 
     def __post_init__(self) -> None:
         self.metrics.live_nodes.set_function(lambda: len(self.nodes.live_nodes(now=time.monotonic())))
@@ -224,7 +226,10 @@ class XdsServer:
         wall_offset = time.time() - now
         return XdsNodes(
             nodes=[
-                XdsNode.of(node, live=self.nodes.is_live(node, now=now), wall_offset=wall_offset)
+                XdsNode.of(
+                    node, live=self.nodes.is_live(node, now=now), wall_offset=wall_offset,
+                    replica=self.replica_id,
+                )
                 for node in sorted(self.nodes.all_nodes(now=now), key=lambda n: n.node_id)
             ],
             current={kind.name.lower(): version for kind, version in self.cache.current.versions.items()},  # type: ignore[misc]

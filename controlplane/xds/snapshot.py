@@ -338,6 +338,16 @@ class Snapshot:
             self.ads_versions[ResourceType.LISTENER]
         ])
 
+    def weights_read(self, model_name: str) -> tuple[tuple[str, int], ...]:
+        """The (runtime key, weight) pairs the model's routes read in this snapshot (none for a
+        plain route); the model's part of the layer may also keep older routes' weights."""
+        part = self.model_routes.get(model_name)
+        weights = self.model_weights.get(model_name)
+        if part is None or weights is None or part.runtime_prefix is None:
+            return ()
+        prefix = part.runtime_prefix
+        return tuple(pair for pair in weights.weights if resources.weight_key_prefix(pair[0]) == prefix)
+
     # --- plain JSON views ----------------------------------------------------------
 
     @property

@@ -1,7 +1,7 @@
 """A Stack watched by a real Prometheus and Alertmanager, plus load that records when each answer came.
 
 Prometheus is told every scrape target when it starts: Envoy's admin `/stats/prometheus`
-(known once Envoy runs) and every model server, whose ports are reserved up front and
+(known once Envoy runs), Aegis's `/metrics` and every model server, whose ports are reserved up front and
 handed to `ObservedStack.start_model_server`. A target that is not running yet is simply
 down until it is. Alertmanager sends to Aegis's webhook with the operator token, and
 Prometheus evaluates the canary alert rules of `deploy/rules/` and alerts that Alertmanager.
@@ -86,6 +86,7 @@ def observed_stack(
         alertmanager.start()
         prometheus.scrape_targets = [
             ("envoy", f"127.0.0.1:{stack.envoy.admin_port}", "/stats/prometheus"),
+            ("aegis", f"127.0.0.1:{stack.aegis.port}", "/metrics"),
             *(
                 (f"model-{model}-{version}", f"127.0.0.1:{port}", "/metrics")
                 for (model, version), port in stack.model_ports.items()

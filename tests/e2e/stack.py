@@ -49,13 +49,18 @@ class AegisApi:
         except urllib.error.HTTPError as exc:
             raise ApiError(exc.code, exc.read().decode()) from None
 
-    def register(self, model: str, version: str, artifact: bytes) -> None:
+    def register(
+        self, model: str, version: str, artifact: bytes, *, metadata: dict[str, Any] | None = None
+    ) -> None:
         boundary = "aegis-e2e-boundary"
-        metadata = json.dumps({"model_name": model, "version": version})
+        claims: dict[str, Any] = {"model_name": model, "version": version}
+        if metadata is not None:
+            claims["metadata"] = metadata
+        metadata_part = json.dumps(claims)
         body = (
             (
                 f'--{boundary}\r\nContent-Disposition: form-data; name="metadata"\r\n'
-                f"Content-Type: application/json\r\n\r\n{metadata}\r\n"
+                f"Content-Type: application/json\r\n\r\n{metadata_part}\r\n"
                 f'--{boundary}\r\nContent-Disposition: form-data; name="artifact"; filename="model.bin"\r\n'
                 f"Content-Type: application/octet-stream\r\n\r\n"
             ).encode()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 from pathlib import Path
 
@@ -43,6 +44,11 @@ def test_the_demo_promotes_v2_rolls_back_v3_and_leaves_nothing_running(
     assert "v2 (healthy): succeeded" in result.stdout
     assert "rolled_back by " + ("an Alertmanager alert" if mode else "the canary analysis") in result.stdout
     assert "result: OK, both outcomes happened" in result.stdout
+    # The console's address and a token to sign in with, for a newcomer's browser.
+    console = next(line for line in result.stdout.splitlines() if "watch the rollouts in a browser" in line)
+    assert re.search(
+        r"console: http://127\.0\.0\.1:\d+/ui/ \(sign in with the viewer token \S{20,}\)$", console
+    ), console
     reason = next(line for line in result.stdout.splitlines() if line.strip().startswith("reason:"))
     assert ("AegisCanaryHighErrorRate" if mode else "failureLimit") in reason
     assert processes_mentioning(str(workdir)) == []

@@ -5,7 +5,8 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
-from collections.abc import AsyncIterator, Awaitable, Callable
+import os
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from controlplane.app import create_app
 from controlplane.settings import Settings
 from tests.conftest import SIGN_KEY, auth
+from tests.s3_server import S3Server
 
 Register = Callable[..., Awaitable[aiohttp.ClientResponse]]
 StartClient = Callable[[Settings], Awaitable[TestClient[Any, Any]]]
@@ -85,6 +87,23 @@ def stored_files(data_dir: Path) -> list[str]:
     """Every blob and in-flight upload on disk, to prove rejected uploads leave nothing."""
     root = data_dir / "blobs"
     return sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file())
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
+    with S3Server(tmp_path_factory.mktemp("moto") / "moto.log") as server:
+        yield server
+
+
+@pytest.fixture
+def s3(s3_server: S3Server, monkeypatch: pytest.MonkeyPatch) -> S3Server:
+    """The S3 server, and this process's environment pointing at it the standard AWS way."""
+    for name, value in s3_server.environment.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setenv("AWS_CONFIG_FILE", os.devnull)
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", os.devnull)
+    monkeypatch.delenv("AWS_PROFILE", raising=False)
+    return s3_server
 
 
 __all__ = ["SIGN_KEY", "hmac_hex", "sha256_hex", "stored_files", "upload_form"]

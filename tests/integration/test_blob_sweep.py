@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from registry.blobs import BlobStore, ReferencedChecksums, StagedBlob
+from registry.blob_directory import DirectoryBlobStore
+from registry.blobs import ReferencedChecksums, StagedBlob
 
 OLD = time.time() - 7 * 24 * 3600
 
@@ -21,8 +22,8 @@ async def chunks(*parts: bytes) -> AsyncIterator[bytes]:
 
 
 @pytest.fixture
-def blobs(tmp_path: Path) -> BlobStore:
-    store = BlobStore(tmp_path / "blobs")
+def blobs(tmp_path: Path) -> DirectoryBlobStore:
+    store = DirectoryBlobStore(tmp_path / "blobs")
     store.prepare()
     return store
 
@@ -34,12 +35,12 @@ def named(*checksums: str) -> ReferencedChecksums:
     return referenced
 
 
-async def stage(blobs: BlobStore, content: bytes) -> StagedBlob:
+async def stage(blobs: DirectoryBlobStore, content: bytes) -> StagedBlob:
     return await blobs.stage(chunks(content), max_bytes=1 << 30)
 
 
 async def test_a_published_blob_is_kept_while_its_writer_commits_its_row_even_with_no_grace(
-    blobs: BlobStore,
+    blobs: DirectoryBlobStore,
 ) -> None:
     staged = await stage(blobs, b"being registered")
     assert await blobs.publish(staged) is True
@@ -53,19 +54,19 @@ async def test_a_published_blob_is_kept_while_its_writer_commits_its_row_even_wi
     assert not blobs.exists(staged.checksum)
 
 
-async def test_a_staged_upload_is_kept_and_an_abandoned_one_removed(blobs: BlobStore) -> None:
+async def test_a_staged_upload_is_kept_and_an_abandoned_one_removed(blobs: DirectoryBlobStore) -> None:
     live = await stage(blobs, b"x" * 1000)
-    abandoned = blobs.uploads / "0123abcd.part"
+    abandoned = blobs.uploads.path / "0123abcd.part"
     abandoned.write_bytes(b"y" * 500)
     report = await blobs.sweep(named())
     assert (report.uploads, report.upload_bytes) == (1, 500)
-    assert sorted(blobs.uploads.iterdir()) == [live.temp_path]
+    assert sorted(blobs.uploads.path.iterdir()) == [live.temp_path]
     await blobs.discard(live)
-    assert list(blobs.uploads.iterdir()) == []
+    assert list(blobs.uploads.path.iterdir()) == []
 
 
 async def test_reused_bytes_are_locked_and_touched_so_no_sweep_takes_them_before_the_row(
-    blobs: BlobStore,
+    blobs: DirectoryBlobStore,
 ) -> None:
     first = await stage(blobs, b"shared bytes")
     await blobs.publish(first)
@@ -77,10 +78,10 @@ async def test_reused_bytes_are_locked_and_touched_so_no_sweep_takes_them_before
     assert path.stat().st_mtime > time.time() - 60
     assert (await blobs.sweep(named(), grace_seconds=0)).blobs == 0
     await blobs.discard(second)
-    assert list(blobs.uploads.iterdir()) == []
+    assert list(blobs.uploads.path.iterdir()) == []
 
 
-async def test_only_unnamed_blobs_older_than_the_grace_go(blobs: BlobStore) -> None:
+async def test_only_unnamed_blobs_older_than_the_grace_go(blobs: DirectoryBlobStore) -> None:
     paths = {}
     for label, mtime in (("named-old", OLD), ("unnamed-old", OLD), ("unnamed-young", time.time())):
         checksum = hashlib.sha256(label.encode()).hexdigest()

@@ -23,9 +23,11 @@ from controlplane.openapi import openapi_document
 from controlplane.settings import load_settings
 from controlplane.xds.credentials import NodeCredentials
 from registry.auth import Role, TokenTable
+from registry.blob_stores import S3Blobs
 
 ROOT = Path(__file__).resolve().parents[2]
 MODEL_SERVERS = ("model-server-1", "model-server-2")
+REPLICAS = ("aegis", "aegis-2")
 # Compose's `${NAME:-default}`; a bare `${NAME}` would have no value without the environment.
 INTERPOLATION = re.compile(r"\$\{(?P<name>\w+)(?::-(?P<default>[^}]*))?\}")
 
@@ -99,7 +101,10 @@ def scrape_targets(prometheus: dict[str, Any], job: str) -> set[tuple[str, int]]
 
 
 def test_every_service_is_there_on_the_host_network(services: dict[str, Any]) -> None:
-    assert set(services) == {"aegis", "envoy", "prometheus", "alertmanager", *MODEL_SERVERS}
+    assert set(services) == {
+        *REPLICAS, "postgres", "minio", "minio-bucket", "envoy", "prometheus", "alertmanager", "grafana",
+        *MODEL_SERVERS,
+    }
     for name, service in services.items():
         assert service.get("network_mode") == "host", name
         assert "ports" not in service, f"{name}: ports are not mapped on the host network"
@@ -120,7 +125,7 @@ def test_every_mounted_file_or_folder_exists_and_named_volumes_are_declared(
 
 
 def test_the_dockerfile_copies_what_pip_install_needs_and_it_exists(services: dict[str, Any]) -> None:
-    for name in ("aegis", *MODEL_SERVERS):
+    for name in (*REPLICAS, *MODEL_SERVERS):
         build = services[name]["build"]
         assert (ROOT / build["context"] / build["dockerfile"]).resolve() == ROOT / "Dockerfile", name
     lines = (ROOT / "Dockerfile").read_text().splitlines()
@@ -163,7 +168,7 @@ def test_the_image_listens_on_all_interfaces_while_aegis_alone_stays_on_loopback
 
 def test_configs_are_mounted_where_the_commands_and_each_other_look(services: dict[str, Any]) -> None:
     envoy, prometheus, alertmanager = services["envoy"], services["prometheus"], services["alertmanager"]
-    assert mounts(envoy)[option(envoy["command"], "-c")] == "./envoy/envoy.yaml"
+    assert mounts(envoy)[option(envoy["command"], "-c")] == "./envoy/envoy-replicas.yaml"
     prometheus_config = flag(prometheus["command"], "--config.file")
     assert mounts(prometheus)[prometheus_config] == "./deploy/prometheus.yml"
     rule_dir = PurePosixPath(load_yaml("deploy/prometheus.yml")["rule_files"][0]).parent
@@ -176,18 +181,45 @@ def test_configs_are_mounted_where_the_commands_and_each_other_look(services: di
     alertmanager_config = PurePosixPath(flag(alertmanager["command"], "--config.file"))
     token_file = str(alertmanager_config.parent / credentials)
     assert mounts(alertmanager)[token_file] == "./deploy/compose/alertmanager-token.example"
-    environment = services["aegis"]["environment"]
-    assert mounts(services["aegis"])[environment["AEGIS_POLICIES"]] == "./deploy/policies"
+    for name in REPLICAS:
+        environment = services[name]["environment"]
+        assert mounts(services[name])[environment["AEGIS_POLICIES"]] == "./deploy/policies", name
+
+
+def test_grafana_provisions_prometheus_and_the_dashboards_from_the_mounted_folders(
+    services: dict[str, Any],
+) -> None:
+    grafana = services["grafana"]
+    provisioning = mounts(grafana)["/etc/grafana/provisioning"]  # Grafana's default GF_PATHS_PROVISIONING
+    assert provisioning == "./deploy/grafana/provisioning"
+    (provider,) = load_yaml("deploy/grafana/provisioning/dashboards/aegis.yml")["providers"]
+    dashboards = mounts(grafana)[provider["options"]["path"]]
+    assert dashboards == "./deploy/grafana/dashboards"
+    home = PurePosixPath(grafana["environment"]["GF_DASHBOARDS_DEFAULT_HOME_DASHBOARD_PATH"])
+    assert (ROOT / dashboards / home.relative_to(provider["options"]["path"])).is_file()
+    (source,) = load_yaml("deploy/grafana/provisioning/datasources/prometheus.yml")["datasources"]
+    url = urlsplit(source["url"])
+    prometheus_listen = host_port(flag(services["prometheus"]["command"], "--web.listen-address"))
+    assert (url.hostname, url.port) == prometheus_listen
+    for path in (ROOT / dashboards).glob("*.json"):
+        text = path.read_text()
+        assert '"uid": "' + source["uid"] + '"' in text and "${DS_" not in text, path  # no import-time inputs
+    assert grafana["environment"]["GF_SERVER_HTTP_ADDR"] == "127.0.0.1"  # see Networking
+    assert grafana["depends_on"] == ["prometheus"]
 
 
 # -- addresses ----------------------------------------------------------------------------------------
 
 
-def xds_address(bootstrap_path: str) -> tuple[str, int]:
-    bootstrap = load_yaml(bootstrap_path)
+def xds_addresses(bootstrap: dict[str, Any]) -> list[tuple[str, int]]:
     (xds,) = (c for c in bootstrap["static_resources"]["clusters"] if c["name"] == "xds_cluster")
     (endpoints,) = xds["load_assignment"]["endpoints"]
-    return socket_address(endpoints["lb_endpoints"][0]["endpoint"]["address"])
+    return [socket_address(e["endpoint"]["address"]) for e in endpoints["lb_endpoints"]]
+
+
+def xds_address(bootstrap_path: str) -> tuple[str, int]:
+    (address,) = xds_addresses(load_yaml(bootstrap_path))
+    return address
 
 
 def test_envoy_finds_aegis_and_prometheus_finds_envoys_admin(services: dict[str, Any]) -> None:
@@ -241,6 +273,72 @@ def test_alertmanager_and_the_model_servers_call_aegis_where_it_listens(services
         assert (aegis_url.hostname, aegis_url.port) == aegis_listen(services), name
 
 
+def replica_settings(services: dict[str, Any], name: str) -> Any:
+    return load_settings({key: with_defaults(value) for key, value in services[name]["environment"].items()})
+
+
+def test_envoy_lists_both_replicas_and_is_the_single_replica_bootstrap_otherwise(
+    services: dict[str, Any],
+) -> None:
+    several, single = load_yaml("envoy/envoy-replicas.yaml"), load_yaml("envoy/envoy.yaml")
+    grpc_listens = [replica_settings(services, name).xds.grpc_listen for name in REPLICAS]
+    assert xds_addresses(several) == grpc_listens == [("127.0.0.1", 18000), ("127.0.0.1", 18001)]
+    for bootstrap in (several, single):  # nothing else may drift between the two
+        (xds,) = (c for c in bootstrap["static_resources"]["clusters"] if c["name"] == "xds_cluster")
+        del xds["load_assignment"]["endpoints"]
+    assert several == single
+
+
+def test_the_replicas_share_the_database_the_bucket_and_the_keys_and_nothing_else(
+    services: dict[str, Any],
+) -> None:
+    first, second = (replica_settings(services, name) for name in REPLICAS)
+    assert first.server.database_url == second.server.database_url
+    assert first.server.database_url.startswith("postgresql+asyncpg://")
+    assert first.registry.blob_store == second.registry.blob_store == S3Blobs("aegis-artifacts", "aegis")
+    # A download URL signed by one replica verifies on the other.
+    assert first.security.url_signing_key == second.security.url_signing_key is not None
+    environments = [services[name]["environment"] for name in REPLICAS]
+    assert len({e["AEGIS_REPLICA_ID"] for e in environments}) == 2
+    assert (first.server.port, second.server.port) == (8080, 8081)
+    assert [urlsplit(e["AEGIS_PUBLIC_URL"]).port for e in environments] == [8080, 8081]
+    data_volumes = [
+        v.split(":")[0] for name in REPLICAS for v in services[name]["volumes"] if "/var/lib/aegis" in v
+    ]
+    assert len(set(data_volumes)) == 2
+    for name in REPLICAS:
+        assert set(services[name]["depends_on"]) == {"postgres", "minio-bucket"}
+
+
+def test_aegis_reaches_postgres_and_minio_with_their_credentials_and_the_bucket_is_made(
+    services: dict[str, Any],
+) -> None:
+    aegis = {key: with_defaults(value) for key, value in services["aegis"]["environment"].items()}
+    postgres = services["postgres"]
+    database = urlsplit(aegis["AEGIS_DATABASE_URL"])
+    postgres_env = {key: with_defaults(value) for key, value in postgres["environment"].items()}
+    assert (database.username, database.password, database.path) == (
+        postgres_env["POSTGRES_USER"], postgres_env["POSTGRES_PASSWORD"], f"/{postgres_env['POSTGRES_DB']}"
+    )
+    assert (database.hostname, database.port) == ("127.0.0.1", 5432)
+    assert "listen_addresses=127.0.0.1" in postgres["command"] and "port=5432" in postgres["command"]
+
+    minio = services["minio"]
+    assert minio["image"].startswith("minio/minio")
+    minio_env = {key: with_defaults(value) for key, value in minio["environment"].items()}
+    endpoint = urlsplit(aegis["AWS_ENDPOINT_URL"])
+    assert (endpoint.hostname, endpoint.port) == host_port(option(minio["command"], "--address"))
+    assert (aegis["AWS_ACCESS_KEY_ID"], aegis["AWS_SECRET_ACCESS_KEY"]) == (
+        minio_env["MINIO_ROOT_USER"], minio_env["MINIO_ROOT_PASSWORD"]
+    )
+    (script,) = services["minio-bucket"]["command"]
+    bucket = load_settings(aegis).registry.blob_store
+    assert isinstance(bucket, S3Blobs)
+    assert f"mc alias set aegis {aegis['AWS_ENDPOINT_URL']} " in script
+    assert script.endswith(f"mc mb --ignore-existing aegis/{bucket.bucket}")
+    assert services["minio-bucket"]["depends_on"] == {"minio": {"condition": "service_healthy"}}
+
+
 # -- secrets ------------------------------------------------------------------------------------------
 
 
@@ -261,7 +359,13 @@ def test_every_token_a_service_presents_is_accepted_with_the_role_it_needs(servi
 
 def test_secrets_are_variables_whose_defaults_say_they_are_placeholders(services: dict[str, Any]) -> None:
     aegis = services["aegis"]["environment"]
-    values = [aegis["AEGIS_API_TOKENS"], aegis["AEGIS_MODEL_SIGN_KEY"]]
+    values = [aegis[key] for key in (
+        "AEGIS_API_TOKENS", "AEGIS_MODEL_SIGN_KEY", "AEGIS_URL_SIGNING_KEY", "AEGIS_DATABASE_URL",
+        "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY",
+    )]
+    values += [services["postgres"]["environment"]["POSTGRES_PASSWORD"]]
+    values += list(services["minio"]["environment"].values())
+    values += [services["grafana"]["environment"]["GF_SECURITY_ADMIN_PASSWORD"]]
     for name in MODEL_SERVERS:
         values += [services[name]["environment"][key] for key in ("AEGIS_TOKEN", "AEGIS_MODEL_SIGN_KEY")]
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -12,6 +13,7 @@ import pytest
 from controlplane.rollout.policy import Pause, SetWeight, Step
 from controlplane.rollout.policy_files import PolicyRegistry, load_policy_paths
 from controlplane.rollout.policy_schemas import PolicyStatus
+from tests.configmap_volume import ConfigMapVolume
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -226,3 +228,33 @@ def test_cli_validate_fails_on_a_missing_file(tmp_path: Path) -> None:
 
     assert result.returncode == 1
     assert result.stderr.strip() == f"{tmp_path / 'nope.yaml'}: no such file or folder"
+
+
+def test_a_configmap_update_is_noticed_and_the_kubelets_own_entries_are_not_policies(tmp_path: Path) -> None:
+    volume = ConfigMapVolume(tmp_path / "configmap")
+    # The kubelet may write both versions within one tick of the coarse file clock: the
+    # same mtime, and here the same size too. Only the file behind the symlink changes.
+    same_time = time.time_ns()
+    first = volume.write({"default.yaml": ALPHA}, mtime_ns=same_time)
+    (first / "stray.yaml").write_text(BETA)  # inside the kubelet's directory: not a file of the volume
+    registry = PolicyRegistry(volume.root)
+    registry.reload()
+    assert names(registry) == ["alpha"]
+    assert registry.changed_since_last_check() is False
+    assert steps_of(registry, "alpha") == (SetWeight(10),)
+
+    volume.write({"default.yaml": ALPHA.replace("setWeight: 10", "setWeight: 20")}, mtime_ns=same_time)
+    assert registry.changed_since_last_check() is True
+    registry.reload()
+    assert steps_of(registry, "alpha") == (SetWeight(20),)
+    assert registry.changed_since_last_check() is False
+    hidden = sorted(p.name for p in volume.root.iterdir() if p.name.startswith(".."))
+    assert hidden == [(volume.root / "..data").resolve().name, "..data"]  # the old version is gone
+
+    # A key added and one removed: the set of files changes through the swap too.
+    volume.write({"20-beta.yaml": BETA})
+    assert registry.changed_since_last_check() is True
+    registry.reload()
+    assert (names(registry), registry.errors) == (["beta"], ())
+    (volume.root / "..stray.yaml").write_text(BETA.replace("beta", "stray"))
+    assert registry.changed_since_last_check() is False

@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 
+from tests.configmap_volume import ConfigMapVolume
 from tests.conftest import API_TOKENS, SIGN_KEY, TOKENS
 from tests.processes import AegisServer
 
@@ -157,3 +158,17 @@ def test_a_bad_file_at_start_up_is_reported_and_the_other_files_load(
     log = log_of(server)
     assert f"policy error: {folder / '10-deep.yaml'}:1: nested more than 64 levels" in log
     assert f"policy error: {folder / '20-huge.yaml'}:5: policies[0].steps[0].setWeight" in log
+
+
+def test_a_configmap_update_reaches_a_running_server(
+    tmp_path: Path, serve: Callable[[dict[str, str]], AegisServer]
+) -> None:
+    volume = ConfigMapVolume(tmp_path / "policies")
+    volume.write({"default.yaml": GOOD.format(weight=10)})
+    server = serve(settings(tmp_path, volume.root, AEGIS_POLICY_RELOAD_SECONDS="0.2"))
+    assert weights(get(server, "/v1/policies")) == [10]
+    # `kubectl apply` of the ConfigMap, as the kubelet lands it: a new directory, a symlink swap.
+    volume.write({"default.yaml": GOOD.format(weight=20)})
+    status = wait_for_policies(server, in_force([20]))
+    # Reported under the name the operator knows, not the kubelet's hidden directory.
+    assert [policy["source"] for policy in status["policies"]] == [f"{volume.root / 'default.yaml'}:2"]

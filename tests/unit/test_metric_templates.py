@@ -10,6 +10,7 @@ from controlplane.metrics.templates import (
     VARIABLES,
     TemplateContext,
     TemplateError,
+    arm_queries,
     prometheus_duration,
     query_for,
     render,
@@ -17,7 +18,7 @@ from controlplane.metrics.templates import (
     unknown_variables,
     variables_in,
 )
-from controlplane.rollout.policy import MetricCheck, ThresholdRange
+from controlplane.rollout.policy import BaselineComparison, MetricCheck, ThresholdRange
 
 CONTEXT = TemplateContext(
     model="ranker",
@@ -134,3 +135,54 @@ def test_query_for_an_unknown_template_is_an_error() -> None:
 
     with pytest.raises(TemplateError, match="request-error-rate"):
         query_for(check)
+
+
+def test_a_compared_check_reads_each_arms_raw_counters() -> None:
+    errors = MetricCheck("errors", ThresholdRange(), template="request-error-rate",
+                         compare=BaselineComparison())
+    latency = MetricCheck("latency", ThresholdRange(), template="request-duration-p99",
+                          compare=BaselineComparison())
+
+    canary = arm_queries(errors, CONTEXT, canary=True)
+    baseline = arm_queries(latency, CONTEXT, canary=False)
+
+    assert canary == {
+        "requests": "sum by (instance) "
+                    '(envoy_cluster_upstream_rq_xx{envoy_cluster_name="ranker-2_0-bbbbbbbb"})',
+        "events": 'sum by (instance) (envoy_cluster_upstream_rq_xx{envoy_response_code_class="5",'
+                  'envoy_cluster_name="ranker-2_0-bbbbbbbb"})',
+    }
+    assert baseline == {
+        "buckets": "sum by (instance, le) (envoy_cluster_upstream_rq_time_bucket"
+                   '{envoy_cluster_name="ranker-1_0-aaaaaaaa"})'
+    }
+
+
+def test_a_compared_checks_own_counters_get_the_arms_version_and_cluster() -> None:
+    check = MetricCheck("flags", ThresholdRange(), compare=BaselineComparison(
+        events_query='sum(flags_total{model="{{ model }}",version="{{ version }}"})',
+        requests_query='sum(scored_total{cluster="{{ cluster }}"})',
+    ))
+
+    assert arm_queries(check, CONTEXT, canary=False) == {
+        "requests": 'sum(scored_total{cluster="ranker-1_0-aaaaaaaa"})',
+        "events": 'sum(flags_total{model="ranker",version="1.0"})',
+    }
+
+
+def test_per_arm_variables_stay_unknown_to_ordinary_queries() -> None:
+    with pytest.raises(TemplateError, match=r"unknown template variable\(s\) \{\{ version \}\}"):
+        render('x{v="{{ version }}"}', {"version": "1"})
+
+
+@pytest.mark.parametrize(
+    ("check", "error"),
+    [
+        (MetricCheck("e", ThresholdRange(max=1), template="request-error-rate"), "does not compare"),
+        (MetricCheck("r", ThresholdRange(), template="request-rate", compare=BaselineComparison()),
+         "no counters to compare per arm"),
+    ],
+)
+def test_arm_queries_need_a_comparison_with_counters(check: MetricCheck, error: str) -> None:
+    with pytest.raises(TemplateError, match=error):
+        arm_queries(check, CONTEXT, canary=True)

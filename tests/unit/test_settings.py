@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from controlplane.settings import SettingsError, load_settings
+from registry.blob_stores import BlobStoreTarget, DataDirBlobs, S3Blobs, SharedDirectoryBlobs
 
 
 def test_defaults_follow_the_design() -> None:
@@ -190,3 +191,39 @@ def test_bad_grpc_settings_are_clear_at_start_up(tmp_path: Path, env: dict[str, 
         load_settings({name: value.format(**files) for name, value in env.items()})
     assert message in str(raised.value)
     assert "PRIVATE KEY" not in str(raised.value)
+
+
+@pytest.mark.parametrize(
+    ("text", "target"),
+    [
+        ("", DataDirBlobs()),
+        ("file:///srv/aegis/blobs", SharedDirectoryBlobs(Path("/srv/aegis/blobs"))),
+        ("file://localhost/srv/my%20blobs/", SharedDirectoryBlobs(Path("/srv/my blobs"))),
+        ("s3://models", S3Blobs("models", "")),
+        ("s3://models.example-1/aegis/prod/", S3Blobs("models.example-1", "aegis/prod")),
+    ],
+)
+def test_the_blob_store_is_the_data_directory_a_shared_directory_or_a_bucket(
+    text: str, target: BlobStoreTarget
+) -> None:
+    assert load_settings({"AEGIS_BLOB_STORE": text}).registry.blob_store == target
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("gs://models/aegis", "unknown scheme 'gs'; use file:///path"),
+        ("/srv/blobs", "unknown scheme '(none)'"),
+        ("file://srv/blobs", "three slashes"),
+        ("file:relative/path", "absolute path"),
+        ("s3://", "names no bucket: write s3://BUCKET"),
+        ("s3:///prefix", "names no bucket"),
+        ("s3://Models", "'Models' is not a valid bucket name"),
+        ("s3://ab", "'ab' is not a valid bucket name"),
+        ("s3://models?endpoint=http://minio", "AWS_ENDPOINT_URL"),
+    ],
+)
+def test_a_bad_blob_store_is_refused_at_start_up_with_what_to_write(text: str, message: str) -> None:
+    with pytest.raises(SettingsError, match="AEGIS_BLOB_STORE") as raised:
+        load_settings({"AEGIS_BLOB_STORE": text})
+    assert message in str(raised.value)

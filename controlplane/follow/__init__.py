@@ -1,0 +1,1 @@
+"""Replicas follow the database: change notifications, a listener that survives outages, reconciles."""

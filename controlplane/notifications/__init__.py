@@ -1,0 +1,1 @@
+"""Notifications out: rollout events to webhooks (JSON or Slack-compatible), signed, retried."""

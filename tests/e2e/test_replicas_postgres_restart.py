@@ -1,0 +1,118 @@
+"""Replicas while PostgreSQL restarts: xDS goes on from memory, and the replicas catch up after.
+
+A private PostgreSQL (initdb/pg_ctl, stopped and started by the test; the machine's
+shared server is never touched) under two replicas.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import pytest
+
+from tests.e2e.replicas import PrivatePostgres, Replica, create_database, eventually, start_replicas
+from tests.e2e.stack import ApiError
+from tests.processes import free_port
+
+MODEL = "ranker"
+
+
+@pytest.fixture
+def postgres() -> Iterator[PrivatePostgres]:
+    server = PrivatePostgres()
+    server.start()
+    try:
+        yield server
+    finally:
+        server.remove()
+
+
+def discovered_routes(replica: Replica) -> dict[str, Any]:
+    """A first REST RDS poll, as a new Envoy sends it: answered from memory."""
+    request = urllib.request.Request(
+        f"{replica.aegis.url}/v3/discovery:routes",
+        data=json.dumps({"node": {"id": "restart-probe"}, "version_info": ""}).encode(),
+        method="POST", headers={"Content-Type": "application/json"},
+    )
+    with urllib.request.urlopen(request, timeout=5) as response:
+        document: dict[str, Any] = json.loads(response.read())
+        return document
+
+
+def caught_up(replica: Replica, source: Replica, weights: dict[str, int]) -> dict[str, Any] | None:
+    """`replica`'s traffic document once it has `weights` in the xDS version `source` serves."""
+    document = replica.traffic(MODEL)
+    if document["weights"] != weights or document["xds_version"] != source.traffic(MODEL)["xds_version"]:
+        return None
+    return document
+
+
+async def test_replicas_serve_xds_through_a_postgresql_restart_and_catch_up(
+    postgres: PrivatePostgres, tmp_path: Path
+) -> None:
+    url = await create_database(postgres.dsn)
+    database_url = url.replace("postgresql://", "postgresql+asyncpg://")
+    env = {"AEGIS_ENVOY_LISTENER": f"127.0.0.1:{free_port()}"}
+    a = start_replicas(tmp_path, database_url, ["replica-a"], env)[0]
+    b = start_replicas(tmp_path, database_url, ["replica-b"], env)[0]
+    try:
+        for version in ("1", "2"):
+            a.register(MODEL, version, f"ranker {version}".encode())
+            a.api("POST", "/v1/endpoints", {
+                "model_name": MODEL, "version": version, "address": "127.0.0.1", "port": free_port(),
+                "ttl_seconds": 600,
+            }, role="operator")
+        a.promote(MODEL, "1", "prod")
+        a.promote(MODEL, "2", "canary")
+        a.set_traffic(MODEL, {"1": 80, "2": 20})
+        before, _ = eventually(lambda: caught_up(b, a, {"1": 80, "2": 20}), within=1, what="80/20 on B")
+
+        postgres.stop()
+        # Envoy is answered from memory: the same routes as before the outage.
+        assert discovered_routes(b)["version_info"] == before["xds_version"]
+        assert b.traffic(MODEL)["weights"] == {"1": 80, "2": 20}
+        with pytest.raises(ApiError) as refused:
+            a.set_traffic(MODEL, {"1": 50, "2": 50})
+        assert refused.value.status == 503 and "storage_unavailable" in str(refused.value)
+        assert a.traffic(MODEL)["weights"] == {"1": 80, "2": 20}, "nothing half-applied"
+        time.sleep(1.0)  # listeners notice and retry meanwhile
+        assert discovered_routes(a)["version_info"] == before["xds_version"]
+
+        postgres.start()
+        # A change after the restart reaches B (the pool's first statement may meet a dead connection).
+        eventually(lambda: a.set_traffic(MODEL, {"1": 60, "2": 40}), within=10, what="a PUT after restart")
+        after, _ = eventually(lambda: caught_up(b, a, {"1": 60, "2": 40}), within=6, what="60/40 on B")
+        assert after["xds_version"] == discovered_routes(b)["version_info"]
+
+        # A change B was never told about (as one committed while its listener was away) is read
+        # by the reconcile that follows B's next connect.
+        connection = await asyncpg.connect(url)
+        try:
+            await connection.execute(
+                "UPDATE traffic_settings SET weights = $1::json WHERE model_name = $2",
+                json.dumps({"1": 30, "2": 70}), MODEL,
+            )
+            time.sleep(0.5)
+            assert b.traffic(MODEL)["weights"] == {"1": 60, "2": 40}, "no notification, no change yet"
+            ended = await connection.fetchval(
+                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE application_name = $1",
+                "aegis-follow replica-b",
+            )
+            assert ended == 1
+        finally:
+            await connection.close()
+        eventually(
+            lambda: b.traffic(MODEL) if b.traffic(MODEL)["weights"] == {"1": 30, "2": 70} else None,
+            within=3, what="the missed change on B",
+        )
+        assert a.aegis.process is not None and a.aegis.process.poll() is None
+        assert b.aegis.process is not None and b.aegis.process.poll() is None
+    finally:
+        for replica in (a, b):
+            replica.aegis.stop()
