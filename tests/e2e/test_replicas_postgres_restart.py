@@ -33,11 +33,14 @@ def postgres() -> Iterator[PrivatePostgres]:
         server.remove()
 
 
-def discovered_routes(replica: Replica) -> dict[str, Any]:
-    """A first REST RDS poll, as a new Envoy sends it: answered from memory."""
+def discovered_weights(replica: Replica) -> dict[str, Any]:
+    """A first REST RTDS poll (the runtime layer with the weights), as a new Envoy sends it:
+    answered from memory."""
     request = urllib.request.Request(
-        f"{replica.aegis.url}/v3/discovery:routes",
-        data=json.dumps({"node": {"id": "restart-probe"}, "version_info": ""}).encode(),
+        f"{replica.aegis.url}/v3/discovery:runtime",
+        data=json.dumps({
+            "node": {"id": "restart-probe"}, "version_info": "", "resource_names": ["aegis_weights"],
+        }).encode(),
         method="POST", headers={"Content-Type": "application/json"},
     )
     with urllib.request.urlopen(request, timeout=5) as response:
@@ -74,21 +77,21 @@ async def test_replicas_serve_xds_through_a_postgresql_restart_and_catch_up(
         before, _ = eventually(lambda: caught_up(b, a, {"1": 80, "2": 20}), within=1, what="80/20 on B")
 
         postgres.stop()
-        # Envoy is answered from memory: the same routes as before the outage.
-        assert discovered_routes(b)["version_info"] == before["xds_version"]
+        # Envoy is answered from memory: the same weights as before the outage.
+        assert discovered_weights(b)["version_info"] == before["xds_version"]
         assert b.traffic(MODEL)["weights"] == {"1": 80, "2": 20}
         with pytest.raises(ApiError) as refused:
             a.set_traffic(MODEL, {"1": 50, "2": 50})
         assert refused.value.status == 503 and "storage_unavailable" in str(refused.value)
         assert a.traffic(MODEL)["weights"] == {"1": 80, "2": 20}, "nothing half-applied"
         time.sleep(1.0)  # listeners notice and retry meanwhile
-        assert discovered_routes(a)["version_info"] == before["xds_version"]
+        assert discovered_weights(a)["version_info"] == before["xds_version"]
 
         postgres.start()
         # A change after the restart reaches B (the pool's first statement may meet a dead connection).
         eventually(lambda: a.set_traffic(MODEL, {"1": 60, "2": 40}), within=10, what="a PUT after restart")
         after, _ = eventually(lambda: caught_up(b, a, {"1": 60, "2": 40}), within=6, what="60/40 on B")
-        assert after["xds_version"] == discovered_routes(b)["version_info"]
+        assert after["xds_version"] == discovered_weights(b)["version_info"]
 
         # A change B was never told about (as one committed while its listener was away) is read
         # by the reconcile that follows B's next connect.
