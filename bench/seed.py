@@ -30,6 +30,7 @@ from typing import Any
 from sqlalchemy import Table, create_engine, insert
 from sqlmodel import SQLModel
 
+from controlplane.migrations import upgrade_schema
 from controlplane.settings import load_settings
 from controlplane.traffic.store import EndpointRow, TrafficRow
 from controlplane.xds.resources import Arm, DesiredState, Endpoint, ListenerAddress, ModelRoute
@@ -129,7 +130,8 @@ def seed_models(
 
     engine = create_engine(f"sqlite:///{data_dir / 'aegis.db'}")
     try:
-        SQLModel.metadata.create_all(engine)
+        with engine.connect() as connection:
+            upgrade_schema(connection)  # the schema `aegis serve` expects, at its revision
         with engine.begin() as connection:
             for row_type, rows in (
                 (ModelRow, models), (VersionRow, versions), (HistoryRow, history),

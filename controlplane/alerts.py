@@ -19,6 +19,7 @@ from aiohttp import web
 
 from controlplane.alert_store import AlertRow, AlertStore
 from controlplane.alert_webhook import Alert, AlertmanagerWebhook, AlertOutcome, AlertsReceived
+from controlplane.cluster.commands import CommandKind
 from controlplane.rollout.api import RUNNER
 from controlplane.rollout.machine import Command
 from controlplane.rollout.runner import RolloutRunner
@@ -49,7 +50,19 @@ class AlertIntake:
         self._lock = asyncio.Lock()
 
     async def receive(self, runner: RolloutRunner, alert: Alert) -> str:
-        """What was done about one alert; raises (recording nothing) when the action failed."""
+        """What was done about one alert; raises (recording nothing) when the action failed.
+
+        A follower stores the alert for the leader and answers with what the leader did.
+        """
+        if not runner.leading:
+            payload = alert.model_dump(mode="json", by_alias=True)
+            outcome = await runner.forward(CommandKind.ALERT, payload, alert.model_name)
+            return str(outcome.result["action"])
+        with runner.acting():
+            return await self.receive_here(runner, alert)
+
+    async def receive_here(self, runner: RolloutRunner, alert: Alert) -> str:
+        """The leader's intake: check, act, record, under one lock."""
         key = alert.dedupe_key()
         async with self._lock:
             if await self.store.seen(key):

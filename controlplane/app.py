@@ -5,17 +5,35 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import signal
+import socket
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+from importlib import metadata
 
 from aiohttp import web
 
 from controlplane import alerts, openapi
 from controlplane.alert_store import AlertStore
+from controlplane.cluster import api as cluster_api
+from controlplane.cluster.commands import CommandQueue
+from controlplane.cluster.identity import (
+    SqliteLock,
+    hold_sqlite_database,
+    lease_holder,
+    replica_id,
+    sqlite_path,
+)
+from controlplane.cluster.leadership import Elector
+from controlplane.cluster.lease import LeaseTiming
+from controlplane.cluster.store import NotLeader, ReplicaRow
+from controlplane.command_pickup import PICKUP_INTERVAL_SECONDS, CommandPickup
 from controlplane.console.app import create_console
 from controlplane.follow.follower import Follower
 from controlplane.follow.listener import ChangeListener, asyncpg_dsn
 from controlplane.metrics.prometheus import PrometheusSource
+from controlplane.migrations import migrate
 from controlplane.notifications.notifier import NotificationMetrics, Notifier
 from controlplane.observability import METRICS_REGISTRY, new_metrics_registry
 from controlplane.rollout import api as rollout_api
@@ -60,6 +78,10 @@ ROLLOUT_METRICS = web.AppKey("rollout_metrics", RolloutMetrics)
 FOLLOWER: web.AppKey[Follower | None] = web.AppKey("follower")
 CHANGE_LISTENER: web.AppKey[ChangeListener | None] = web.AppKey("change_listener")
 NOTIFIER = web.AppKey("notifier", Notifier)
+PICKUP = web.AppKey("command_pickup", CommandPickup)
+REPLICA = web.AppKey("replica_id", str)
+# The open lock file that makes a SQLite database one replica's (None on PostgreSQL).
+SQLITE_LOCK: web.AppKey[SqliteLock | None] = web.AppKey("sqlite_lock")
 
 CONSOLE_PREFIX = "/ui/"
 ENDPOINT_EXPIRY_INTERVAL = 1.0  # seconds between TTL sweeps: an expired endpoint leaves within ~1 s
@@ -80,11 +102,14 @@ def create_app(settings: Settings) -> web.Application:
         stale_after=settings.xds.node_stale_seconds, max_nodes=settings.xds.max_nodes,
         on_evict=xds_metrics.count_eviction,
     )
+    # AEGIS_REPLICA_ID, or the id kept in the data directory: the same after a restart.
+    replica = replica_id(settings.cluster.replica_id, settings.server.data_dir)
+    app[REPLICA] = replica
     cache = XdsCache(_empty_snapshot(_listener_of(settings), _rds_of(settings)))
     publisher = Publisher(cache, nodes, validator=_envoy_validator() if settings.xds.validate else None)
     xds = xds_server.XdsServer(
         cache, nodes, publisher, xds_metrics, settings.xds.hold_seconds,
-        credentials=settings.xds.node_credentials, replica_id=settings.server.replica_id,
+        credentials=settings.xds.node_credentials, replica_id=replica,
     )
     app[XDS] = xds
     if settings.xds.grpc_listen is not None:
@@ -101,6 +126,7 @@ def create_app(settings: Settings) -> web.Application:
     app.cleanup_ctx.append(_notifications)
     app.cleanup_ctx.append(_storage)
     app.cleanup_ctx.append(_follow_database)
+    app.cleanup_ctx.append(_leadership)
     # After storage: the stored routing is published before any Envoy is answered.
     app.cleanup_ctx.append(_xds_listener)
     app.cleanup_ctx.append(_ads_listener)
@@ -188,8 +214,12 @@ async def _storage(app: web.Application) -> AsyncIterator[None]:
         await blobs.start()
     except BlobStoreUnavailable as exc:
         raise SettingsError(str(exc)) from None
-    database = Database(settings.server.effective_database_url)
-    await database.create_schema()
+    database_url = settings.server.effective_database_url
+    sqlite_file = sqlite_path(database_url)
+    # Before anything touches the file: a second replica on it stops here and says why.
+    app[SQLITE_LOCK] = await asyncio.to_thread(hold_sqlite_database, sqlite_file) if sqlite_file else None
+    database = Database(database_url)
+    await migrate(database)
     registry_store = RegistryStore(database)
     service = RegistryService(registry_store, blobs, settings.security.keyring)
     # Before the first upload: whatever a killed process left is garbage now.
@@ -232,6 +262,8 @@ async def _storage(app: web.Application) -> AsyncIterator[None]:
     prometheus = PrometheusSource(
         settings.integrations.prometheus_url, timeout_seconds=settings.integrations.prometheus_timeout_seconds
     )
+    elector = await _elector(settings, database, app[REPLICA])
+    commands = CommandQueue(database)
     runner = RolloutRunner(
         RolloutStore(database),
         policies or _NoPolicies(),
@@ -239,9 +271,14 @@ async def _storage(app: web.Application) -> AsyncIterator[None]:
         traffic,
         service,
         app[ROLLOUT_METRICS],
+        leadership=elector,
+        commands=commands,
     )
     # Told of every transition; queues and returns, so the rollout loop never waits on a webhook.
     runner.notify = app[NOTIFIER].notify
+    elector.follow(runner)
+    app[cluster_api.ELECTOR] = elector
+    cluster_api.register_metrics(app[METRICS_REGISTRY], elector)
     service.guard_stage_change(runner.guard_promotion)
     service.guard_stage_change(traffic.guard_stage_change)
     service.on_stage_change(runner.on_stage_change)
@@ -249,11 +286,17 @@ async def _storage(app: web.Application) -> AsyncIterator[None]:
     app[registry_api.PROMOTION_REPORTS] = reports
     app[rollout_api.RUNNER] = runner
     app[alerts.INTAKE] = alerts.AlertIntake(AlertStore(database))
-    result = await traffic.start()
-    if not result.published:
-        log.error("the stored routing could not be published: %s", result.error)
-    await runner.load()
-    log.info("storage ready: data in %s, artifacts in %s", data_dir, blobs.location)
+    app[PICKUP] = CommandPickup(commands, runner, app[alerts.INTAKE])
+    # Lead at once if the lease is free (the runner then loads the routing and every active
+    # rollout); a follower loads the routing alone. Either way before the first poll.
+    await elector.step()
+    if not elector.leading:
+        result = await traffic.start()
+        if not result.published:
+            log.error("the stored routing could not be published: %s", result.error)
+    log.info(
+        "storage ready: data in %s, artifacts in %s; replica %s", data_dir, blobs.location, elector.replica_id
+    )
     # The sweep repeats while the process lives, for garbage a crashed replica leaves.
     sweeper = asyncio.get_running_loop().create_task(
         _sweep_periodically(service, app[registry_api.METRICS])
@@ -265,6 +308,9 @@ async def _storage(app: web.Application) -> AsyncIterator[None]:
     prometheus.close()
     await database.dispose()
     await blobs.close()
+    lock = app[SQLITE_LOCK]
+    if lock is not None:
+        lock.release()
 
 
 async def _follow_database(app: web.Application) -> AsyncIterator[None]:
@@ -275,7 +321,7 @@ async def _follow_database(app: web.Application) -> AsyncIterator[None]:
         yield
         return
     traffic, runner, xds = app[traffic_api.TRAFFIC], app[rollout_api.RUNNER], app[XDS]
-    sharing = NodeSharing(database, xds.nodes, xds.publisher, replica=app[SETTINGS].server.replica_id)
+    sharing = NodeSharing(database, xds.nodes, xds.publisher, replica=app[REPLICA])
     follower = Follower(
         origin=database.notifier.origin,
         reload_routing=traffic.reload_model,
@@ -285,7 +331,7 @@ async def _follow_database(app: web.Application) -> AsyncIterator[None]:
     )
     listener = ChangeListener(
         asyncpg_dsn(database.url), on_change=follower.on_change, on_connected=follower.request_reconcile,
-        name=f"aegis-follow {app[SETTINGS].server.replica_id}"[:63],  # PostgreSQL keeps 63 bytes
+        name=f"aegis-follow {app[REPLICA]}"[:63],  # PostgreSQL keeps 63 bytes
     )
     app[FOLLOWER], app[CHANGE_LISTENER] = follower, listener
     loop = asyncio.get_running_loop()
@@ -296,6 +342,49 @@ async def _follow_database(app: web.Application) -> AsyncIterator[None]:
     for task in tasks:
         with contextlib.suppress(asyncio.CancelledError):
             await task
+
+
+async def _elector(settings: Settings, database: Database, replica: str) -> Elector:
+    now = datetime.now(UTC)
+    row = ReplicaRow(
+        replica_id=replica, address=settings.server.public_url, hostname=socket.gethostname(),
+        pid=os.getpid(), version=_version(), started_at=now, last_seen=now,
+    )
+    timing = LeaseTiming(settings.cluster.leader_lease_seconds)
+    return Elector(database, replica=row, holder=lease_holder(replica), timing=timing)
+
+
+def _version() -> str:
+    try:
+        return metadata.version("aegis")
+    except metadata.PackageNotFoundError:
+        return "unknown"
+
+
+async def _leadership(app: web.Application) -> AsyncIterator[None]:
+    """The lease loop, and the leader's pick-up of commands that followers stored."""
+    elector, pickup = app[cluster_api.ELECTOR], app[PICKUP]
+
+    async def pick_up() -> None:
+        while True:
+            await asyncio.sleep(PICKUP_INTERVAL_SECONDS)
+            try:
+                await pickup.pick_up()
+            except NotLeader as exc:
+                log.warning("commands not taken: %s", exc.message)
+            except Exception:
+                log.exception("picking up commands failed")
+
+    loop = asyncio.get_running_loop()
+    tasks = [loop.create_task(elector.run()), loop.create_task(pick_up())]
+    yield
+    for task in tasks:
+        task.cancel()
+    for task in tasks:
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+    # A clean stop hands the lease over at once instead of after it lapses.
+    await elector.resign()
 
 
 async def _sweep_garbage(service: RegistryService, metrics: RegistryMetrics) -> None:
@@ -339,10 +428,16 @@ async def _notifications(app: web.Application) -> AsyncIterator[None]:
 
 async def _endpoint_expiry(app: web.Application) -> AsyncIterator[None]:
     async def sweep() -> None:
+        runner = app[rollout_api.RUNNER]
         while True:
             await asyncio.sleep(ENDPOINT_EXPIRY_INTERVAL)
+            if not runner.leading:
+                continue  # the leader expires endpoints; followers learn it from the database
             try:
-                await app[traffic_api.TRAFFIC].expire_endpoints()
+                with runner.acting():
+                    await app[traffic_api.TRAFFIC].expire_endpoints()
+            except NotLeader as exc:
+                log.warning("endpoint expiry not stored: %s", exc.message)
             except Exception:
                 log.exception("endpoint expiry sweep failed")
 

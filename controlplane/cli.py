@@ -17,6 +17,7 @@ from aiohttp import web
 
 from controlplane import ops_cli, rollout_cli
 from controlplane.app import create_app
+from controlplane.cluster.identity import SecondReplica
 from controlplane.observability import configure_logging
 from controlplane.rollout.policy_files import load_policy_paths
 from controlplane.settings import Settings, SettingsError, kept_secret, load_settings
@@ -38,7 +39,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     try:
         return int(args.run(args))
-    except (SettingsError, SigningConfigError, FolderError) as exc:
+    except (SettingsError, SigningConfigError, FolderError, SecondReplica) as exc:
         print(f"aegis: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -15,6 +15,7 @@ from typing import Any, Literal
 from aiohttp import web
 
 from controlplane import alerts
+from controlplane.cluster import api as cluster_api
 from controlplane.observability import metrics_endpoint
 from controlplane.rollout import api as rollout_api
 from controlplane.rollout import policy_api
@@ -99,6 +100,7 @@ def all_operations() -> tuple[Operation, ...]:
         *policy_api.OPERATIONS,
         *alerts.OPERATIONS,
         *xds_server.OPERATIONS,
+        *cluster_api.OPERATIONS,
         *PROCESS_OPERATIONS,
     )
 

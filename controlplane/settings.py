@@ -56,9 +56,6 @@ class ServerSettings:
     # connection: long enough for a congested link, short enough that stalled
     # clients cannot pile up connections (nginx's client_body_timeout is 60 s).
     body_read_timeout_seconds: float = DEFAULT_BODY_READ_TIMEOUT_SECONDS
-    # This replica's name among several on one PostgreSQL (AEGIS_REPLICA_ID): shown with
-    # the Envoy nodes attached to it. Default host:port, the same after a restart.
-    replica_id: str = ""
 
     @property
     def effective_database_url(self) -> str:
@@ -134,12 +131,24 @@ class IntegrationSettings:
 
 
 @dataclass(frozen=True)
+class ClusterSettings:
+    """Several replicas on one PostgreSQL database (SQLite: one replica, always the leader)."""
+
+    # AEGIS_REPLICA_ID; empty: made from the hostname and data directory, kept in the data directory.
+    replica_id: str = ""
+    # Seconds a leader's lease lasts without renewal (renewed every fifth of it; the leader
+    # stops acting after two thirds of it without a renewal). client-go uses 15.
+    leader_lease_seconds: float = 10.0
+
+
+@dataclass(frozen=True)
 class Settings:
     server: ServerSettings = field(default_factory=ServerSettings)
     registry: RegistrySettings = field(default_factory=RegistrySettings)
     security: SecuritySettings = field(default_factory=SecuritySettings)
     integrations: IntegrationSettings = field(default_factory=IntegrationSettings)
     xds: XdsSettings = field(default_factory=XdsSettings)
+    cluster: ClusterSettings = field(default_factory=ClusterSettings)
 
 
 def load_settings(env: Mapping[str, str] | None = None, config_file: Path | None = None) -> Settings:
@@ -159,7 +168,6 @@ def load_settings(env: Mapping[str, str] | None = None, config_file: Path | None
         body_read_timeout_seconds=_positive_float(
             merged, "AEGIS_BODY_READ_TIMEOUT_SECONDS", DEFAULT_BODY_READ_TIMEOUT_SECONDS
         ),
-        replica_id=_replica_id(merged.get("AEGIS_REPLICA_ID", ""), host, port),
     )
     registry = RegistrySettings(
         max_artifact_bytes=_positive_int(merged, "AEGIS_MAX_ARTIFACT_BYTES", DEFAULT_MAX_ARTIFACT_BYTES),
@@ -185,7 +193,23 @@ def load_settings(env: Mapping[str, str] | None = None, config_file: Path | None
         policy_reload_seconds=_non_negative_float(merged, "AEGIS_POLICY_RELOAD_SECONDS", 2.0) or 2.0,
         notifications=_notification_settings(merged),
     )
-    return Settings(server, registry, security, integrations, _xds_settings(merged, server))
+    cluster = ClusterSettings(
+        replica_id=_replica_id(merged.get("AEGIS_REPLICA_ID", "")),
+        leader_lease_seconds=_positive_float(merged, "AEGIS_LEADER_LEASE_SECONDS", 10.0),
+    )
+    return Settings(server, registry, security, integrations, _xds_settings(merged, server), cluster)
+
+
+REPLICA_ID_MAX_CHARS = 255
+
+
+def _replica_id(value: str) -> str:
+    if len(value) > REPLICA_ID_MAX_CHARS or not value.isprintable() or value != value.strip():
+        raise SettingsError(
+            f"AEGIS_REPLICA_ID must be 1 to {REPLICA_ID_MAX_CHARS} printable characters without "
+            "surrounding spaces (e.g. the pod or host name), or unset"
+        )
+    return value
 
 
 def _blob_store(text: str) -> BlobStoreTarget:
@@ -300,22 +324,6 @@ def _pem_file(path: str, name: str) -> bytes:
         return Path(path).read_bytes()
     except OSError as exc:
         raise SettingsError(f"{name}={path!r} cannot be read: {exc.strerror}") from exc
-
-
-REPLICA_ID_MAX_CHARS = 255
-
-
-def _replica_id(configured: str, host: str, port: int) -> str:
-    if not configured:
-        name = socket.gethostname() if host in WILDCARD_HOSTS else host
-        return f"{name}:{port}"
-    too_long = len(configured) > REPLICA_ID_MAX_CHARS
-    if too_long or not configured.isprintable() or configured != configured.strip():
-        raise SettingsError(
-            f"AEGIS_REPLICA_ID must be 1 to {REPLICA_ID_MAX_CHARS} printable characters without "
-            "surrounding spaces (e.g. aegis-0)"
-        )
-    return configured
 
 
 def _non_negative_float(values: Mapping[str, str], name: str, default: float) -> float:

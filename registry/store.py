@@ -7,10 +7,11 @@ so two concurrent promotions cannot both win whatever the application checked.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
+from contextvars import ContextVar
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Protocol
 
 from sqlalchemy import JSON, Column, DateTime, Index, UniqueConstraint, event, text
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
@@ -73,6 +74,27 @@ class HistoryRow(SQLModel, table=True):
     reason: str
 
 
+class Fence(Protocol):
+    """Refuses a transaction (by raising) unless the writer still holds what it acts on."""
+
+    async def check(self, session: AsyncSession) -> None: ...
+
+
+# The fence of the work running in this task (the leader's term), or None. A context
+# variable, so that every store the leader's work reaches is fenced without being told.
+_FENCE: ContextVar[Fence | None] = ContextVar("aegis_fence", default=None)
+
+
+@contextmanager
+def fenced(fence: Fence) -> Iterator[None]:
+    """Every transaction opened inside (in this task and tasks it starts) checks `fence` first."""
+    token = _FENCE.set(fence)
+    try:
+        yield
+    finally:
+        _FENCE.reset(token)
+
+
 class Database:
     """An async engine and its sessions; SQLite gets WAL and write transactions that lock early.
 
@@ -90,16 +112,16 @@ class Database:
         if self.is_sqlite:
             _lock_early(self.engine)
 
-    async def create_schema(self) -> None:
-        async with self.engine.begin() as connection:
-            await connection.run_sync(SQLModel.metadata.create_all)
-
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[AsyncSession]:
+        """One transaction; under `fenced`, checked by the fence inside it before anything else."""
         async with (
             AsyncSession(self.engine, expire_on_commit=False, info=dict(self._session_info)) as session,
             session.begin(),
         ):
+            fence = _FENCE.get()
+            if fence is not None:
+                await fence.check(session)
             yield session
 
     async def dispose(self) -> None:

@@ -83,6 +83,7 @@ def create_console(*, prometheus_url: str, public_url: str) -> web.Application:
     router.add_post("/models/{model}/rollout/{action}", rollout_action, name="rollout_action")
     router.add_get("/alerts", alerts_page, name="alerts")
     router.add_get("/xds", xds_page, name="xds")
+    router.add_get("/cluster", cluster_page, name="cluster")
     router.add_get("/live/models", models_live, name="models_live")
     router.add_get("/live/models/{model}/rollout", rollout_live, name="rollout_live")
     router.add_static("/static/", HERE / "static", name="static")
@@ -360,3 +361,9 @@ async def xds_page(request: web.Request) -> web.StreamResponse:
         {"nodes": views.node_views(document), "last_publish_error": document["last_publish_error"],
          "current": document["current_ads"]},
     )
+
+
+async def cluster_page(request: web.Request) -> web.StreamResponse:
+    require_role(request, Role.VIEWER)
+    page = views.cluster_page(await data.cluster(request.config_dict))
+    return aiohttp_jinja2.render_template("cluster.html", request, {"page": page})

@@ -12,6 +12,7 @@ from typing import Any
 from aiohttp.helpers import ChainMapProxy
 
 from controlplane import alerts
+from controlplane.cluster import api as cluster_api
 from controlplane.rollout import api as rollout_api
 from controlplane.rollout.schemas import (
     DecisionDocument,
@@ -141,3 +142,8 @@ async def received_alerts(app: ChainMapProxy) -> list[Json]:
 def xds_nodes(app: ChainMapProxy) -> Json:
     """`GET /v1/xds/nodes`."""
     return _json(app[xds_server.SERVER].node_view())
+
+
+async def cluster(app: ChainMapProxy) -> Json:
+    """`GET /v1/cluster`."""
+    return _json(await cluster_api.cluster_document(app[cluster_api.ELECTOR]))

@@ -333,7 +333,7 @@ def _nodes(served: Sequence[Document]) -> str:
     )
 
 
-# --- alerts and Envoy nodes ------------------------------------------------------------------------
+# --- alerts, Envoy nodes and replicas --------------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -379,6 +379,7 @@ class NodeTypeView:
 class NodeView:
     node_id: str
     cluster: str
+    replica: str  # the Aegis replica it is attached to
     live: bool
     authenticated: bool
     transport: str
@@ -390,8 +391,8 @@ def node_views(nodes: Document) -> list[NodeView]:
     """`GET /v1/xds/nodes`: per node and type, what it runs, was sent and refused, and Envoy's why."""
     return [
         NodeView(
-            node_id=n["node_id"], cluster=n["cluster"], live=n["live"], authenticated=n["authenticated"],
-            transport=n["transport"], last_seen=when(n["last_seen"]),
+            node_id=n["node_id"], cluster=n["cluster"], replica=n["replica"] or NONE, live=n["live"],
+            authenticated=n["authenticated"], transport=n["transport"], last_seen=when(n["last_seen"]),
             types=tuple(
                 NodeTypeView(
                     type=name, acked=t["acked_version"][:12] or NONE, served=t["served_version"][:12] or NONE,
@@ -402,3 +403,57 @@ def node_views(nodes: Document) -> list[NodeView]:
         )
         for n in nodes["nodes"]
     ]
+
+
+@dataclass(frozen=True)
+class ReplicaView:
+    replica_id: str
+    address: str
+    host: str  # "hostname, pid 123"
+    version: str
+    started: str
+    last_seen: str
+    live: bool
+    leader: bool
+    this: bool  # the replica that rendered the page
+
+
+@dataclass(frozen=True)
+class ClusterPage:
+    replica_id: str
+    role: str
+    leader: str
+    epoch: int
+    lease_expires: str
+    lease_seconds: str
+    live_replicas: str  # "2 of 3 replicas live"
+    replicas: tuple[ReplicaView, ...]
+
+
+def cluster_page(cluster: Document) -> ClusterPage:
+    """`GET /v1/cluster`: who answered, who leads under which epoch, and every replica's heartbeat."""
+    replicas = tuple(
+        ReplicaView(
+            replica_id=r["replica_id"], address=r["address"], host=f"{r['hostname']}, pid {r['pid']}",
+            version=r["version"], started=when(r["started_at"]), last_seen=when(r["last_seen"]),
+            live=r["live"], leader=r["leader"], this=r["replica_id"] == cluster["replica_id"],
+        )
+        for r in cluster["replicas"]
+    )
+    live = sum(r.live for r in replicas)
+    return ClusterPage(
+        replica_id=cluster["replica_id"], role=cluster["role"],
+        # Between one lease's end and the next acquisition no replica leads: nothing acts then.
+        leader=cluster["leader_id"] or "none: no replica holds the lease now",
+        epoch=cluster["epoch"], lease_expires=_lease_end(cluster["lease_expires_at"]),
+        lease_seconds=f"{cluster['lease_seconds']:g} s",
+        live_replicas=f"{live} of {len(replicas)} replica{'s' if len(replicas) != 1 else ''} live",
+        replicas=replicas,
+    )
+
+
+def _lease_end(expires_at: str) -> str:
+    # A SQLite database has one replica, whose lease the store sets to end in the year 9999.
+    if datetime.fromisoformat(expires_at).year >= 9999:
+        return "held for good: the only replica on SQLite"
+    return f"held until {when(expires_at)}"

@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
@@ -51,6 +52,9 @@ class RolloutEvent:
     # The analysis behind the decision, each {metric, verdict, value, message}.
     verdicts: tuple[Mapping[str, Any], ...] = field(default=())
     actor: str | None = None
+    # Everything else the runner stored beside the decision (e.g. the compared checks explained,
+    # the command, when Envoy ran the weight, the deciding replica and epoch), passed on as it is.
+    decision: Mapping[str, Any] = field(default_factory=dict)
 
 
 def transition_event(
@@ -61,15 +65,24 @@ def transition_event(
     at: float,
     verdicts: Sequence[Mapping[str, Any]] = (),
     actor: str | None = None,
+    inputs: Mapping[str, Any] | None = None,
 ) -> RolloutEvent | None:
-    """The event a rollout's move from `previous` (None: it is new) to `state` makes, if any (pure)."""
+    """The event a rollout's move from `previous` (None: it is new) to `state` makes, if any (pure).
+
+    `inputs`: what the runner stores beside the decision (the decision document's fields but
+    its state); its verdicts and actor become the event's, the rest its `decision`, so that
+    whatever a decision is explained with reaches the webhook without a change here.
+    """
     kind = _kind(previous, state)
     if kind is None:
         return None
+    rest = dict(inputs or {})
+    verdicts = rest.pop("verdicts", None) or verdicts
+    actor = rest.pop("actor", None) or actor
     return RolloutEvent(
         kind, state.model_name, state.policy_name, state.stable_version, state.canary_version,
         state.phase.value, state.step_index + 1, state.canary_weight, reason or state.message, at,
-        failures=state.failures, verdicts=tuple(verdicts), actor=actor,
+        failures=state.failures, verdicts=tuple(verdicts), actor=actor, decision=rest,
     )
 
 
@@ -94,6 +107,7 @@ def document(event: RolloutEvent, *, delivery_id: str) -> dict[str, Any]:
     fields["event"] = fields.pop("kind").value
     fields["at"] = datetime.fromtimestamp(event.at, UTC).isoformat()
     fields["verdicts"] = [dict(v) for v in event.verdicts]
+    fields["decision"] = dict(event.decision)
     return {"id": delivery_id, **fields}
 
 
@@ -126,7 +140,20 @@ def payload(event: RolloutEvent, payload_format: PayloadFormat, *, delivery_id: 
         body: dict[str, Any] = {"text": slack_text(event)}
     else:
         body = document(event, delivery_id=delivery_id)
-    return json.dumps(body, separators=(",", ":"), sort_keys=True).encode()
+    # Built in the rollout loop's call: nothing in a decision's numbers may make it raise, and
+    # the body must stay JSON (no NaN or Infinity tokens, which strict parsers refuse).
+    return json.dumps(_finite(body), separators=(",", ":"), sort_keys=True, default=str).encode()
+
+
+def _finite(value: Any) -> Any:
+    """`value` with every non-finite float as null (what JSON.stringify does with them)."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, Mapping):
+        return {str(key): _finite(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite(item) for item in value]
+    return value
 
 
 def signature(key: bytes, body: bytes) -> str:

@@ -5,17 +5,26 @@ Envoy's acknowledgement and (when due) the analysis verdicts, asks
 `machine.decide`, applies the actions through the traffic and registry services, and
 stores the state and the decision. Operator commands and alerts go through the same
 path at once, waking no loop: they take the rollout's lock and decide immediately.
+
+Only the leader acts. On the leader every entry point runs inside its term's fence,
+so each transaction it opens (the rollout's, the traffic's, the registry's) checks the
+epoch first and a deposed leader writes nothing. On a follower the same entry points
+store a command for the leader and wait for its outcome (`cluster.commands`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import dataclasses
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, replace
 from typing import Any, Protocol, TypeVar
 
+from controlplane.cluster.commands import CommandKind, CommandQueue, Outcome
+from controlplane.cluster.store import EpochFence, NotLeader
 from controlplane.metrics.templates import CANARY_REQUESTS_QUERY, TemplateContext, query_for, render
 from controlplane.notifications.events import RolloutEvent, transition_event
 from controlplane.rollout.analysis import Observation, Verdict, judge
@@ -42,14 +51,45 @@ from controlplane.traffic.service import (
     TrafficService,
 )
 from controlplane.xds.resources import cluster_name
-from registry.domain import Stage, StageChange
+from registry.domain import ChangeAction, Stage, StageChange
 from registry.errors import Conflict, NotFound, RegistryError
 from registry.service import RegistryService
+from registry.store import fenced
 
 log = logging.getLogger(__name__)
 
 ACTOR = "aegis-rollout"
 T = TypeVar("T")
+# Seconds a follower waits for the leader to act on a command it stored: a healthy leader
+# takes it within its pick-up interval; past this, no leader is there to take it.
+FORWARD_TIMEOUT_SECONDS = 5.0
+
+
+class Leadership(Protocol):
+    """Whether this replica leads now, and the fence of its term (None on a follower)."""
+
+    @property
+    def leading(self) -> bool: ...
+
+    @property
+    def fence(self) -> EpochFence | None: ...
+
+    @property
+    def replica_id(self) -> str: ...
+
+
+class ForwardedError(RegistryError):
+    """The leader refused a command a follower stored for it: its answer, passed on as it was."""
+
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+
+
+class NoLeader(RegistryError):
+    status = 503
+    code = "no_leader"
 
 
 class MetricSource(Protocol):
@@ -78,6 +118,8 @@ class RolloutRunner:
         registry: RegistryService,
         metrics: RolloutMetrics,
         *,
+        leadership: Leadership,
+        commands: CommandQueue,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.store = store
@@ -87,13 +129,61 @@ class RolloutRunner:
         self.registry = registry
         self.metrics = metrics
         self.clock = clock
+        self.leadership = leadership
+        self.commands = commands
+        # The rollouts this replica drives: empty on a follower.
         self.active: dict[str, ActiveRollout] = {}
         self._stores = 0  # rollout states this process stored (see _read_quietly)
         # Told of every transition worth an event (the app wires the notifier's); must not block.
         self.notify: Callable[[RolloutEvent | None], None] = lambda _event: None
 
+    # --- leadership ---------------------------------------------------------
+
+    @property
+    def leading(self) -> bool:
+        return self.leadership.leading
+
+    @contextlib.contextmanager
+    def acting(self) -> Iterator[None]:
+        """The leader's work: every transaction inside checks this term's epoch."""
+        fence = self.leadership.fence
+        if fence is None:
+            raise NotLeader("this replica does not lead now: nothing was written; retry")
+        with fenced(fence):
+            yield
+
+    async def elected(self, fence: EpochFence) -> None:
+        """A new term: drive every rollout the database holds as active, from where it stands."""
+        self.active.clear()
+        with fenced(fence):
+            result = await self.traffic.reload()
+            if not result.published:
+                log.error("the stored routing could not be published: %s", result.error)
+            await self.load()
+
+    async def deposed(self) -> None:
+        self.active.clear()
+
+    async def forward(
+        self, kind: CommandKind, payload: dict[str, Any], model_name: str | None, *, cancel: bool = True
+    ) -> Outcome:
+        """On a follower: store the command for the leader and wait for its outcome."""
+        command_id = await self.commands.submit(
+            kind, payload, model_name=model_name, submitted_by=self.leadership.replica_id
+        )
+        outcome = await self.commands.wait(command_id, seconds=FORWARD_TIMEOUT_SECONDS, cancel=cancel)
+        if outcome is None:
+            raise NoLeader(
+                f"no leader took this command within {FORWARD_TIMEOUT_SECONDS:g} s (GET /v1/cluster "
+                "shows the replicas and the leader): nothing was done; retry"
+            )
+        if not outcome.ok:
+            result = outcome.result
+            raise ForwardedError(int(result["status"]), str(result["code"]), str(result["message"]))
+        return outcome
+
     async def load(self) -> None:
-        """Pick up every rollout that was active when the process stopped."""
+        """Pick up every rollout that was active when the last leader stopped."""
         for rollout_id, state in await self.store.active():
             self.active[state.model_name] = ActiveRollout(rollout_id, state, asyncio.Lock())
             self.metrics.observe_state(state)
@@ -161,12 +251,24 @@ class RolloutRunner:
                 )
 
     async def on_stage_change(self, changes: list[StageChange]) -> None:
+        """A version moved in the registry: a rollout starts, or the one it ends stops."""
+        if not self.leading:
+            payload = {"changes": [_change_document(change) for change in changes]}
+            model_name = changes[0].model_name if changes else None
+            # Not cancelled when no leader takes it in time: the change happened, the next leader acts.
+            with contextlib.suppress(NoLeader):
+                await self.forward(CommandKind.STAGE_CHANGE, payload, model_name, cancel=False)
+            return
+        with self.acting():
+            await self._on_stage_change_here(changes)
+
+    async def _on_stage_change_here(self, changes: list[StageChange]) -> None:
         for change in changes:
             running = self.active.get(change.model_name)
             if change.to_stage is Stage.CANARY:
                 policy = first_matching(self.policy_source.policies, change.model_name)
                 if policy is not None and running is None:
-                    await self.start(change.model_name, policy, started_by=change.actor)
+                    await self._start_here(change.model_name, policy, started_by=change.actor)
                 elif policy is None:
                     log.warning(
                         "%s %s is canary but no rollout started: %s",
@@ -196,9 +298,9 @@ class RolloutRunner:
         """What a promotion to canary started, for the promotion's answer."""
         if stage is not Stage.CANARY:
             return {}
-        active = self.active.get(model_name)
-        if active is not None and active.state.canary_version == version:
-            return {"rollout": {"started": True, "policy": active.state.policy_name, "reason": ""}}
+        for _rollout_id, state in await self.store.active():
+            if state.model_name == model_name and state.canary_version == version:
+                return {"rollout": {"started": True, "policy": state.policy_name, "reason": ""}}
         policy = first_matching(self.policy_source.policies, model_name)
         if policy is None:
             reason = self.no_policy_reason(model_name)
@@ -207,6 +309,20 @@ class RolloutRunner:
         return {"rollout": {"started": False, "policy": policy.name if policy else None, "reason": reason}}
 
     async def start(self, model_name: str, policy: Policy, *, started_by: str) -> RolloutState:
+        if not self.leading:
+            payload = {"policy": policy.name, "started_by": started_by}
+            await self.forward(CommandKind.START_ROLLOUT, payload, model_name)
+            return await self._stored_state(model_name)
+        with self.acting():
+            return await self._start_here(model_name, policy, started_by=started_by)
+
+    async def _stored_state(self, model_name: str) -> RolloutState:
+        found = await self.store.latest(model_name, decisions=0)
+        if found is None:
+            raise NotFound(f"{model_name} has no rollout; GET /v1/rollouts lists them")
+        return state_from_json(found[0].state)
+
+    async def _start_here(self, model_name: str, policy: Policy, *, started_by: str) -> RolloutState:
         stages = self.traffic.live_stages(model_name)
         if stages.prod is None or stages.canary is None:
             raise Conflict(
@@ -227,22 +343,31 @@ class RolloutRunner:
         active = ActiveRollout(rollout_id, state, asyncio.Lock())
         self.active[model_name] = active
         self._stores += 1
-        await self.store.save(rollout_id, state, reason=state.message, inputs={})
+        await self.store.save(rollout_id, state, reason=state.message, inputs=self._decided_by())
         self.notify(transition_event(None, state, reason=state.message, at=self.clock(), actor=started_by))
         log.info("rollout of %s %s started (policy %s)", model_name, stages.canary, policy.name)
-        await self.tick(model_name)
+        await self._tick_here(model_name)
         return self.active[model_name].state if model_name in self.active else state
 
     # --- ticking ------------------------------------------------------------
 
     async def tick_all(self) -> None:
+        if not self.leading:
+            return
         for model_name in list(self.active):
             try:
                 await self.tick(model_name)
+            except NotLeader as exc:
+                log.warning("rollout tick for %s not stored: %s", model_name, exc.message)
+                return
             except Exception:
                 log.exception("rollout tick for %s failed", model_name)
 
     async def tick(self, model_name: str) -> None:
+        with self.acting():
+            await self._tick_here(model_name)
+
+    async def _tick_here(self, model_name: str) -> None:
         active = self.active.get(model_name)
         if active is None:
             return
@@ -260,6 +385,16 @@ class RolloutRunner:
         self, model_name: str, command: Command, *, reason: str, actor: str = ""
     ) -> RolloutState:
         """Act on an operator's command (or an alert) now; `actor` is kept with the decision."""
+        if not self.leading:
+            payload = {"command": command.value, "reason": reason, "actor": actor}
+            await self.forward(CommandKind.ROLLOUT_COMMAND, payload, model_name)
+            return await self._stored_state(model_name)
+        with self.acting():
+            return await self._command_here(model_name, command, reason=reason, actor=actor)
+
+    async def _command_here(
+        self, model_name: str, command: Command, *, reason: str, actor: str = ""
+    ) -> RolloutState:
         active = self.active.get(model_name)
         if active is None:
             raise NotFound(f"{model_name} has no active rollout; GET /v1/rollouts lists them")
@@ -327,6 +462,8 @@ class RolloutRunner:
         for action in decision.actions:
             try:
                 await self._act(policy, decision.state, action)
+            except NotLeader:
+                raise  # not a failed action: this replica must stop, and the next leader acts
             except RegistryError as exc:
                 reason = (
                     f"{decision.reason}; but {action.kind.value} failed: {exc.message}; fix it, then resume"
@@ -379,6 +516,7 @@ class RolloutRunner:
             "command": command.value if command else None,
             "actor": actor or None,
             "acked_at": decision.state.weight_acked_at,
+            **self._decided_by(),
         }
         await self.store.save(active.rollout_id, decision.state, reason=decision.reason, inputs=inputs)
         self.notify(transition_event(
@@ -393,6 +531,11 @@ class RolloutRunner:
         if not decision.state.active:
             self.active.pop(decision.state.model_name, None)
 
+    def _decided_by(self) -> dict[str, Any]:
+        """Which leader decided, under which epoch (a deposed leader's decision is never stored)."""
+        fence = self.leadership.fence
+        return {"replica": self.leadership.replica_id, "epoch": fence.epoch if fence is not None else None}
+
     async def _end_from_registry(self, active: ActiveRollout, change: StageChange) -> None:
         """An operator moved the canary in the registry: the rollout ends the same way."""
         promoted = change.to_stage is Stage.PROD
@@ -405,6 +548,22 @@ class RolloutRunner:
                 active, Decision(state, (), reason), verdicts=None, command=None, actor=change.actor
             )
         await self.traffic.release(active.state.model_name)
+
+
+def _change_document(change: StageChange) -> dict[str, Any]:
+    document = dataclasses.asdict(change)
+    document.update(
+        from_stage=change.from_stage.value, to_stage=change.to_stage.value, action=change.action.value
+    )
+    return document
+
+
+def change_of(document: dict[str, Any]) -> StageChange:
+    return StageChange(
+        model_name=document["model_name"], version=document["version"],
+        from_stage=Stage(document["from_stage"]), to_stage=Stage(document["to_stage"]),
+        actor=document["actor"], reason=document["reason"], action=ChangeAction(document["action"]),
+    )
 
 
 def _split(state: RolloutState, canary_weight: int) -> dict[str, int]:

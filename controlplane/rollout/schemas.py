@@ -65,6 +65,8 @@ class DecisionDocument(ResponseModel):
     command: str | None = None
     actor: str | None = Field(default=None, description="who gave the command")
     acked_at: Timestamp | None = Field(default=None, description="when Envoy ran the weight")
+    replica: str | None = Field(default=None, description="the leader replica that decided it")
+    epoch: int | None = Field(default=None, description="the lease epoch it was decided under")
 
     @classmethod
     def of(cls, row: DecisionRow) -> DecisionDocument:

@@ -140,6 +140,19 @@ class TrafficService:
         self._changed(model_name)
         return await self.publish()
 
+    async def reload(self) -> PublishResult:
+        """Read every input again from the database and publish (a new leader starts from what is stored)."""
+        return await self.reload_all()
+
+    async def refresh(self, model_name: str) -> None:
+        """Read one model's inputs again before acting on a command another replica stored.
+
+        That replica changed the database, and this one may not have heard of it yet.
+        """
+        result = await self.reload_model(model_name)
+        if not result.published:
+            log.error("routing of %s read again was not published: %s", model_name, result.error)
+
     async def reload_all(self) -> PublishResult:
         """Read every model again (after a lost connection, and now and then): a full reconcile."""
 
@@ -384,9 +397,10 @@ class TrafficService:
 
     async def release(self, model_name: str) -> None:
         """Forget a model's traffic setting: prod takes 100 again."""
+        # Stored first: a write the database refused (a deposed leader's) changes nothing here.
+        await self.store.delete_setting(model_name)
         self.settings.pop(model_name, None)
         self._changed(model_name)
-        await self.store.delete_setting(model_name)
         await self.publish()
 
     def weights(self, model_name: str) -> dict[str, int]:
@@ -502,17 +516,22 @@ class TrafficService:
     async def expire_endpoints(self) -> int:
         """Drop endpoints whose TTL passed without a renewal; returns how many went."""
         now = datetime.now(UTC)
-        expired = 0
-        for (model_name, _version), members in self.endpoints.items():
-            for key in [k for k, expires_at in members.items() if expires_at <= now]:
-                del members[key]
-                expired += 1
-                self._changed(model_name)
-        if expired:
-            log.info("%d endpoint(s) expired without renewal", expired)
-            await self.store.delete_expired(now)
-            await self.publish()
-        return expired
+        expired = [
+            (model_name, members, key)
+            for (model_name, _version), members in self.endpoints.items()
+            for key, expires_at in members.items()
+            if expires_at <= now
+        ]
+        if not expired:
+            return 0
+        # Stored first: a write the database refused (a deposed leader's) changes nothing here.
+        await self.store.delete_expired(now)
+        for model_name, members, key in expired:
+            del members[key]
+            self._changed(model_name)
+        log.info("%d endpoint(s) expired without renewal", len(expired))
+        await self.publish()
+        return len(expired)
 
 
 def _setting_key(row: TrafficRow | None) -> tuple[Any, ...] | None:

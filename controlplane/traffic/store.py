@@ -90,9 +90,12 @@ class TrafficStore:
             for model_name in set(gone.scalars().all()):
                 await note_change(session, ChangeKind.ENDPOINTS, model_name)
 
-    async def load_settings(self) -> dict[str, TrafficRow]:
+    async def load_settings(self, model_name: str | None = None) -> dict[str, TrafficRow]:
+        query = select(TrafficRow)
+        if model_name is not None:
+            query = query.where(TrafficRow.model_name == model_name)
         async with self.database.transaction() as session:
-            rows = (await session.exec(select(TrafficRow))).all()
+            rows = (await session.exec(query)).all()
         return {row.model_name: row for row in rows}
 
     async def load_setting(self, model_name: str) -> TrafficRow | None:

@@ -291,3 +291,19 @@ def test_f_an_operator_aborts_and_sees_it_rolled_back(
     expect(operator.locator(".decisions")).to_contain_text("abort by operator")
     expect(operator.locator("#charts-live polyline.line-canary").first).to_be_visible()
     expect(operator.locator("#actions")).to_have_count(0)
+
+
+def test_g_the_replicas_and_envoy_nodes_pages_name_the_replica(
+    observed: Observed, operator: Page, artifacts: Path
+) -> None:
+    cluster = observed.stack.api("GET", "/v1/cluster", role="viewer")
+    operator.goto(console(observed))
+    operator.click("nav a:text('Replicas')")
+    expect(operator.locator("h1")).to_have_text("Replicas")
+    expect(operator.locator("#leader")).to_have_text(cluster["leader_id"])
+    expect(operator.locator("#epoch")).to_have_text(str(cluster["epoch"]))
+    expect(operator.locator("tr.this")).to_contain_text("live · leader")
+    operator.screenshot(path=artifacts / "console-replicas.png", full_page=True)
+    operator.goto(console(observed, "xds"))
+    # The stack's Envoy is attached to this (the only) replica.
+    expect(operator.locator("section.node h2").first).to_contain_text(f"replica {cluster['replica_id']}")

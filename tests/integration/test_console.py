@@ -6,9 +6,12 @@ same pages against a whole stack.
 
 from __future__ import annotations
 
+import asyncio
+import html
 import logging
 import re
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -20,7 +23,7 @@ from tests.conftest import SIGN_KEY, TOKENS, auth
 from tests.integration.conftest import hmac_hex, sha256_hex, upload_form
 
 Client = TestClient[Any, Any]
-PAGES = ("/ui/", "/ui/models/fraud", "/ui/alerts", "/ui/xds")
+PAGES = ("/ui/", "/ui/models/fraud", "/ui/alerts", "/ui/xds", "/ui/cluster")
 CSRF = re.compile(r'name="csrf_token" value="([^"]+)"')
 
 
@@ -179,3 +182,54 @@ async def test_bad_names_and_unknown_rollouts_are_4xx_pages_never_500(console: C
     page = await console.get("/ui/models/fraud")
     assert "&lt;script&gt;x&lt;/script&gt;" in await page.text()
     assert "<script>x</script>" not in await page.text()
+
+
+async def test_the_cluster_page_shows_every_replica_the_leader_and_the_envoy_nodes_replica(
+    start_client: Callable[[Settings], Awaitable[Client]], make_settings: Callable[..., Settings],
+    database_url: str, tmp_path: Path,
+) -> None:
+    """On SQLite one replica leads for good; on PostgreSQL a second replica's page names the first."""
+    # Replica ids are free text in AEGIS_REPLICA_ID: shown as text, never as markup.
+    first = await start_client(make_settings(
+        database_url, AEGIS_REPLICA_ID="<b>aegis-a</b>", AEGIS_DATA_DIR=tmp_path / "a",
+        AEGIS_LEADER_LEASE_SECONDS=2,
+    ))
+    client, names = first, ["<b>aegis-a</b>"]
+    if "postgresql" in database_url:
+        client = await start_client(make_settings(
+            database_url, AEGIS_REPLICA_ID="aegis-b", AEGIS_DATA_DIR=tmp_path / "b",
+            AEGIS_LEADER_LEASE_SECONDS=2,
+        ))
+        names.append("aegis-b")
+    api = await until(client, lambda c: c["leader_id"] is not None and len(c["replicas"]) == len(names))
+    poll = {"node": {"id": "edge-1", "cluster": "gateway"}, "version_info": ""}
+    assert (await client.post("/v3/discovery:clusters", json=poll)).status == 200
+
+    await sign_in(client, "viewer")
+    text = await (await client.get("/ui/cluster")).text()
+    assert '<a href="/ui/cluster">Replicas</a>' in text
+    for name in names:
+        assert f"<code>{html.escape(name)}</code>" in text
+    assert "<b>aegis-a</b>" not in text
+    leader = html.escape(api["leader_id"])
+    assert f"<dt>leader</dt><dd id=\"leader\">{leader}</dd>" in text
+    assert f"<dt>epoch</dt><dd id=\"epoch\">{api['epoch']}</dd>" in text
+    assert f"{len(names)} of {len(names)} replica{'s' if len(names) > 1 else ''} live" in text
+    assert text.count('<span class="ok">live</span>') == len(names)
+    assert text.count("<strong>leader</strong>") == 1
+    assert all(f"<td>{html.escape(r['address'])}</td>" in text for r in api["replicas"])
+    assert "(this one)" in text and f"<code>{html.escape(api['replica_id'])}</code> ({api['role']})" in text
+    nodes = await (await client.get("/ui/xds")).text()
+    assert f"replica {html.escape(names[-1])} ·" in nodes
+
+
+async def until(client: Client, done: Callable[[dict[str, Any]], bool]) -> dict[str, Any]:
+    """`GET /v1/cluster` once the replicas' first heartbeats and the lease are in (a few seconds)."""
+    for _ in range(100):
+        answer = await client.get("/v1/cluster", headers=auth("viewer"))
+        assert answer.status == 200, await answer.text()
+        cluster: dict[str, Any] = await answer.json()
+        if done(cluster):
+            return cluster
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"the cluster did not settle: {cluster}")

@@ -17,7 +17,7 @@ import pytest
 from aiohttp.test_utils import TestClient
 
 from tests.conftest import API_TOKENS, TOKENS, auth
-from tests.integration.conftest import Register, StartClient
+from tests.integration.conftest import Register, StartClient, upload_form
 from tests.integration.test_xds_protocol import poll
 from tests.observability_processes import Prometheus, free_port
 
@@ -241,7 +241,7 @@ async def test_a_failing_canary_is_rolled_back_with_the_reason(
 
 
 async def test_an_unreachable_prometheus_pauses_and_never_promotes(
-    make_settings: Any, database_url: str, start_client: StartClient, register: Register, tmp_path: Path
+    make_settings: Any, database_url: str, start_client: StartClient, tmp_path: Path
 ) -> None:
     policy_file = tmp_path / "policies.yaml"
     policy_file.write_text(POLICY)
@@ -254,6 +254,11 @@ async def test_an_unreachable_prometheus_pauses_and_never_promotes(
             AEGIS_XDS_VALIDATE="false",
         )
     )
+    # This app alone on its database: with another one it would share the work with a leader.
+    async def register(model_name: str, version: str, artifact: bytes) -> Any:
+        form = upload_form({"model_name": model_name, "version": version}, artifact)
+        return await client.post("/v1/registry/register", data=form, headers=auth("admin"))
+
     await prepare(client, register, "m-dark")
     await client.post("/v1/registry/m-dark/2/promote", json={"stage": "canary"}, headers=auth("operator"))
     document = await wait_phase(client, "m-dark", {"paused", "succeeded", "rolled_back"})

@@ -157,6 +157,84 @@ def test_alert_actions_read_as_what_aegis_did() -> None:
     assert (alert.model, alert.action) == (views.NONE, "recorded: no active rollout")
 
 
+def node(replica: str) -> dict[str, Any]:
+    return {
+        "node_id": "edge-1", "cluster": "edge", "live": True, "authenticated": False, "transport": "ads",
+        "streams": 1, "replica": replica, "first_seen": "2026-12-02T08:00:00+00:00",
+        "last_seen": "2026-12-02T08:00:05+00:00",
+        "types": {"route": {"acked_version": "a" * 64, "served_version": "b" * 64,
+                            "rejected_versions": ["b" * 64], "rejection_message": "no cluster x"}},
+    }
+
+
+@pytest.mark.parametrize(("replica", "shown"), [("aegis-b", "aegis-b"), ("", views.NONE)])
+def test_each_envoy_node_names_the_replica_it_is_attached_to(replica: str, shown: str) -> None:
+    (view,) = views.node_views({"nodes": [node(replica)]})
+    assert (view.replica, view.last_seen) == (shown, "2026-12-02 08:00:05")
+    assert [(t.type, t.acked, t.served, t.rejected, t.message) for t in view.types] == [
+        ("route", "a" * 12, "b" * 12, ("b" * 12,), "no cluster x")
+    ]
+
+
+def replica(replica_id: str, *, live: bool, leader: bool, last_seen: str) -> dict[str, Any]:
+    return {
+        "replica_id": replica_id, "address": f"http://{replica_id}:8080", "hostname": f"host-{replica_id}",
+        "pid": 7, "version": "0.9.0", "started_at": "2026-12-02T07:00:00+00:00", "last_seen": last_seen,
+        "live": live, "leader": leader,
+    }
+
+
+def cluster(leader_id: str | None, replicas: list[dict[str, Any]], **changes: Any) -> dict[str, Any]:
+    document = {
+        "replica_id": "b", "role": "follower", "leader_id": leader_id, "epoch": 4,
+        "lease_expires_at": "2026-12-02T08:00:10+00:00", "lease_seconds": 10.0, "replicas": replicas,
+    }
+    document.update(changes)
+    return document
+
+
+@pytest.mark.parametrize(
+    ("document", "leader", "live_replicas", "rows"),
+    [
+        # Two live, the leader among them; the page was rendered by b, a follower.
+        (
+            cluster("a", [replica("a", live=True, leader=True, last_seen="2026-12-02T08:00:04+00:00"),
+                          replica("b", live=True, leader=False, last_seen="2026-12-02T08:00:03+00:00")]),
+            "a", "2 of 2 replicas live",
+            [("a", True, True, False, "2026-12-02 08:00:04"),
+             ("b", True, False, True, "2026-12-02 08:00:03")],
+        ),
+        # The leader stopped heartbeating and its lease ran out: no leader until another takes it.
+        (
+            cluster(None, [replica("a", live=False, leader=False, last_seen="2026-12-02T07:59:40+00:00"),
+                           replica("b", live=True, leader=False, last_seen="2026-12-02T08:00:03+00:00")]),
+            "none: no replica holds the lease now", "1 of 2 replicas live",
+            [("a", False, False, False, "2026-12-02 07:59:40"),
+             ("b", True, False, True, "2026-12-02 08:00:03")],
+        ),
+        # One replica (SQLite): it leads for good.
+        (
+            cluster("b", [replica("b", live=True, leader=True, last_seen="2026-12-02T09:00:03+01:00")],
+                    role="leader", lease_expires_at="9999-01-01T00:00:00+00:00"),
+            "b", "1 of 1 replica live", [("b", True, True, True, "2026-12-02 08:00:03")],
+        ),
+    ],
+)
+def test_the_cluster_page_shows_the_leader_and_each_replicas_heartbeat(
+    document: dict[str, Any], leader: str, live_replicas: str,
+    rows: list[tuple[str, bool, bool, bool, str]],
+) -> None:
+    page = views.cluster_page(document)
+    assert (page.replica_id, page.leader, page.epoch, page.live_replicas, page.lease_seconds) == (
+        "b", leader, 4, live_replicas, "10 s"
+    )
+    assert [(r.replica_id, r.live, r.leader, r.this, r.last_seen) for r in page.replicas] == rows
+    assert page.replicas[0].host.endswith(", pid 7")
+    assert page.lease_expires == (
+        "held for good: the only replica on SQLite" if len(rows) == 1 else "held until 2026-12-02 08:00:10"
+    )
+
+
 # --- charts ----------------------------------------------------------------------------------------
 
 

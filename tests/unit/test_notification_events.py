@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import math
 from dataclasses import replace
 
 import pytest
@@ -57,7 +58,7 @@ def test_a_rollback_carries_its_reason_and_the_numbers_behind_it() -> None:
         "id": "d1", "event": "rolled_back", "model_name": "fraud", "policy": "default",
         "stable_version": "1", "canary_version": "2", "phase": "rolled_back", "step": 1, "canary_weight": 0,
         "reason": reason, "at": "2026-11-30T00:53:20.500000+00:00", "failures": 2,
-        "verdicts": list(VERDICTS), "actor": None,
+        "verdicts": list(VERDICTS), "actor": None, "decision": {},
     }
     text = json.loads(payload(event, PayloadFormat.SLACK, delivery_id="d1"))["text"]
     assert text == slack_text(event)
@@ -66,6 +67,26 @@ def test_a_rollback_carries_its_reason_and_the_numbers_behind_it() -> None:
         f"> {reason}",
         "• error-rate: fail (0.21)",
     ]
+
+
+def test_whatever_the_decision_is_stored_with_reaches_the_webhook_as_json() -> None:
+    # What a runner stores beside a decision, with fields this module does not know about:
+    # the compared checks explained (an e-value can be infinite), the command, the deciding leader.
+    checks = [{"metric": "error-rate", "arms": {"canary": {"requests": 812, "errors": 31}},
+               "e_value": math.inf, "threshold": 20.0}]
+    inputs = {"verdicts": list(VERDICTS), "checks": checks, "command": "abort", "actor": "ops",
+              "acked_at": 1796000000.25, "replica": "aegis-a", "epoch": 3, "rate": math.nan}
+    state = replace(AT_20, phase=Phase.ROLLED_BACK, canary_weight=0)
+    event = transition_event(AT_20, state, reason="aborted", at=1.0, inputs=inputs)
+    assert event is not None and (event.verdicts, event.actor) == (VERDICTS, "ops")
+    raw = payload(event, PayloadFormat.JSON, delivery_id="d2")
+    body = json.loads(raw, parse_constant=lambda token: pytest.fail(f"{token} is not JSON"))
+    assert body["verdicts"] == list(VERDICTS)
+    assert body["decision"] == {
+        "checks": [{**checks[0], "e_value": None}], "command": "abort", "acked_at": 1796000000.25,
+        "replica": "aegis-a", "epoch": 3, "rate": None,
+    }
+    assert inputs["verdicts"] == list(VERDICTS)  # the runner's stored inputs are left as they were
 
 
 def test_a_start_takes_the_state_message_when_no_reason_is_given() -> None:

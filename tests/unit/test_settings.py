@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from controlplane.cluster.identity import replica_id
 from controlplane.settings import SettingsError, load_settings
 from registry.blob_stores import BlobStoreTarget, DataDirBlobs, S3Blobs, SharedDirectoryBlobs
 
@@ -227,3 +228,33 @@ def test_a_bad_blob_store_is_refused_at_start_up_with_what_to_write(text: str, m
     with pytest.raises(SettingsError, match="AEGIS_BLOB_STORE") as raised:
         load_settings({"AEGIS_BLOB_STORE": text})
     assert message in str(raised.value)
+
+
+def test_the_leader_lease_is_10_seconds_and_the_replica_id_optional() -> None:
+    defaults = load_settings({})
+    assert (defaults.cluster.leader_lease_seconds, defaults.cluster.replica_id) == (10.0, "")
+    chosen = load_settings({"AEGIS_LEADER_LEASE_SECONDS": "3", "AEGIS_REPLICA_ID": "aegis-0"})
+    assert (chosen.cluster.leader_lease_seconds, chosen.cluster.replica_id) == (3.0, "aegis-0")
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"AEGIS_LEADER_LEASE_SECONDS": "0"}, "AEGIS_LEADER_LEASE_SECONDS must be positive"),
+        ({"AEGIS_LEADER_LEASE_SECONDS": "ten"}, "AEGIS_LEADER_LEASE_SECONDS='ten' is not a number"),
+        ({"AEGIS_REPLICA_ID": " aegis-0"}, "AEGIS_REPLICA_ID must be 1 to 255 printable characters"),
+        ({"AEGIS_REPLICA_ID": "a" * 256}, "AEGIS_REPLICA_ID must be 1 to 255 printable characters"),
+        ({"AEGIS_REPLICA_ID": "aegis\n0"}, "AEGIS_REPLICA_ID must be 1 to 255 printable characters"),
+    ],
+)
+def test_bad_cluster_settings_say_what_to_set(env: dict[str, str], message: str) -> None:
+    with pytest.raises(SettingsError, match=message):
+        load_settings(env)
+
+
+def test_the_default_replica_id_is_made_once_and_kept_in_the_data_dir(tmp_path: Path) -> None:
+    first = replica_id("", tmp_path / "a")
+    assert first == replica_id("", tmp_path / "a")  # a restart comes back under the same id
+    assert (tmp_path / "a" / "replica-id").read_text().strip() == first
+    assert first != replica_id("", tmp_path / "b")  # two data dirs on one host: two replicas
+    assert replica_id("given", tmp_path / "a") == "given"
