@@ -2,9 +2,9 @@
 
 Only the models whose routing changed (or whose routes were held back until
 Envoy has a cluster) get new clusters, routes and weights; every other model's
-resources, versions and bytes are reused. A change of weights alone changes
-only the runtime layer: the routes read the weights from it. A caller that knows which models it
-changed says so (`changed_models`) and no pass over every model is made.
+resources, versions and bytes are reused. A change of weights alone changes only
+the runtime layer: the routes read the weights from it. A caller that knows which
+models it changed says so (`changed_models`) and no pass over every model is made.
 
 Make before break (REST polls each type on its own clock, and an ADS Envoy
 applies each type as it arrives):
@@ -14,8 +14,8 @@ applies each type as it arrives):
   prefix; the keys of routes some node still runs stay in the runtime layer with
   the weights they were published with (`running_routes`), so a node that has
   not taken new routes yet, or rejected them, keeps its whole last good split,
-  and a weight for a new arm is read only by routes that name it (sent after the
-  runtime layer, ads_protocol.SEND_ORDER);
+  and a weight for a new arm is read only by routes that name it (over ADS the
+  runtime layer goes out before those routes, ads_protocol.SEND_ORDER);
 - a cluster that is no longer desired (or lost its endpoints) stays in CDS with
   its last hosts while a route config some node still runs sends traffic to it
   (`still_routed`).
