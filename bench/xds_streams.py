@@ -3,9 +3,10 @@
 Each simulated Envoy is one gRPC `StreamAggregatedResources` stream that behaves
 like Envoy's ADS client: its first request carries the node (the real ~61 KB node
 of reference/samples/envoy-1.40-rest-poll.json, with its own node id) and the node
-token as `authorization: Bearer` metadata; it subscribes CDS and LDS (wildcard),
-ACKs every response with its version and nonce, and once the listener arrives
-subscribes RDS by the name the listener gives. The streams run in several client
+token as `authorization: Bearer` metadata; it subscribes the runtime layer (RTDS,
+by the name the bootstrap gives), CDS and LDS (wildcard), ACKs every response with
+its version and nonce, and once the listener arrives subscribes RDS by the name the
+listener gives. The streams run in several client
 processes (multiprocessing, spawn), each with a few `grpc.aio` channels (own
 HTTP/2 connections) carrying many streams, so that two cores spend their time in
 the server, not in the clients; the details give the clients' CPU time.
@@ -13,12 +14,14 @@ the server, not in the clients; the details give the clients' CPU time.
 Measured: the server's RSS with every stream subscribed (target < 1 GiB) and its
 peak, and the time for one weight change (`PUT /v1/traffic`, one model with prod
 and canary) to reach every stream: from the PUT to the last stream receiving the
-new RDS version (target <= 1 s), median over several changes.
+new runtime version, which carries the weights (target <= 1 s), median over several
+changes.
 
 Baseline, same run, same node count: REST long-poll. As many simulated Envoys
-poll RDS over REST with the full ~80 KB JSON node in every poll (what Envoy 1.40
-sends), wait R..2R after each answer (R: the RDS `refresh_delay` Aegis gives REST
-Envoys, AEGIS_XDS_RDS_REFRESH_DELAY_MS, 250 ms by default) and are held by the
+poll the runtime layer over REST with the full ~80 KB JSON node in every poll (what
+Envoy 1.40 sends), wait R..2R after each answer (R: the `refresh_delay` of the REST
+bootstrap and of the RDS Aegis gives REST Envoys, AEGIS_XDS_RDS_REFRESH_DELAY_MS,
+250 ms by default) and are held by the
 server while up to date; the hold is raised to 60 s so that every node sits in a
 held poll when the change comes (the kindest case for REST: with the shipped 5 s
 hold they would also re-poll every 5 s). Time from the PUT to the last node
@@ -60,7 +63,8 @@ NODE_TOKEN = "bench-xds-node-token"
 CDS = "type.googleapis.com/envoy.config.cluster.v3.Cluster"
 LDS = "type.googleapis.com/envoy.config.listener.v3.Listener"
 RDS = "type.googleapis.com/envoy.config.route.v3.RouteConfiguration"
-ROUTE_CONFIG = "aegis_routes"  # what the listener's RDS asks for; REST nodes name it directly
+RTDS = "type.googleapis.com/envoy.service.runtime.v3.Runtime"
+RUNTIME_LAYER = "aegis_weights"  # the bootstraps' RTDS layer: the weights
 TARGET_SECONDS = 1.0
 CLIENT_NICENESS = 10
 REST_REFRESH_SECONDS = load_settings({}).xds.rds_refresh_delay_ms / 1000
@@ -155,7 +159,7 @@ async def ads_client(plan: ClientPlan, conn: Connection) -> None:
         node.CopyFrom(base_node)
         node.id = f"bench-ads-{stream}"
         acked: dict[str, str] = {}  # type -> last version, sent again on a new stream as Envoy does
-        names: dict[str, list[str]] = {CDS: [], LDS: []}
+        names: dict[str, list[str]] = {RTDS: [RUNTIME_LAYER], CDS: [], LDS: []}
         backoff = 0.25
         while True:
             await opening.acquire()
@@ -176,8 +180,8 @@ async def ads_client(plan: ClientPlan, conn: Connection) -> None:
                         events.append(("error", stream, "stream ended by the server", time.monotonic()))
                         break
                     backoff = 0.25
-                    if response.type_url == RDS:
-                        events.append(("rds", stream, response.version_info, time.monotonic()))
+                    if response.type_url == RTDS:
+                        events.append(("weights", stream, response.version_info, time.monotonic()))
                     acked[response.type_url] = response.version_info
                     await call.write(discovery_pb2.DiscoveryRequest(
                         type_url=response.type_url, version_info=response.version_info,
@@ -223,7 +227,9 @@ async def rest_client(plan: ClientPlan, conn: Connection) -> None:
 
     def body(node_id: str, version: str) -> bytes:
         if version not in makers:
-            makers[version] = BodyMaker.for_node(plan.node, version, resource_names=(ROUTE_CONFIG,))
+            makers[version] = BodyMaker.for_node(
+                plan.node, version, type_url=RTDS, resource_names=(RUNTIME_LAYER,)
+            )
         return makers[version].body(node_id)
 
     async def envoy(session: Any, stream: int) -> None:
@@ -232,7 +238,7 @@ async def rest_client(plan: ClientPlan, conn: Connection) -> None:
             events.append(("polled", stream, version, time.monotonic()))
             try:
                 async with session.post(
-                    f"{plan.target}/v3/discovery:routes", data=body(node_id, version), headers=headers
+                    f"{plan.target}/v3/discovery:runtime", data=body(node_id, version), headers=headers
                 ) as response:
                     payload = await response.read()
                     status = response.status
@@ -242,10 +248,10 @@ async def rest_client(plan: ClientPlan, conn: Connection) -> None:
                 continue
             if status == 200:
                 version = json.loads(payload)["version_info"]
-                events.append(("rds", stream, version, time.monotonic()))
+                events.append(("weights", stream, version, time.monotonic()))
             elif status != 304:
                 events.append(("error", stream, f"HTTP {status}", time.monotonic()))
-            # Envoy waits R..2R after each answer (R: the RDS refresh_delay Aegis gives REST Envoys).
+            # Envoy waits R..2R after each answer (R: the bootstrap's refresh_delay).
             await asyncio.sleep(random.uniform(REST_REFRESH_SECONDS, 2 * REST_REFRESH_SECONDS))
 
     reporter = asyncio.create_task(report_events(conn, events, stop))
@@ -272,7 +278,7 @@ class Collector:
         self.conns = conns
         self.streams = streams
         self.lock = threading.Lock()
-        self.latest: dict[int, str] = {}  # stream -> last RDS version received
+        self.latest: dict[int, str] = {}  # stream -> last runtime version received
         self.arrivals: dict[tuple[int, str], float] = {}  # (stream, version) -> first received
         self.polled: dict[int, str] = {}  # REST: the version of each node's last poll
         self.errors: Counter[str] = Counter()
@@ -293,7 +299,7 @@ class Collector:
                     continue
                 with self.lock:
                     for kind, stream, text, at in batch:
-                        if kind == "rds":
+                        if kind == "weights":
                             self.latest[stream] = text
                             self.arrivals.setdefault((stream, text), at)
                         elif kind == "polled":
@@ -315,7 +321,7 @@ class Collector:
         return any(worker.exitcode not in (None, 0) for worker in self.workers)
 
     def moved_on(self, before: str) -> bool:
-        """Every stream has received one same RDS version, other than `before`."""
+        """Every stream has received one same runtime version, other than `before`."""
         version = self.common_version()
         return version is not None and version != before
 
@@ -324,7 +330,7 @@ class Collector:
         return len(self.polled) == self.streams and set(self.polled.values()) == {version}
 
     def common_version(self) -> str | None:
-        """The RDS version every stream has last received, if they all agree."""
+        """The runtime version every stream has last received, if they all agree."""
         versions = set(self.latest.values())
         if len(self.latest) == self.streams and len(versions) == 1:
             return versions.pop()
@@ -571,7 +577,8 @@ def main() -> None:
         target=TARGET_SECONDS * 1000,
         higher_is_better=False,
         details={
-            "value_is": "ms from PUT /v1/traffic to the last ADS stream getting the new RDS version (median)",
+            "value_is": "ms from PUT /v1/traffic to the last ADS stream getting the new runtime version "
+                        "(the weights; median)",
             "node_bytes": {"protobuf_in_first_ads_request": node_protobuf_bytes(node),
                            "json_in_every_rest_poll": len(json.dumps(node)), "sample": args.sample.name},
             "open_files_limit": open_files,

@@ -186,7 +186,7 @@ def _parse_weights(text: str) -> dict[str, int]:
 def _nodes(args: argparse.Namespace, client: AegisClient) -> tuple[Any, str]:
     document = client.call("GET", "/v1/xds/nodes")
     rows: list[tuple[str, ...]] = [
-        ("NODE", "LIVE", "VIA", "TOKEN", "LISTENERS", "CLUSTERS", "ROUTES", "REJECTED")
+        ("NODE", "LIVE", "VIA", "TOKEN", "LISTENERS", "CLUSTERS", "ROUTES", "WEIGHTS", "REJECTED")
     ]
     messages: list[str] = []
     for node in document["nodes"]:
@@ -214,6 +214,7 @@ def _nodes(args: argparse.Namespace, client: AegisClient) -> tuple[Any, str]:
                 state("listener"),
                 state("cluster"),
                 state("route"),
+                state("runtime"),
                 str(rejected),
             )
         )

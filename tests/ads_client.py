@@ -16,17 +16,20 @@ from envoy.config.cluster.v3 import cluster_pb2
 from envoy.config.listener.v3 import listener_pb2
 from envoy.config.route.v3 import route_pb2
 from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
+from envoy.service.runtime.v3 import rtds_pb2
 from google.rpc import status_pb2
 
 from controlplane.xds.snapshot import ResourceType
 
-LDS, CDS, RDS, EDS = (
-    str(ResourceType.LISTENER), str(ResourceType.CLUSTER), str(ResourceType.ROUTE), str(ResourceType.ENDPOINT)
+LDS, CDS, RDS, EDS, RTDS = (
+    str(ResourceType.LISTENER), str(ResourceType.CLUSTER), str(ResourceType.ROUTE),
+    str(ResourceType.ENDPOINT), str(ResourceType.RUNTIME),
 )
 MESSAGES: dict[str, Any] = {
     LDS: listener_pb2.Listener,
     CDS: cluster_pb2.Cluster,
     RDS: route_pb2.RouteConfiguration,
+    RTDS: rtds_pb2.Runtime,
 }
 
 
@@ -101,7 +104,7 @@ class AdsClient:
 
     async def ack(self, response: Any) -> None:
         """Acknowledge a state-of-the-world response, asking for the same names again."""
-        names = self.names_in(response) if response.type_url in (RDS, EDS) else []
+        names = self.names_in(response) if response.type_url in (RDS, EDS, RTDS) else []
         await self.request(response.type_url, response.version_info, names, nonce=response.nonce)
 
     async def delta_request(
@@ -159,3 +162,8 @@ def route_weights(config: route_pb2.RouteConfiguration, route_name: str) -> dict
     if route.route.cluster:
         return {route.route.cluster: 100}
     return {c.name: c.weight.value for c in route.route.weighted_clusters.clusters}
+
+
+def layer_weights(runtime: rtds_pb2.Runtime) -> dict[str, int]:
+    """cluster -> weight in a runtime (RTDS) layer: each key ends with its cluster's name."""
+    return {key.rsplit(".", 1)[1]: int(value.number_value) for key, value in runtime.layer.fields.items()}

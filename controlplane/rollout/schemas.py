@@ -171,7 +171,7 @@ class RolloutDocument(RolloutSummary):
     decisions: list[DecisionDocument] = Field(description="the last decisions")
     actual_canary_weight: int | None = Field(
         ge=0, le=100,
-        description="the canary share every live Envoy node serves (from the route version it "
+        description="the canary share every live Envoy node serves (from the route and runtime versions it "
         "acknowledged); null when no node polled or nodes differ",
     )
     served_canary_weights: list[ServedWeight] = Field(
@@ -191,7 +191,7 @@ class RolloutDocument(RolloutSummary):
 
 
 def served_weights(runner: RolloutRunner, state: RolloutState) -> dict[str, Any]:
-    """The canary share live Envoy nodes serve, from the route version each acknowledged.
+    """The canary share live Envoy nodes serve, from the route and runtime versions each acknowledged.
 
     `actual_canary_weight` is the share when every live node serves the same one; null when
     no node polled, nodes differ, or a node runs routes this process did not publish.

@@ -5,9 +5,10 @@ endpoints and node acknowledgements from many places; a collector asks the one
 service that knows, when Prometheus asks. Everything it reads is in memory.
 
 - `aegis_traffic_weight{model,version,arm}`: the percent Aegis wants per live version;
-- `aegis_traffic_served_weight{model,version,arm}`: the percent the routes that the live
-  Envoy nodes acknowledged send there, averaged over those nodes (every node's share
-  when they agree, as `actual_canary_weight` in the API); absent with no live node;
+- `aegis_traffic_served_weight{model,version,arm}`: the percent the routes (and runtime
+  weights) that the live Envoy nodes acknowledged send there, averaged over those nodes
+  (every node's share when they agree, as `actual_canary_weight` in the API); absent
+  with no live node;
 - `aegis_traffic_endpoints{model,version,arm}`: live endpoints (announced and static);
 - `aegis_traffic_cluster_info{model,version,arm,envoy_cluster_name}` = 1: the join key from
   Envoy's per-cluster statistics (`envoy_cluster_name`) to a model's arms, so a dashboard
@@ -40,8 +41,8 @@ class TrafficCollector(Collector):
         )
         served = GaugeMetricFamily(
             "aegis_traffic_served_weight",
-            "Percent of a model's requests the routes the live Envoy nodes acknowledged send per version "
-            "(mean over the nodes).",
+            "Percent of a model's requests the routes and weights the live Envoy nodes acknowledged send "
+            "per version (mean over the nodes).",
             labels=LABELS,
         )
         endpoints = GaugeMetricFamily(

@@ -120,7 +120,10 @@ class TrafficDocument(ResponseModel):
     )
     mirror: MirrorDocument
     owner: Literal["operator", "rollout"] | None
-    xds_version: str = Field(description="the route version carrying these weights")
+    xds_version: str = Field(
+        description="the xDS version carrying these weights: the runtime (RTDS) version, or the route "
+        "version for a model with one serving version"
+    )
     acked: bool = Field(description="every live Envoy node runs these weights")
     nodes_acked: int = Field(ge=0)
     nodes_total: int = Field(ge=0)

@@ -25,7 +25,9 @@ from controlplane.xds.resources import (
     RdsPolling,
     cluster_name,
     model_routes,
+    model_weights,
 )
+from controlplane.xds.served import served_split
 from controlplane.xds.snapshot import ResourceType, content_version
 from registry.domain import ModelVersion, Stage, StageChange, check_model_name
 from registry.errors import Conflict, InvalidInput, NotFound
@@ -271,37 +273,31 @@ class TrafficService:
                     del self._unpublished[name]
         return result
 
-    def _split_of(self, model_name: str, routes: tuple[Any, ...]) -> dict[str, int]:
-        """Percent of requests per version that a model's plain route sends (header routes aside)."""
-        main = next((r for r in routes if r.get("name") == f"{model_name}/v1"), None)
-        action = main.get("route", {}) if main is not None else {}
-        if "cluster" in action:
-            targets = {str(action["cluster"]): 1}
-        else:
-            clusters = action.get("weighted_clusters", {}).get("clusters", [])
-            targets = {str(c.get("name")): int(c.get("weight", 0)) for c in clusters}
-        total = sum(targets.values())
+    def _by_version(self, model_name: str, split: dict[str, int] | None) -> dict[str, int] | None:
+        """A split per cluster as a split per live version (a cluster of no live version keeps its name)."""
+        if split is None:
+            return None
         stages = self.stages.get(model_name)
         versions = [v for v in (stages.prod, stages.canary) if v] if stages else []
         by_cluster = {cluster_name(model_name, version): version for version in versions}
-        return {
-            by_cluster.get(cluster, cluster): round(100 * weight / total)
-            for cluster, weight in targets.items()
-            if total > 0
-        }
+        return {by_cluster.get(cluster, cluster): share for cluster, share in split.items()}
 
     def served_splits(self, model_name: str) -> list[dict[str, int] | None]:
-        """Per live Envoy node, the percent per version its acknowledged routes serve.
+        """Per live Envoy node, the percent per version its acknowledged routes and runtime
+        layer serve.
 
         An empty split: the node answers 503 (no version can serve); None: the node runs
-        a route version this process never published (or none yet).
+        a route version (or, for a model whose routes read weights, a runtime version)
+        this process never published (or none yet).
         """
         now = self.publisher.clock()
+        cache = self.publisher.cache
         splits: list[dict[str, int] | None] = []
-        for version in self.publisher.nodes.acked_versions(ResourceType.ROUTE, now=now):
-            parts = self.publisher.cache.route_parts(version)
-            part = parts.get(model_name) if parts is not None else None
-            splits.append(None if parts is None else self._split_of(model_name, part.routes) if part else {})
+        for node in self.publisher.nodes.nodes_holding(ResourceType.ROUTE, now=now):
+            parts = cache.route_parts(node.type_state(ResourceType.ROUTE).acked_version)
+            runtime = node.types.get(ResourceType.RUNTIME)
+            weights = cache.weight_parts(runtime.acked_version if runtime is not None else "")
+            splits.append(self._by_version(model_name, served_split(model_name, parts, weights)))
         return splits
 
     # --- stages -------------------------------------------------------------
@@ -413,17 +409,22 @@ class TrafficService:
         return effective_weights(self.live_stages(model_name), setting_of(row) if row else None)
 
     def acknowledgement(self, model_name: str) -> Acknowledgement:
-        """The route version served now, and whether every live node runs the model's routes in it.
+        """The version served now that carries the model's weights (the runtime layer's when its
+        routes read weights from it, else the route configuration's), and whether every live
+        node runs the model's routes and the weights they read.
 
         Both are facts of content, not of this process's history: every replica with the
         same state (and the same shared node view) gives the same answer.
         """
         current = self.publisher.cache.current
         part = current.model_routes.get(model_name)
-        rds_version = current.versions[ResourceType.ROUTE] if part is not None else ""
-        acked_nodes, total_nodes = self.publisher.routes_acked(model_name, part.version if part else None)
+        weights = current.weights_read(model_name)
+        acked_nodes, total_nodes = self.publisher.routes_acked(
+            model_name, part.version if part else None, weights
+        )
         acked = acked_nodes == total_nodes and self._serves_desired(model_name)
-        return Acknowledgement(rds_version, acked, acked_nodes, total_nodes)
+        carrier = current.versions[ResourceType.RUNTIME if weights else ResourceType.ROUTE] if part else ""
+        return Acknowledgement(carrier, acked, acked_nodes, total_nodes)
 
     def runs(self, model_name: str, weights: dict[str, int]) -> bool:
         """Whether these are the model's weights and every live Envoy node runs them."""
@@ -442,8 +443,12 @@ class TrafficService:
         route = model_route(stages, setting_of(row) if row else None, self._endpoints_of(model_name))
         if route is None:
             return True
-        part = self.publisher.cache.current.model_routes.get(model_name)
-        return part is not None and part.version == content_version(model_routes(route))
+        current = self.publisher.cache.current
+        part = current.model_routes.get(model_name)
+        routes = model_routes(route)
+        if part is None or part.version != content_version(routes):
+            return False
+        return current.weights_read(model_name) == model_weights(route, routes=routes)
 
     def _endpoints_of(self, model_name: str) -> dict[tuple[str, str], tuple[Endpoint, ...]]:
         """Live endpoints per (model, version) of one model's live versions."""

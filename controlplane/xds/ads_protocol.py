@@ -10,9 +10,10 @@ decision of the xDS protocol lives here, so it is tested as tables:
 - At most one response per type is unacknowledged on a stream: the next version
   of a type waits for the ACK or NACK of the previous one, so a node is never two
   versions ahead of what the node table knows it was served.
-- Make before break: types are sent in the order CDS, EDS, LDS, RDS, and while a
-  type has a change waiting for an ACK, the types after it wait too, so a route
-  never reaches Envoy before the cluster it names.
+- Make before break: types are sent in the order CDS, EDS, LDS, RTDS, RDS, and
+  while a type has a change waiting for an ACK, the types after it wait too, so a
+  route never reaches Envoy before the cluster it names, nor before the runtime
+  keys it reads its weights from.
 - A first request that already runs the current version (an Envoy reconnecting to
   a restarted control plane with the same state) gets no response: Envoy must not
   re-apply anything.
@@ -34,8 +35,12 @@ from enum import StrEnum
 from controlplane.xds.snapshot import ResourceType
 
 WILDCARD = "*"
-# Make before break: a cluster before the endpoints and routes that use it.
-SEND_ORDER = (ResourceType.CLUSTER, ResourceType.ENDPOINT, ResourceType.LISTENER, ResourceType.ROUTE)
+# Make before break: a cluster before the endpoints and routes that use it, the runtime
+# layer before the routes that read their weights from it.
+SEND_ORDER = (
+    ResourceType.CLUSTER, ResourceType.ENDPOINT, ResourceType.LISTENER, ResourceType.RUNTIME,
+    ResourceType.ROUTE,
+)
 # Types whose empty subscription means "everything" (the xDS "legacy wildcard").
 WILDCARD_TYPES = frozenset({ResourceType.LISTENER, ResourceType.CLUSTER})
 # Versions of a type a stream remembers as rejected; older ones may be sent again.

@@ -1,14 +1,21 @@
 """Builds a snapshot from the desired state, on top of the previous one: purely computational, no I/O.
 
 Only the models whose routing changed (or whose routes were held back until
-Envoy has a cluster) get new clusters and routes; every other model's
-resources, versions and bytes are reused. A caller that knows which models it
-changed says so (`changed_models`) and no pass over every model is made.
+Envoy has a cluster) get new clusters, routes and weights; every other model's
+resources, versions and bytes are reused. A change of weights alone changes only
+the runtime layer: the routes read the weights from it. A caller that knows which
+models it changed says so (`changed_models`) and no pass over every model is made.
 
 Make before break (REST polls each type on its own clock, and an ADS Envoy
 applies each type as it arrives):
 - a new cluster is routed to only once every node has acknowledged a CDS version
   that contains it (`routable_clusters`);
+- each version of a model's routes reads its weights under its own runtime key
+  prefix; the keys of routes some node still runs stay in the runtime layer with
+  the weights they were published with (`running_routes`), so a node that has
+  not taken new routes yet, or rejected them, keeps its whole last good split,
+  and a weight for a new arm is read only by routes that name it (over ADS the
+  runtime layer goes out before those routes, ads_protocol.SEND_ORDER);
 - a cluster that is no longer desired (or lost its endpoints) stays in CDS with
   its last hosts while a route config some node still runs sends traffic to it
   (`still_routed`).
@@ -20,7 +27,7 @@ import bisect
 import dataclasses
 from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from controlplane.xds import resources
 from controlplane.xds.consistency import endpoint_count, route_problems
@@ -28,9 +35,11 @@ from controlplane.xds.resources import Arm, DesiredState, Endpoint, ModelRoute, 
 from controlplane.xds.snapshot import (
     MODULUS,
     ModelRoutes,
+    ModelWeights,
     ResourceEntry,
     ResourceType,
     RouteConfigEntry,
+    RuntimeEntry,
     Snapshot,
     SnapshotInconsistent,
     content_version,
@@ -84,12 +93,16 @@ class _Build:
     clusters: dict[str, ResourceEntry]
     owner: dict[str, str]
     parts: dict[str, ModelRoutes]
+    weights: dict[str, ModelWeights]
     shapes: dict[str, str]
     cluster_total: int
     # Clusters that left their model or lost their hosts: (entry as it was, owning model).
     candidates: dict[str, tuple[ResourceEntry, str]] = field(default_factory=dict)
     retained: set[str] = field(default_factory=set)
     changed: set[str] = field(default_factory=set)
+    weights_changed: set[str] = field(default_factory=set)
+    # Models whose runtime part keeps the weights of older routes some node still runs.
+    weights_kept: set[str] = field(default_factory=set)
     rebuilt: set[str] = field(default_factory=set)
     # Clusters put or dropped: what may differ from the previous snapshot's.
     touched: set[str] = field(default_factory=set)
@@ -138,9 +151,13 @@ def _cluster_entry(model: ModelRoute, arm: Arm, previous: ResourceEntry | None) 
     return ResourceEntry(ResourceType.CLUSTER, str(body["name"]), body)
 
 
+RunningRoutes = Callable[[str], Iterable[ModelRoutes]]
+"""model name -> the versions of its routes that some node may still run."""
+
+
 def _rebuild_model(
     build: _Build, model: ModelRoute, *, old: ModelRoute | None, previous: Snapshot | None,
-    routable: frozenset[str] | None,
+    routable: frozenset[str] | None, running_routes: RunningRoutes | None,
 ) -> None:
     name = model.model_name
     build.rebuilt.add(name)
@@ -165,14 +182,47 @@ def _rebuild_model(
         build.changed.add(name)
     if build.parts.get(name) is not part:
         build.writable("parts")[name] = part
+    kept = _kept_weights(build, part, running_routes)
+    if kept:
+        build.weights_kept.add(name)
+    current = resources.model_weights(model, routable=routable, routes=list(part.routes))
+    _put_weights(build, name, current + kept)
     shape = _shape(model, routable)
     if build.shapes.get(name) != shape:
         build.writable("shapes")[name] = shape
 
 
+def _kept_weights(
+    build: _Build, part: ModelRoutes, running_routes: RunningRoutes | None
+) -> tuple[tuple[str, int], ...]:
+    """The weights of this model's older routes that some node still runs, as last published."""
+    prior = build.weights.get(part.model_name)
+    if prior is None or running_routes is None:
+        return ()
+    prefixes = {running.runtime_prefix for running in running_routes(part.model_name)}
+    prefixes.discard(part.runtime_prefix)
+    prefixes.discard(None)
+    return tuple(sorted(
+        (key, weight) for key, weight in prior.weights if resources.weight_key_prefix(key) in prefixes
+    ))
+
+
+def _put_weights(build: _Build, name: str, weights: tuple[tuple[str, int], ...]) -> None:
+    """A model's part of the runtime layer; none for a model whose routes read no weights."""
+    prior = build.weights.get(name)
+    if (prior.weights if prior is not None else ()) == weights:
+        return  # same weights: keep its version and bytes
+    build.weights_changed.add(name)
+    if weights:
+        build.writable("weights")[name] = ModelWeights(name, weights)
+    else:
+        build.writable("weights").pop(name, None)
+
+
 def _remove_model(build: _Build, old: ModelRoute) -> None:
     for arm in old.arms:
         build.consider(old.cluster(arm))
+    _put_weights(build, old.model_name, ())
     build.writable("parts").pop(old.model_name, None)
     build.writable("shapes").pop(old.model_name, None)
     build.changed.add(old.model_name)
@@ -203,9 +253,11 @@ def _check_part(build: _Build, part: ModelRoutes) -> None:
         for cluster in part.routed_clusters
         if cluster in build.clusters
     }
+    weights = build.weights.get(part.model_name)
+    layer = dict(weights.weights) if weights is not None else {}
     for route in part.routes:
         build.problems += route_problems(
-            f"{resources.ROUTE_CONFIG_NAME}/{route.get('name', '?')}", route, counts
+            f"{resources.ROUTE_CONFIG_NAME}/{route.get('name', '?')}", route, counts, layer
         )
 
 
@@ -228,6 +280,31 @@ def _listeners(desired: DesiredState, previous: Snapshot | None) -> tuple[Resour
     )
 
 
+_Part = TypeVar("_Part", ModelRoutes, ModelWeights)
+
+
+def _updated_parts(
+    parts: tuple[_Part, ...], total: int, changed: Iterable[str], current: Mapping[str, _Part]
+) -> tuple[tuple[_Part, ...], int]:
+    """The parts in name order with each changed model's replaced, inserted or removed, and their
+    digest sum adjusted: each is found by bisection, no pass over every model."""
+    ordered = list(parts)
+    for name in sorted(changed):
+        index = bisect.bisect_left(ordered, name, key=lambda part: part.model_name)
+        present = index < len(ordered) and ordered[index].model_name == name
+        if present:
+            total -= ordered[index].digest
+        if name in current:
+            total += current[name].digest
+            if present:
+                ordered[index] = current[name]
+            else:
+                ordered.insert(index, current[name])
+        elif present:
+            del ordered[index]
+    return tuple(ordered), total % MODULUS
+
+
 def _route_config(
     build: _Build, inputs: Mapping[str, ModelRoute], previous: Snapshot | None
 ) -> RouteConfigEntry:
@@ -237,24 +314,17 @@ def _route_config(
     prior = previous.route_config
     if not build.changed:
         return prior
-    # The parts stay in name order: each changed model is found by bisection, replaced,
-    # inserted or removed, and the sum adjusted; no pass over every model.
-    parts = list(prior.parts)
-    total = prior.total
-    for name in sorted(build.changed):
-        index = bisect.bisect_left(parts, name, key=lambda part: part.model_name)
-        present = index < len(parts) and parts[index].model_name == name
-        if present:
-            total -= parts[index].digest
-        if name in build.parts:
-            total += build.parts[name].digest
-            if present:
-                parts[index] = build.parts[name]
-            else:
-                parts.insert(index, build.parts[name])
-        elif present:
-            del parts[index]
-    return RouteConfigEntry(tuple(parts), total % MODULUS)
+    return RouteConfigEntry(*_updated_parts(prior.parts, prior.total, build.changed, build.parts))
+
+
+def _runtime(build: _Build, previous: Snapshot | None) -> RuntimeEntry:
+    if previous is None:
+        ordered = tuple(build.weights[name] for name in sorted(build.weights))
+        return RuntimeEntry(ordered, sum(part.digest for part in ordered) % MODULUS)
+    prior = previous.runtime
+    if not build.weights_changed:
+        return prior
+    return RuntimeEntry(*_updated_parts(prior.parts, prior.total, build.weights_changed, build.weights))
 
 
 def build_snapshot(
@@ -262,6 +332,7 @@ def build_snapshot(
     *,
     routable_clusters: frozenset[str] | None = None,
     still_routed: Callable[[str], bool] | None = None,
+    running_routes: RunningRoutes | None = None,
     previous: Snapshot | None = None,
     changed_models: Collection[str] | None = None,
 ) -> Snapshot:
@@ -271,20 +342,25 @@ def build_snapshot(
     name no other (None: no gating, e.g. for validation or a restart that restores
     what Envoy already runs). `still_routed(cluster)`: whether a route config some
     node still runs sends traffic to a cluster; such a cluster is kept (with its
-    last hosts) after it stopped being desired. `previous`: the snapshot to build
-    on; only models whose routing changed (or whose routes were held back) are
-    rebuilt. `changed_models`: the only models that may differ from `previous`'s
-    (a caller that tracks its changes saves a pass over every model); None
+    last hosts) after it stopped being desired. `running_routes(model)`: the
+    versions of a model's routes some node may still run; their weights stay in the
+    runtime layer as last published (None: none kept). `previous`: the snapshot to
+    build on; only models whose routing changed (or whose routes were held back, or
+    whose runtime part keeps older weights) are rebuilt. `changed_models`: the only
+    models that may differ from `previous`'s (a caller that tracks its changes saves
+    a pass over every model); None
     compares every model, by identity first, then by equality.
     """
     build = _Build(
         clusters=previous.cluster_entries if previous else {},  # type: ignore[arg-type]
         owner=previous.cluster_owner if previous else {},  # type: ignore[arg-type]
         parts=previous.model_routes if previous else {},  # type: ignore[arg-type]
+        weights=previous.model_weights if previous else {},  # type: ignore[arg-type]
         shapes=previous.shapes if previous else {},  # type: ignore[arg-type]
         cluster_total=previous.cluster_total if previous else 0,
     )
     old_inputs: Mapping[str, ModelRoute] = previous.inputs if previous else {}
+    held_before = previous.held_back_models if previous else frozenset()
     only_grew = _routable_only_grew(previous, routable_clusters)
     if previous is not None and changed_models is not None and only_grew:
         inputs = dict(old_inputs)
@@ -306,9 +382,10 @@ def build_snapshot(
         if model is None:
             continue
         old = old_inputs.get(name)
-        if (old is model or old == model) and only_grew and not build.parts[name].held_back:
+        if (old is model or old == model) and only_grew and name not in held_before:
             continue
-        _rebuild_model(build, model, old=old, previous=previous, routable=routable_clusters)
+        _rebuild_model(build, model, old=old, previous=previous, routable=routable_clusters,
+                       running_routes=running_routes)
     for name in removed:
         _remove_model(build, old_inputs[name])
     if previous is not None:
@@ -317,7 +394,7 @@ def build_snapshot(
                 cluster, (previous.cluster_entries[cluster], previous.cluster_owner.get(cluster, ""))
             )
     _settle(build, inputs, still_routed)
-    for name in build.changed:
+    for name in build.changed | build.weights_changed:
         if name in build.parts:
             _check_part(build, build.parts[name])
     if build.problems:
@@ -329,7 +406,7 @@ def _held_back_models(build: _Build, previous: Snapshot | None, rebuilt: Iterabl
     held = set(previous.held_back_models) if previous is not None else set()
     for name in rebuilt:
         part = build.parts.get(name)
-        if part is not None and part.held_back:
+        if part is not None and (part.held_back or name in build.weights_kept):
             held.add(name)
         else:
             held.discard(name)
@@ -355,12 +432,15 @@ def _assemble(
         cluster_entries=build.clusters,
         model_routes=build.parts,
         route_config=_route_config(build, inputs, previous),
+        model_weights=build.weights,
+        runtime=_runtime(build, previous),
         inputs=inputs,
         cluster_owner=build.owner,
         cluster_total=build.cluster_total % MODULUS,
         routable=routable,
         retained=frozenset(build.retained),
         changed_models=frozenset(build.changed),
+        changed_weights=frozenset(build.weights_changed),
         changed_clusters=None if previous is None else frozenset(build.touched),
         base_cluster_version=None if previous is None else previous.versions[ResourceType.CLUSTER],
         shapes=build.shapes,

@@ -13,14 +13,21 @@ import asyncio
 import logging
 import time
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable, Collection, Mapping
+from collections.abc import Awaitable, Callable, Collection, Iterator, Mapping
 from dataclasses import dataclass
 from typing import TypeVar
 
 from controlplane.xds.builder import build_snapshot, subset
-from controlplane.xds.nodes import NodeTracker
+from controlplane.xds.nodes import NodeState, NodeTracker
 from controlplane.xds.resources import DesiredState
-from controlplane.xds.snapshot import ModelRoutes, ResourceType, Snapshot, SnapshotInconsistent, has_hosts
+from controlplane.xds.snapshot import (
+    ModelRoutes,
+    ModelWeights,
+    ResourceType,
+    Snapshot,
+    SnapshotInconsistent,
+    has_hosts,
+)
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +62,7 @@ class XdsCache:
         # when first asked (most versions are never asked about: no node holds them).
         self._cluster_sets: OrderedDict[str, frozenset[str] | Snapshot] = OrderedDict()
         self._route_parts: OrderedDict[str, Mapping[str, ModelRoutes]] = OrderedDict()
+        self._weight_parts: OrderedDict[str, Mapping[str, ModelWeights]] = OrderedDict()
         self._published: dict[ResourceType, OrderedDict[str, None]] = {
             kind: OrderedDict() for kind in ResourceType
         }
@@ -81,6 +89,7 @@ class XdsCache:
             self._cluster_sets.move_to_end(cds)
         # The per-model parts are shared with the snapshot, not copied.
         _bounded_put(self._route_parts, rds, snapshot.model_routes)
+        _bounded_put(self._weight_parts, snapshot.versions[ResourceType.RUNTIME], snapshot.model_weights)
         for versions in (snapshot.versions, snapshot.ads_versions):
             for kind, version in versions.items():
                 _bounded_put(self._published[kind], version, None)
@@ -132,6 +141,31 @@ class XdsCache:
         parts = self._route_parts.get(rds_version)
         part = parts.get(model_name) if parts is not None else None
         return part is not None and part.version == part_version
+
+    def weight_parts(self, runtime_version: str) -> Mapping[str, ModelWeights] | None:
+        """Each weighted model's part of a runtime layer this process published; None when unknown.
+
+        A node that never applied a runtime layer ("") runs none: every route falls back
+        to its own weights."""
+        if not runtime_version:
+            return {}
+        return self._weight_parts.get(runtime_version)
+
+    def carries_weights(
+        self, runtime_version: str, model_name: str, weights: Collection[tuple[str, int]]
+    ) -> bool:
+        """Whether a runtime layer this process published (or none, "") holds every one of
+        these (key, weight) pairs of `model_name` (False when the version is unknown here)."""
+        parts = self.weight_parts(runtime_version)
+        part = parts.get(model_name) if parts is not None else None
+        held = set(part.weights) if part is not None else set()
+        return parts is not None and held.issuperset(weights)
+
+
+def possible_versions(node: NodeState, resource_type: ResourceType) -> tuple[str, ...]:
+    """What the node may run of a type; ("",) for a type it never asked for (no state made)."""
+    state = node.types.get(resource_type)
+    return state.possible_versions() if state is not None else ("",)
 
 
 def _bounded_put(store: OrderedDict[str, T], key: str, value: T) -> None:
@@ -249,9 +283,17 @@ class Publisher:
                         return True
             return False
 
+        def running_routes(model_name: str) -> Iterator[ModelRoutes]:
+            for versions in route_holders:
+                for rds_version in versions:
+                    parts = self.cache.route_parts(rds_version)
+                    part = parts.get(model_name) if parts is not None else None
+                    if part is not None:
+                        yield part
+
         return build_snapshot(
-            desired, routable_clusters=routable, still_routed=still_routed, previous=current,
-            changed_models=changed_models,
+            desired, routable_clusters=routable, still_routed=still_routed, running_routes=running_routes,
+            previous=current, changed_models=changed_models,
         )
 
     def request_rebuild(self, resource_type: ResourceType | None = None, acked_version: str = "") -> None:
@@ -295,10 +337,17 @@ class Publisher:
             for listener in self._rebuild_refused:
                 listener(result.error)
 
-    def routes_acked(self, model_name: str, part_version: str | None) -> tuple[int, int]:
-        """(nodes surely running `model_name`'s routes at `part_version`, nodes that must
-        acknowledge routes). A node counts when every route version it may run (acknowledged,
-        or served and not yet confirmed) carries them; None: the model is not routed."""
+    def routes_acked(
+        self, model_name: str, part_version: str | None, weights: Collection[tuple[str, int]] = ()
+    ) -> tuple[int, int]:
+        """(nodes surely running `model_name`'s routes at `part_version` and, when given, the
+        (runtime key, weight) pairs these routes read; nodes that must acknowledge routes).
+
+        A node counts when every route version and every runtime version it may run
+        (acknowledged, or served and not yet confirmed) carries them; a node that never
+        applied a runtime layer (a bootstrap without Aegis's RTDS layer) carries no
+        weights. None: the model is not routed.
+        """
         live = self.nodes.nodes_holding(ResourceType.ROUTE, now=self.clock())
         if part_version is None:
             return 0, len(live)
@@ -307,6 +356,10 @@ class Publisher:
             if all(
                 self.cache.carries(version, model_name, part_version)
                 for version in node.type_state(ResourceType.ROUTE).possible_versions()
+            )
+            and all(
+                self.cache.carries_weights(version, model_name, weights)
+                for version in possible_versions(node, ResourceType.RUNTIME)
             )
         )
         return acked, len(live)

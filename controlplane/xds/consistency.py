@@ -33,11 +33,18 @@ def endpoint_count(cluster: Resource, eds: Mapping[str, Resource]) -> int:
     return sum(len(group.get("lb_endpoints", [])) for group in assignment.get("endpoints", []))
 
 
-def route_problems(name: str, route: Resource, endpoint_counts: Mapping[str, int]) -> list[str]:
+def route_problems(
+    name: str, route: Resource, endpoint_counts: Mapping[str, int], layer: Mapping[str, int]
+) -> list[str]:
+    """`layer`: the runtime layer published with the route (weights read from it)."""
     problems = []
-    targets = traffic_targets(route)
-    if "weighted_clusters" in route.get("route", {}) and sum(weight for _, weight in targets) <= 0:
+    weighted = "weighted_clusters" in route.get("route", {})
+    if weighted and sum(weight for _, weight in traffic_targets(route)) <= 0:
         problems.append(f"route {name}: weighted_clusters weights sum to 0 (Envoy rejects it)")
+    targets = traffic_targets(route, layer)
+    if weighted and sum(weight for _, weight in targets) <= 0:
+        # Envoy accepts the runtime layer, then fails every request of the route.
+        problems.append(f"route {name}: its weights in the runtime layer sum to 0")
     for cluster, weight in targets:
         if cluster not in endpoint_counts:
             problems.append(f"route {name} sends traffic to cluster {cluster!r}, which is not in CDS")
@@ -68,7 +75,7 @@ def check_consistency(view: SnapshotView | Snapshot) -> list[str]:
     """
     problems = []
     for kind, items in (("listener", view.listeners), ("cluster", view.clusters),
-                        ("route", view.routes), ("endpoint", view.endpoints)):
+                        ("route", view.routes), ("endpoint", view.endpoints), ("runtime", view.runtimes)):
         counts = Counter(resource_name(resource) for resource in items)
         problems += [f"{kind} {name!r} appears {n} times" for name, n in counts.items() if n > 1]
     route_configs = {resource_name(config) for config in view.routes}
@@ -80,8 +87,9 @@ def check_consistency(view: SnapshotView | Snapshot) -> list[str]:
     ]
     eds = {resource_name(assignment): assignment for assignment in view.endpoints}
     endpoint_counts = {resource_name(cluster): endpoint_count(cluster, eds) for cluster in view.clusters}
+    layer = {str(key): value for runtime in view.runtimes for key, value in runtime.get("layer", {}).items()}
     for name, route in _route_entries(view):
-        problems += route_problems(name, route, endpoint_counts)
+        problems += route_problems(name, route, endpoint_counts, layer)
     for assignment in view.endpoints:
         if resource_name(assignment) not in endpoint_counts:
             problems.append(f"endpoints for {resource_name(assignment)!r}, which is not a cluster")

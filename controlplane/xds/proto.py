@@ -5,8 +5,10 @@ messages (the `xds-protos` package) and serialised; the bytes are what gRPC send
 Protobuf encodes a message as its fields one after another, and a repeated field
 as the same tag repeated, so a message can be assembled by joining already
 encoded fields. That is how a RouteConfiguration with thousands of models is
-built from each model's routes, encoded once when that model changed, and how a
-response gets its per-stream nonce appended to bytes shared by every stream.
+built from each model's routes, encoded once when that model changed, how the
+runtime layer is built from each model's weights (a map is a repeated field too),
+and how a response gets its per-stream nonce appended to bytes shared by every
+stream.
 """
 
 from __future__ import annotations
@@ -25,7 +27,8 @@ from envoy.extensions.filters.http.router.v3 import router_pb2  # noqa: F401
 from envoy.extensions.filters.network.http_connection_manager.v3 import (  # noqa: F401
     http_connection_manager_pb2,
 )
-from google.protobuf import json_format
+from envoy.service.runtime.v3 import rtds_pb2
+from google.protobuf import json_format, struct_pb2
 from google.protobuf.message import Message
 
 MESSAGES: dict[str, type[Message]] = {
@@ -33,6 +36,7 @@ MESSAGES: dict[str, type[Message]] = {
     "type.googleapis.com/envoy.config.cluster.v3.Cluster": cluster_pb2.Cluster,
     "type.googleapis.com/envoy.config.route.v3.RouteConfiguration": route_pb2.RouteConfiguration,
     "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment": endpoint_pb2.ClusterLoadAssignment,
+    "type.googleapis.com/envoy.service.runtime.v3.Runtime": rtds_pb2.Runtime,
 }
 
 _WIRE_LENGTH_DELIMITED = 2
@@ -48,6 +52,8 @@ _ROUTE_CONFIG_VIRTUAL_HOSTS = _field_number(route_pb2.RouteConfiguration, "virtu
 _VIRTUAL_HOST_NAME = _field_number(route_components_pb2.VirtualHost, "name")
 _VIRTUAL_HOST_DOMAINS = _field_number(route_components_pb2.VirtualHost, "domains")
 _VIRTUAL_HOST_ROUTES = _field_number(route_components_pb2.VirtualHost, "routes")
+_RUNTIME_NAME = _field_number(rtds_pb2.Runtime, "name")
+_RUNTIME_LAYER = _field_number(rtds_pb2.Runtime, "layer")
 
 
 def varint(value: int) -> bytes:
@@ -197,3 +203,23 @@ def encode_route_configuration(
     return length_delimited(_ROUTE_CONFIG_NAME, name.encode()) + length_delimited(
         _ROUTE_CONFIG_VIRTUAL_HOSTS, host
     )
+
+
+def encode_layer_fields(values: Iterable[tuple[str, int]]) -> bytes:
+    """Runtime keys and numbers as encoded `Struct.fields` map entries: a model's part of the layer.
+
+    Struct numbers are doubles; Envoy reads an integral one as an integer (a weight).
+    """
+    layer = struct_pb2.Struct()
+    for key, value in values:
+        layer.fields[key].number_value = value
+    encoded: bytes = layer.SerializeToString(deterministic=True)
+    return encoded
+
+
+def encode_runtime(name: str, *, encoded_fields: bytes) -> bytes:
+    """A Runtime (RTDS) resource from `encode_layer_fields` output joined.
+
+    The same message as parsing the whole JSON (a map's entries may come in any order).
+    """
+    return length_delimited(_RUNTIME_NAME, name.encode()) + length_delimited(_RUNTIME_LAYER, encoded_fields)

@@ -14,6 +14,18 @@ Routing rules, each for a reason:
   rather than losing its route: a 404 would tell clients the model does not exist,
   while a 503 says "try again" and shows up as such in the 5xx metrics.
 - `total_weight` is never sent (deprecated; Envoy sums the weights itself).
+- Weights live in the runtime layer (RTDS), not in the routes: a model whose
+  split has two arms gets a `weighted_clusters` route with a
+  `runtime_key_prefix`, and Envoy reads each arm's weight from the runtime key
+  `<prefix>.<cluster>` on every request (summing them per request). The routes
+  then change only when a model's set of arms changes, and a weight change is a
+  small runtime update instead of Envoy re-applying every model's routes (385 ms
+  at 10,000 models, measured). The prefix names the model and hashes the rest of
+  its routes, so each version of a model's routes reads its own keys: a node
+  still on older routes (or one that rejected the new ones) reads the weights
+  they were published with (builder.py keeps them), never a mix. The weights in
+  the route are the fallback for keys Envoy does not have: all to the stable
+  arm, the one split that is safe whatever the runtime layer holds.
 - No retry policy: a retry stays on the same weighted cluster and would hide
   canary errors from the analysis (and overflow the default retry breaker).
 """
@@ -32,6 +44,8 @@ Resource = dict[str, Any]
 
 LISTENER_NAME = "aegis_ingress"
 ROUTE_CONFIG_NAME = "aegis_routes"
+# The RTDS resource with every weight, and the bootstraps' runtime layer that asks for it.
+RUNTIME_LAYER_NAME = "aegis_weights"
 VIRTUAL_HOST_NAME = "models"
 XDS_CLUSTER_NAME = "xds_cluster"
 STAT_PREFIX = "ingress_http"
@@ -288,7 +302,7 @@ def _path_matches(model_name: str) -> tuple[tuple[str, Resource], ...]:
 
     `path_separated_prefix` matches the path itself or the path followed by `/`
     (and ignores the query), so three routes cover a model: at 10,000 models
-    Envoy re-applies 30,000 routes on a weight change instead of 50,000.
+    Envoy re-applies 30,000 routes on a change of routes instead of 50,000.
     """
     v1, v2 = f"/v1/models/{model_name}", f"/v2/models/{model_name}"
     return (
@@ -314,17 +328,66 @@ def _no_endpoints_response(model_name: str) -> Resource:
     }
 
 
+def weights_prefix(model_name: str, routes: list[Resource]) -> str:
+    """The `runtime_key_prefix` of a model's weighted routes, from those routes without it. Pure.
+
+    It names the model (readable in Envoy's /runtime) and hashes its routes (arms,
+    header matches, mirroring): when they change, so do the keys, so routes never
+    read weights published for other routes (two splits mixed could even sum to 0).
+    """
+    digest = hashlib.sha256(json.dumps(routes, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+    return f"{RUNTIME_LAYER_NAME}.{model_name}.{digest[:8]}"
+
+
+def runtime_prefix(routes: Iterable[Resource]) -> str | None:
+    """The runtime key prefix a model's routes read their weights under; None when they read none."""
+    for route in routes:
+        prefix = route.get("route", {}).get("weighted_clusters", {}).get("runtime_key_prefix")
+        if prefix:
+            return str(prefix)
+    return None
+
+
+def weight_key(prefix: str, cluster: str) -> str:
+    """The runtime key Envoy reads a weighted cluster's weight from (`<prefix>.<name>`)."""
+    return f"{prefix}.{cluster}"
+
+
+def weight_key_prefix(key: str) -> str:
+    """The prefix of a runtime key made by `weight_key` (cluster names have no dots)."""
+    return key.rsplit(".", 1)[0]
+
+
+def model_weights(
+    model: ModelRoute, *, routable: frozenset[str] | None = None, routes: list[Resource] | None = None
+) -> tuple[tuple[str, int], ...]:
+    """One model's part of the runtime layer: (runtime key, weight) per arm. Pure.
+
+    Empty unless the model's routes split between two arms (a single serving arm
+    gets a plain route, with no weight to read). `routes`: the model's routes for
+    the same `routable`, when already built.
+    """
+    targets = serving_weights(model, routable=routable)
+    prefix = runtime_prefix(routes if routes is not None else model_routes(model, routable=routable))
+    if len(targets) < 2 or prefix is None:
+        return ()
+    return tuple((weight_key(prefix, target.cluster), target.weight) for target in targets)
+
+
 def _split_action(model: ModelRoute, targets: tuple[WeightedTarget, ...], mirror: str | None) -> Resource:
-    """The route action for a model's normal traffic: weighted, plain or a direct 503."""
-    positive = [target for target in targets if target.weight > 0]
-    if not positive:
+    """The route action for a model's normal traffic: weighted by runtime, plain or a direct 503."""
+    if not targets:
         return _no_endpoints_response(model.model_name)
     action: Resource
-    if len(positive) == 1:
-        action = {"cluster": positive[0].cluster}
+    if len(targets) == 1:
+        action = {"cluster": targets[0].cluster}
     else:
-        clusters_json = [{"name": target.cluster, "weight": target.weight} for target in positive]
-        action = {"weighted_clusters": {"clusters": clusters_json}}
+        # Every serving arm is named, weight or not: the runtime layer moves traffic
+        # between them without a route change (100/0 and 0/100 are one route).
+        # model_routes adds the runtime_key_prefix.
+        names = [target.cluster for target in targets]
+        fallback = [{"name": name, "weight": 1 if index == 0 else 0} for index, name in enumerate(names)]
+        action = {"weighted_clusters": {"clusters": fallback}}
     if mirror is not None and model.mirror_percent > 0:
         fraction = {"numerator": model.mirror_percent, "denominator": "HUNDRED"}
         action["request_mirror_policies"] = [
@@ -360,7 +423,23 @@ def model_routes(model: ModelRoute, *, routable: frozenset[str] | None = None) -
     for kind, path in _path_matches(model.model_name):
         split = _split_action(model, targets, canary_cluster)
         routes.append({"name": f"{model.model_name}/{kind}", "match": path, **split})
+    splits = [route["route"]["weighted_clusters"] for route in routes
+              if "weighted_clusters" in route.get("route", {})]
+    if splits:
+        prefix = weights_prefix(model.model_name, routes)
+        for split in splits:
+            split["runtime_key_prefix"] = prefix
     return routes
+
+
+def runtime_layer(desired: DesiredState, *, routable: frozenset[str] | None = None) -> Resource:
+    """The one Runtime (RTDS) resource: every weighted model's arm weights. Pure."""
+    layer = {
+        key: weight
+        for model in sorted(desired.routed(), key=lambda model: model.model_name)
+        for key, weight in model_weights(model, routable=routable)
+    }
+    return {"name": RUNTIME_LAYER_NAME, "layer": layer}
 
 
 def route_configuration(desired: DesiredState, *, routable: frozenset[str] | None = None) -> Resource:

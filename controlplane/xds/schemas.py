@@ -22,7 +22,7 @@ from registry.fields import Timestamp
 MAX_RESOURCE_NAMES = 10_000
 MAX_TYPE_URL_CHARS = 256
 
-TypeName = Literal["listener", "cluster", "route", "endpoint"]
+TypeName = Literal["listener", "cluster", "route", "endpoint", "runtime"]
 
 
 class DiscoveryNode(ForeignRequest):

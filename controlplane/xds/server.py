@@ -1,6 +1,6 @@
 """The REST-JSON xDS endpoints Envoy polls, and the node view for operators.
 
-`POST /v3/discovery:{listeners,clusters,routes,endpoints}`: answered from the
+`POST /v3/discovery:{listeners,clusters,routes,endpoints,runtime}`: answered from the
 published snapshot in memory, never from the database. A poll that already runs
 the current version is held open (long-poll) until the config changes or the
 hold time passes, then answered 200 or an empty 304. A version a node rejected is
@@ -45,6 +45,7 @@ TYPES_BY_PATH = {
     "clusters": ResourceType.CLUSTER,
     "routes": ResourceType.ROUTE,
     "endpoints": ResourceType.ENDPOINT,
+    "runtime": ResourceType.RUNTIME,  # the weights (RTDS), read by the routes
 }
 # The `type` label of the xDS metrics, the same for REST and ADS.
 TYPE_LABELS = {kind: label for label, kind in TYPES_BY_PATH.items()}
@@ -260,7 +261,8 @@ def _parse_poll(raw: bytes) -> _Poll:
 
 SERVER = web.AppKey("xds_server", XdsServer)
 XDS_TYPE = PathParam(
-    "type", str, description="the resource type Envoy polls: LDS, CDS, RDS or EDS", enum=tuple(TYPES_BY_PATH)
+    "type", str, description="the resource type Envoy polls: LDS, CDS, RDS, EDS or RTDS (runtime)",
+    enum=tuple(TYPES_BY_PATH),
 )
 
 
@@ -273,7 +275,7 @@ async def list_nodes(call: Call[None, None]) -> XdsNodes:
 
 
 DISCOVER = Operation(
-    "post", "/v3/discovery:{type}", "discover", "Envoy's REST-JSON xDS poll (LDS, CDS, RDS, EDS)",
+    "post", "/v3/discovery:{type}", "discover", "Envoy's REST-JSON xDS poll (LDS, CDS, RDS, EDS, RTDS)",
     "xds", None, discover, params=(XDS_TYPE,), body=DiscoveryRequest, reads_body=True,
     description=(
         "No API token. With AEGIS_XDS_NODE_TOKENS set, a node token in 'Authorization: "

@@ -9,8 +9,10 @@ same versions (a REST 304, no ADS response at all).
 
 Built incrementally (builder.py): a snapshot shares with the previous one every
 resource of the models that did not change, with their versions and protobuf
-bytes. The route configuration is one resource holding every model's routes; its
-version and bytes are assembled from per-model parts (`ModelRoutes`).
+bytes. The route configuration is one resource holding every model's routes, and
+the runtime layer (RTDS) one resource holding every model's weights; the version
+and bytes of each are assembled from per-model parts (`ModelRoutes`,
+`ModelWeights`). A weight change changes only the runtime version.
 
 A type's version is a hash of the sum (mod 2^256) of the hashes of its
 (name, version) pairs: independent of order, updated by subtracting what left and
@@ -42,6 +44,7 @@ class ResourceType(StrEnum):
     CLUSTER = "type.googleapis.com/envoy.config.cluster.v3.Cluster"
     ROUTE = "type.googleapis.com/envoy.config.route.v3.RouteConfiguration"
     ENDPOINT = "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment"
+    RUNTIME = "type.googleapis.com/envoy.service.runtime.v3.Runtime"
 
 
 class SnapshotInconsistent(ValueError):
@@ -135,6 +138,11 @@ class ModelRoutes:
         return proto.encode_virtual_host_routes(self.routes)
 
     @cached_property
+    def runtime_prefix(self) -> str | None:
+        """The prefix of the runtime keys these routes read their weights under (None: none)."""
+        return resources.runtime_prefix(self.routes)
+
+    @cached_property
     def routed_clusters(self) -> frozenset[str]:
         """Clusters these routes send traffic or mirror copies to."""
         names: set[str] = set()
@@ -174,6 +182,53 @@ class RouteConfigEntry:
         )
 
 
+@dataclass(frozen=True, eq=False)
+class ModelWeights:
+    """One model's arm weights in the runtime layer: built, hashed and encoded once."""
+
+    model_name: str
+    weights: tuple[tuple[str, int], ...]  # (runtime key, weight), as resources.model_weights
+
+    @cached_property
+    def version(self) -> str:
+        return content_version([list(pair) for pair in self.weights])
+
+    @cached_property
+    def digest(self) -> int:
+        return _pair_digest(self.model_name, self.version)
+
+    @cached_property
+    def encoded(self) -> bytes:
+        """The weights as encoded `Struct.fields` entries, ready to be joined."""
+        return proto.encode_layer_fields(self.weights)
+
+
+@dataclass(frozen=True, eq=False)
+class RuntimeEntry:
+    """The one Runtime (RTDS) resource, assembled from every weighted model's part in name order."""
+
+    parts: tuple[ModelWeights, ...]
+    total: int  # sum of the parts' digests
+    resource_type: ResourceType = ResourceType.RUNTIME
+    name: str = resources.RUNTIME_LAYER_NAME
+
+    @cached_property
+    def version(self) -> str:
+        return _version_of_sum(self.name, self.total)
+
+    @cached_property
+    def layer(self) -> Mapping[str, int]:
+        return {key: weight for part in self.parts for key, weight in part.weights}
+
+    @cached_property
+    def body(self) -> Resource:
+        return {"name": self.name, "layer": dict(self.layer)}
+
+    @cached_property
+    def encoded(self) -> bytes:
+        return proto.encode_runtime(self.name, encoded_fields=b"".join(part.encoded for part in self.parts))
+
+
 @dataclass(frozen=True)
 class SnapshotView:
     """The resources of a snapshot as plain JSON tuples (what REST serves, what checks read)."""
@@ -182,6 +237,7 @@ class SnapshotView:
     clusters: tuple[Resource, ...]
     routes: tuple[Resource, ...]
     endpoints: tuple[Resource, ...]
+    runtimes: tuple[Resource, ...] = ()
 
 
 @dataclass(frozen=True, eq=False)
@@ -198,6 +254,9 @@ class Snapshot:
     cluster_entries: Mapping[str, ResourceEntry]
     model_routes: Mapping[str, ModelRoutes]
     route_config: RouteConfigEntry
+    # Only models whose routes read weights from the runtime layer have a part.
+    model_weights: Mapping[str, ModelWeights]
+    runtime: RuntimeEntry
     inputs: Mapping[str, ModelRoute]
     cluster_owner: Mapping[str, str]
     cluster_total: int
@@ -205,13 +264,16 @@ class Snapshot:
     retained: frozenset[str] = frozenset()
     # Models whose routes differ from the previous snapshot's (all of them for a first build).
     changed_models: frozenset[str] = frozenset()
+    # Models whose weights in the runtime layer differ from the previous snapshot's.
+    changed_weights: frozenset[str] = frozenset()
     # Clusters that may differ from those of the snapshot whose CDS version is
     # `base_cluster_version` (None: unknown, a first build).
     changed_clusters: frozenset[str] | None = None
     base_cluster_version: str | None = None
     # A key per model for "this shape of config was validated by Envoy" (names and weights left out).
     shapes: Mapping[str, str] = field(default_factory=dict)
-    # Models whose routes leave out an arm Envoy does not have yet: rebuilt at every build.
+    # Models whose routes leave out an arm Envoy does not have yet, or whose runtime part
+    # keeps the weights of older routes some node runs: rebuilt at every build.
     held_back_models: frozenset[str] = frozenset()
     _sorted_clusters: tuple[ResourceEntry, ...] | None = None
     # What the listener was built from (for builder.subset).
@@ -228,6 +290,8 @@ class Snapshot:
             return self.cluster_list
         if resource_type is ResourceType.ROUTE:
             return (self.route_config,)
+        if resource_type is ResourceType.RUNTIME:
+            return (self.runtime,)
         return self.endpoint_entries
 
     @cached_property
@@ -263,6 +327,8 @@ class Snapshot:
                                                                       self.route_config.version)),
             # Endpoints are a function of the clusters (inline load assignments).
             ResourceType.ENDPOINT: _version_of_sum("endpoints", int(clusters, 16)),
+            ResourceType.RUNTIME: _version_of_sum("runtime", _pair_digest(self.runtime.name,
+                                                                         self.runtime.version)),
         }
 
     @cached_property
@@ -271,6 +337,16 @@ class Snapshot:
         return content_version([self.versions[kind] for kind in ResourceType] + [
             self.ads_versions[ResourceType.LISTENER]
         ])
+
+    def weights_read(self, model_name: str) -> tuple[tuple[str, int], ...]:
+        """The (runtime key, weight) pairs the model's routes read in this snapshot (none for a
+        plain route); the model's part of the layer may also keep older routes' weights."""
+        part = self.model_routes.get(model_name)
+        weights = self.model_weights.get(model_name)
+        if part is None or weights is None or part.runtime_prefix is None:
+            return ()
+        prefix = part.runtime_prefix
+        return tuple(pair for pair in weights.weights if resources.weight_key_prefix(pair[0]) == prefix)
 
     # --- plain JSON views ----------------------------------------------------------
 
@@ -290,8 +366,12 @@ class Snapshot:
     def endpoints(self) -> tuple[Resource, ...]:
         return tuple(entry.body for entry in self.endpoint_entries)
 
+    @property
+    def runtimes(self) -> tuple[Resource, ...]:
+        return (self.runtime.body,)
+
     def view(self) -> SnapshotView:
-        return SnapshotView(self.listeners, self.clusters, self.routes, self.endpoints)
+        return SnapshotView(self.listeners, self.clusters, self.routes, self.endpoints, self.runtimes)
 
     def discovery_response(
         self, resource_type: ResourceType, resource_names: Collection[str] = ()
@@ -315,13 +395,22 @@ class Snapshot:
         }
 
 
-def traffic_targets(route: Resource) -> list[tuple[str, int]]:
-    """(cluster, weight) that a route action sends real traffic to; a plain cluster is 1."""
+def traffic_targets(route: Resource, layer: Mapping[str, int] | None = None) -> list[tuple[str, int]]:
+    """(cluster, weight) that a route action sends real traffic to; a plain cluster is 1.
+
+    `layer`: the runtime layer Envoy runs; a weighted cluster whose route has a
+    `runtime_key_prefix` takes its weight from it, or from the route where the key
+    is missing (as Envoy does). None reads the weights in the route alone.
+    """
     action = route.get("route", {})
     if "cluster" in action:
         return [(str(action["cluster"]), 1)]
-    weighted = action.get("weighted_clusters", {}).get("clusters", [])
-    return [(str(entry.get("name")), int(entry.get("weight", 0))) for entry in weighted]
+    split = action.get("weighted_clusters", {})
+    targets = [(str(entry.get("name")), int(entry.get("weight", 0))) for entry in split.get("clusters", [])]
+    prefix = split.get("runtime_key_prefix")
+    if layer is None or not prefix:
+        return targets
+    return [(name, int(layer.get(resources.weight_key(prefix, name), weight))) for name, weight in targets]
 
 
 def mirror_targets(route: Resource) -> list[str]:

@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from tests.ads_client import CDS, LDS, RDS, AdsClient, decode, route_weights
+from tests.ads_client import CDS, LDS, RDS, RTDS, AdsClient, decode, layer_weights
 from tests.e2e.replicas import Replica, create_database, drop_database, eventually, start_replicas
 from tests.processes import Envoy, XdsTransport, free_port
 
@@ -89,7 +89,7 @@ def test_a_change_through_one_replica_is_on_the_others_with_the_same_versions(
         agreed, within=PROPAGATION_SECONDS, what="the same versions on every replica"
     )
     assert counts == {"1": 1, "2": 1}
-    assert xds_version == current["route"]
+    assert xds_version == current["runtime"]  # the weights are in the runtime layer
 
 
 def live_node(replica: Replica, node_id: str) -> dict[str, Any] | None:
@@ -97,29 +97,32 @@ def live_node(replica: Replica, node_id: str) -> dict[str, Any] | None:
     return next(found, None)
 
 
-async def first_routes(client: AdsClient) -> Any:
-    """Open an ADS stream the way Envoy does and return the first route configuration."""
+async def first_weights(client: AdsClient) -> Any:
+    """Open an ADS stream the way Envoy does and return the first runtime layer (the weights)."""
+    await client.request(RTDS, names=["aegis_weights"])
+    runtime = await client.receive()
+    await client.ack(runtime)
     await client.request(CDS)
     await client.ack(await client.receive())
     await client.request(LDS)
     await client.ack(await client.receive())
     await client.request(RDS, names=["aegis_routes"])
-    return await client.receive()
+    await client.receive()  # not acknowledged: the probe must not count as a node running routes
+    return runtime
 
 
 async def test_every_replica_serves_the_same_xds_and_an_envoy_on_b_counts_on_a(
     replicas: list[Replica], tmp_path: Path
 ) -> None:
     a, b, _ = replicas
-    # The same route configuration over ADS from each replica.
+    # The same weights over ADS from each replica.
     answers = []
     for replica in replicas:
         target = f"127.0.0.1:{replica.aegis.grpc_port}"
         async with AdsClient(target, node_id=f"probe-{replica.replica_id}") as probe:
-            answers.append(await first_routes(probe))
+            answers.append(await first_weights(probe))
     assert len({answer.version_info for answer in answers}) == 1
-    config = decode(RDS, answers[0].resources[0].value)
-    assert set(route_weights(config, f"{MODEL}/v1").values()) == {70, 30}
+    assert set(layer_weights(decode(RTDS, answers[0].resources[0].value)).values()) == {70, 30}
 
     envoy = Envoy(tmp_path / "envoy", xds_port=b.aegis.xds_port(XdsTransport.ADS), node_id="envoy-on-b")
     envoy.start()
@@ -144,29 +147,29 @@ async def test_every_replica_serves_the_same_xds_and_an_envoy_on_b_counts_on_a(
 
         for replica in replicas:
             document, _ = eventually(partial(acked_on, replica), within=2, what="acknowledged")
-            # Counted only once B shared that its Envoy runs the new routes.
+            # Counted only once B shared that its Envoy runs the new weights.
             assert (document["nodes_acked"], document["nodes_total"]) == (1, 1)
             node = next(n for n in replica.nodes()["nodes"] if n["node_id"] == "envoy-on-b")
-            assert node["types"]["route"]["acked_version"] == document["xds_version"]
+            assert node["types"]["runtime"]["acked_version"] == document["xds_version"]
     finally:
         envoy.stop()
 
 
 async def test_propagation_from_a_put_on_a_to_b_xds(replicas: list[Replica]) -> None:
-    """A's PUT answered → B's ADS stream gets the new routes: each within a second; the median is printed."""
+    """A's PUT answered → B's ADS stream gets the new weights: each within a second; the median is printed."""
     a, b, _ = replicas
     delays = []
     async with AdsClient(f"127.0.0.1:{b.aegis.grpc_port}", node_id="latency-probe") as probe:
-        await probe.ack(await first_routes(probe))
+        await first_weights(probe)
         for round_ in range(50):
             weights = {"1": 50 - round_ % 2 * 10, "2": 50 + round_ % 2 * 10}
             await asyncio.to_thread(a.set_traffic, MODEL, weights)
             sent = asyncio.get_running_loop().time()
             response = await probe.receive(within=PROPAGATION_SECONDS)
             delays.append(asyncio.get_running_loop().time() - sent)
-            assert response.type_url == RDS
-            config = decode(RDS, response.resources[0].value)
-            assert sorted(route_weights(config, f"{MODEL}/v1").values()) == sorted(weights.values())
+            assert response.type_url == RTDS
+            layer = layer_weights(decode(RTDS, response.resources[0].value))
+            assert sorted(layer.values()) == sorted(weights.values())
             await probe.ack(response)
     median_ms = statistics.median(delays) * 1000
     print(f"\nA's PUT answered -> B's ADS push: median {median_ms:.1f} ms, max {max(delays) * 1000:.1f} ms "

@@ -56,11 +56,14 @@ def postgres() -> Iterator[PrivatePostgres]:
         server.remove()
 
 
-def discovered_routes(replica: Replica) -> dict[str, Any]:
-    """A first REST RDS poll, as a new Envoy sends it: answered from memory."""
+def discovered_weights(replica: Replica) -> dict[str, Any]:
+    """A first REST RTDS poll (the runtime layer with the weights), as a new Envoy sends it:
+    answered from memory."""
     request = urllib.request.Request(
-        f"{replica.aegis.url}/v3/discovery:routes",
-        data=json.dumps({"node": {"id": "restart-probe"}, "version_info": ""}).encode(),
+        f"{replica.aegis.url}/v3/discovery:runtime",
+        data=json.dumps({
+            "node": {"id": "restart-probe"}, "version_info": "", "resource_names": ["aegis_weights"],
+        }).encode(),
         method="POST", headers={"Content-Type": "application/json"},
     )
     with urllib.request.urlopen(request, timeout=5) as response:
@@ -68,10 +71,10 @@ def discovered_routes(replica: Replica) -> dict[str, Any]:
         return document
 
 
-def same_routes(a: Replica, b: Replica) -> str | None:
-    """The route version both serve, or None while they differ."""
-    version = str(discovered_routes(a)["version_info"])
-    return version if discovered_routes(b)["version_info"] == version else None
+def same_weights(a: Replica, b: Replica) -> str | None:
+    """The runtime (weights) version both serve, or None while they differ."""
+    version = str(discovered_weights(a)["version_info"])
+    return version if discovered_weights(b)["version_info"] == version else None
 
 
 def caught_up(replica: Replica, source: Replica, weights: dict[str, int]) -> dict[str, Any] | None:
@@ -111,12 +114,12 @@ async def test_replicas_serve_xds_through_a_postgresql_restart_and_catch_up(
                    what="the rollout's first weight on B")
         first_weight_at = time.monotonic()
         served, _ = eventually(
-            lambda: same_routes(a, b), within=1, what="the same routes on A and B"
+            lambda: same_weights(a, b), within=1, what="the same weights on A and B"
         )
 
         postgres.stop()
-        # Envoy is answered from memory: the same routes as before the outage.
-        assert discovered_routes(b)["version_info"] == served
+        # Envoy is answered from memory: the same weights as before the outage.
+        assert discovered_weights(b)["version_info"] == served
         assert b.traffic(MODEL)["weights"] == {"1": 80, "2": 20}
         with pytest.raises(ApiError) as refused:
             a.set_traffic(MODEL, {"1": 50, "2": 50})
@@ -124,14 +127,14 @@ async def test_replicas_serve_xds_through_a_postgresql_restart_and_catch_up(
         assert a.traffic(MODEL)["weights"] == {"1": 80, "2": 20}, "nothing half-applied"
         # Listeners notice and retry meanwhile, and the rollout's pause runs out: it holds at 20.
         time.sleep(max(1.0, first_weight_at + PAUSE_SECONDS + 1.0 - time.monotonic()))
-        assert discovered_routes(a)["version_info"] == served
+        assert discovered_weights(a)["version_info"] == served
         assert [r.traffic(ROLLING)["weights"] for r in (a, b)] == [{"1": 80, "2": 20}] * 2
 
         postgres.start()
         # A change after the restart reaches B (the pool's first statement may meet a dead connection).
         eventually(lambda: a.set_traffic(MODEL, {"1": 60, "2": 40}), within=10, what="a PUT after restart")
         after, _ = eventually(lambda: caught_up(b, a, {"1": 60, "2": 40}), within=6, what="60/40 on B")
-        assert after["xds_version"] == discovered_routes(b)["version_info"]
+        assert after["xds_version"] == discovered_weights(b)["version_info"]
 
         # A change B was never told about (as one committed while its listener was away) is read
         # by the reconcile that follows B's next connect.

@@ -13,6 +13,7 @@ import pytest
 import yaml
 
 from controlplane.settings import load_settings
+from controlplane.xds.resources import RUNTIME_LAYER_NAME
 from controlplane.xds.validate import find_envoy_binary
 from tests.processes import BOOTSTRAP, REST_BOOTSTRAP
 
@@ -87,9 +88,34 @@ def test_the_rest_bootstrap_polls_like_the_routes_aegis_gives_it_and_outlasts_th
     request_timeout exceeds the long-poll hold, or each held poll would count as a failure."""
     config = load(REST_BOOTSTRAP)
     xds = load_settings({}).xds
-    for kind in ("lds_config", "cds_config"):
-        source = config["dynamic_resources"][kind]["api_config_source"]
+    sources = {kind: config["dynamic_resources"][kind]["api_config_source"]
+               for kind in ("lds_config", "cds_config")}
+    sources["rtds"] = runtime_layers(config)[RUNTIME_LAYER_NAME]["rtds_config"]["api_config_source"]
+    for kind, source in sources.items():
         assert source["refresh_delay"] == f"{xds.rds_refresh_delay_ms / 1000}s", kind
         assert float(source["request_timeout"].rstrip("s")) > xds.hold_seconds, kind
     assert xds.rds_request_timeout_ms / 1000 > xds.hold_seconds
     assert endpoint_addresses(xds_cluster(config)) == [("127.0.0.1", load_settings({}).server.port)]
+
+
+def runtime_layers(config: dict[str, Any]) -> dict[str, Any]:
+    """The bootstrap's runtime layers by name, each as its layer specifier."""
+    layers = config["layered_runtime"]["layers"]
+    return {layer["name"]: layer.get("rtds_layer", layer) for layer in layers}
+
+
+@pytest.mark.parametrize("name", ["ads", "rest", "replicas"])
+def test_every_shipped_bootstrap_takes_the_weights_from_aegis_and_from_nowhere_else(
+    tmp_path: Path, name: str
+) -> None:
+    """The routes read their weights from the RTDS layer Aegis serves; no admin layer, since
+    /runtime_modify would override Aegis's weights without Aegis knowing."""
+    config = load(bootstraps(tmp_path)[name])
+    layers = runtime_layers(config)
+    assert list(layers) == ["static", RUNTIME_LAYER_NAME]
+    assert layers[RUNTIME_LAYER_NAME]["name"] == RUNTIME_LAYER_NAME  # the RTDS resource Aegis serves
+    source = layers[RUNTIME_LAYER_NAME]["rtds_config"]
+    if name == "rest":
+        assert source["api_config_source"]["api_type"] == "REST"
+    else:
+        assert source["ads"] == {}

@@ -147,12 +147,12 @@ async def announce(client: TestClient[Any, Any], model: str, version: str, port:
 
 
 class SimulatedEnvoy:
-    """An Envoy node over REST xDS: polls CDS and RDS, acknowledging what it was served."""
+    """An Envoy node over REST xDS: polls RTDS, CDS and RDS, acknowledging what it was served."""
 
     def __init__(self, client: TestClient[Any, Any], node_id: str = "envoy-1") -> None:
         self.client = client
         self.node_id = node_id
-        self.versions = {"clusters": "", "routes": ""}
+        self.versions = {"clusters": "", "routes": "", "runtime": ""}
 
     async def sync(self, rounds: int = 2) -> None:
         for _ in range(rounds):

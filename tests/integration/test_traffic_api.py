@@ -14,7 +14,7 @@ from controlplane.xds.resources import cluster_name
 from tests.conftest import auth
 from tests.integration.conftest import Register, StartClient
 from tests.integration.test_alert_intake import FAIL_TRAFFIC_WRITES, HEAL_TRAFFIC_WRITES, run_sql
-from tests.integration.test_xds_protocol import poll, serve_model, weights_in
+from tests.integration.test_xds_protocol import poll, serve_model, served_weights
 
 # Both databases: traffic settings and endpoints live in the same store as the registry.
 
@@ -50,8 +50,8 @@ async def test_put_sets_weights_match_and_mirror(client: TestClient[Any, Any], r
     assert document["weights"] == {"1": 90, "2": 10}
     assert document["match"] == [{"headers": {"x-canary": "always"}}]
     assert document["mirror"] == {"percent": 5}
+    assert await served_weights(client) == {cluster_name("m", "1"): 90, cluster_name("m", "2"): 10}
     _, routes = await poll(client, "routes")
-    assert weights_in(routes) == {cluster_name("m", "1"): 90, cluster_name("m", "2"): 10}
     names = [r["name"] for r in routes["resources"][0]["virtual_hosts"][0]["routes"]]
     assert names.index("m/match-0/v1-verb") < names.index("m/v1-verb")
 
@@ -121,8 +121,7 @@ async def test_an_arm_without_endpoints_gets_no_weight(
     await register("m", "2", b"weights 2")
     await client.post("/v1/registry/m/2/promote", json={"stage": "canary"}, headers=auth("operator"))
     await client.put("/v1/traffic/m", json={"weights": {"1": 50, "2": 50}}, headers=auth("operator"))
-    _, routes = await poll(client, "routes")
-    assert weights_in(routes) == {cluster_name("m", "1"): 100}
+    assert await served_weights(client) == {cluster_name("m", "1"): 100}
 
 
 async def test_endpoints_are_validated_listed_renewed_and_expire(
@@ -210,8 +209,7 @@ async def test_a_prod_change_onto_a_version_with_no_live_endpoint_is_refused_unl
     rollback = await client.post("/v1/registry/m/rollback", json={}, headers=auth("operator"))
     assert rollback.status == 409
     assert "m 1 has no live endpoint" in (await rollback.json())["error"]["message"]
-    _, routes = await poll(client, "routes")
-    assert weights_in(routes) == {cluster_name("m", "2"): 100}  # requests keep reaching version 2
+    assert await served_weights(client) == {cluster_name("m", "2"): 100}  # requests keep reaching version 2
     not_a_flag = await client.post("/v1/registry/m/rollback", json={"force": "yes"}, headers=auth("operator"))
     assert not_a_flag.status == 422
 
@@ -242,8 +240,7 @@ async def test_weights_the_database_refused_are_not_served_to_envoy(
     refused = await client.put("/v1/traffic/m", json=half, headers=auth("operator"))
     assert refused.status == 503
     assert (await refused.json())["error"]["code"] == "storage_unavailable"
-    _, routes = await poll(client, "routes")
-    assert weights_in(routes) == {cluster_name("m", "1"): 90, cluster_name("m", "2"): 10}
+    assert await served_weights(client) == {cluster_name("m", "1"): 90, cluster_name("m", "2"): 10}
     await run_sql(client, HEAL_TRAFFIC_WRITES)
     document = await (await client.get("/v1/traffic/m", headers=auth("viewer"))).json()
     assert document["weights"] == {"1": 90, "2": 10}

@@ -12,8 +12,8 @@ import pytest
 from aiohttp.test_utils import TestClient
 
 from controlplane.app import ADS
-from controlplane.xds.resources import ROUTE_CONFIG_NAME, cluster_name
-from tests.ads_client import CDS, LDS, RDS, AdsClient, decode, route_weights
+from controlplane.xds.resources import ROUTE_CONFIG_NAME, RUNTIME_LAYER_NAME, cluster_name
+from tests.ads_client import CDS, LDS, RDS, RTDS, AdsClient, decode, layer_weights, route_weights
 from tests.conftest import TOKENS, auth
 from tests.integration.conftest import Register, StartClient
 from tests.integration.test_xds_protocol import serve_model
@@ -58,7 +58,11 @@ def aegis_cli(client: TestClient[Any, Any], *args: str) -> str:
 
 
 async def sync_sotw(envoy: AdsClient) -> dict[str, Any]:
-    """What Envoy does on a new stream: CDS and LDS, then the routes the listener names; all acked."""
+    """What Envoy does on a new stream: its runtime layer (the weights), CDS and LDS, then the
+    routes the listener names; all acked."""
+    await envoy.request(RTDS, names=[RUNTIME_LAYER_NAME])
+    runtime = await envoy.receive()
+    await envoy.ack(runtime)
     await envoy.request(CDS)
     clusters = await envoy.receive()
     await envoy.ack(clusters)
@@ -68,7 +72,7 @@ async def sync_sotw(envoy: AdsClient) -> dict[str, Any]:
     await envoy.request(RDS, names=[ROUTE_CONFIG_NAME])
     routes = await envoy.receive()
     await envoy.ack(routes)
-    return {"clusters": clusters, "listeners": listeners, "routes": routes}
+    return {"clusters": clusters, "listeners": listeners, "routes": routes, "runtime": runtime}
 
 
 async def test_a_new_stream_gets_clusters_and_listener_then_routes_by_name_and_its_acks_are_recorded(
@@ -92,6 +96,7 @@ async def test_a_new_stream_gets_clusters_and_listener_then_routes_by_name_and_i
         assert (node["transport"], node["streams"], node["live"]) == ("ads", 1, True)
         assert {kind: t["acked_version"] for kind, t in node["types"].items()} == {
             "listener": current["listener"], "cluster": current["cluster"], "route": current["route"],
+            "runtime": current["runtime"],
         }
         assert got["routes"].version_info == current["route"]
     metrics = await (await client.get("/metrics")).text()
@@ -103,50 +108,51 @@ async def test_a_weight_change_is_pushed_to_an_idle_stream_without_a_new_request
 ) -> None:
     await serve_model(client, register, "1", "2")
     async with AdsClient(ads_target(client)) as envoy:
-        before = (await sync_sotw(envoy))["routes"]
+        got = await sync_sotw(envoy)
+        assert layer_weights(decode(RTDS, got["runtime"].resources[0].value)) == {V1: 100, V2: 0}
         assert await envoy.nothing_within(0.2)
         await set_weights(client, {"1": 70, "2": 30})
         pushed = await envoy.receive()
-        assert pushed.type_url == RDS and pushed.version_info != before.version_info
-        assert route_weights(decode(RDS, pushed.resources[0].value), "m/v1-verb") == {V1: 70, V2: 30}
+        assert pushed.type_url == RTDS and pushed.version_info != got["runtime"].version_info
+        assert layer_weights(decode(RTDS, pushed.resources[0].value)) == {V1: 70, V2: 30}
         await envoy.ack(pushed)
         await set_weights(client, {"1": 0, "2": 100})
         again = await envoy.receive()
-        assert route_weights(decode(RDS, again.resources[0].value), "m/v1-verb") == {V2: 100}
+        assert layer_weights(decode(RTDS, again.resources[0].value)) == {V1: 0, V2: 100}
+        await envoy.ack(again)
+        assert await envoy.nothing_within(0.2), "the routes read the weights: they did not change"
 
 
 async def test_a_nack_is_shown_with_envoys_message_counted_and_that_version_is_not_sent_again(
     client: TestClient[Any, Any], register: Register
 ) -> None:
     await serve_model(client, register, "1", "2")
-    message = "Sum of weights in the weighted_cluster must be greater than 0.\nsecond line"
+    message = "Invalid runtime entry value for aegis_weights.m\nsecond line"
     async with AdsClient(ads_target(client), "picky") as envoy:
-        good = (await sync_sotw(envoy))["routes"]
+        good = (await sync_sotw(envoy))["runtime"]
         await set_weights(client, {"1": 50, "2": 50})
         offered = await envoy.receive()
-        await envoy.request(RDS, good.version_info, [ROUTE_CONFIG_NAME], nonce=offered.nonce, error=message)
+        await envoy.request(RTDS, good.version_info, [RUNTIME_LAYER_NAME], nonce=offered.nonce, error=message)
         assert await envoy.nothing_within(0.5), "a rejected version must not be sent again"
 
         node = await node_view(client, "picky")
-        routes = node["types"]["route"]
-        assert routes["acked_version"] == good.version_info
-        assert routes["rejected_versions"] == [offered.version_info]
-        assert routes["rejection_message"] == (
-            "Sum of weights in the weighted_cluster must be greater than 0. second line"
-        )
+        runtime = node["types"]["runtime"]
+        assert runtime["acked_version"] == good.version_info
+        assert runtime["rejected_versions"] == [offered.version_info]
+        assert runtime["rejection_message"] == "Invalid runtime entry value for aegis_weights.m second line"
         metrics = await (await client.get("/metrics")).text()
-        assert 'aegis_xds_rejected_total{type="routes"} 1.0' in metrics
+        assert 'aegis_xds_rejected_total{type="runtime"} 1.0' in metrics
         shown = await asyncio.to_thread(aegis_cli, client, "nodes")
         row = next(line.split() for line in shown.splitlines() if line.startswith("picky"))
         assert row[:3] == ["picky", "yes", "ads"]
-        assert row[4:7] == ["current", "current", good.version_info[:8]], "the routes it still runs"
-        assert "picky rejected route: Sum of weights in the weighted_cluster" in shown
+        assert row[4:8] == ["current", "current", "current", good.version_info[:8]], "the weights it runs"
+        assert "picky rejected runtime: Invalid runtime entry value" in shown
 
         # The node keeps its last good config; the next change reaches it.
         await set_weights(client, {"1": 60, "2": 40})
         later = await envoy.receive()
         assert later.version_info not in (good.version_info, offered.version_info)
-        assert route_weights(decode(RDS, later.resources[0].value), "m/v1-verb") == {V1: 60, V2: 40}
+        assert layer_weights(decode(RTDS, later.resources[0].value)) == {V1: 60, V2: 40}
 
 
 async def test_a_request_answering_an_older_response_is_ignored(
@@ -154,19 +160,19 @@ async def test_a_request_answering_an_older_response_is_ignored(
 ) -> None:
     await serve_model(client, register, "1", "2")
     async with AdsClient(ads_target(client), "laggard") as envoy:
-        first = (await sync_sotw(envoy))["routes"]
+        first = (await sync_sotw(envoy))["runtime"]
         await set_weights(client, {"1": 90, "2": 10})
         second = await envoy.receive()
         # An answer to the first response (its nonce), sent after the second one: stale.
-        await envoy.request(RDS, "", [ROUTE_CONFIG_NAME], nonce=first.nonce, error="late news")
+        await envoy.request(RTDS, "", [RUNTIME_LAYER_NAME], nonce=first.nonce, error="late news")
         assert await envoy.nothing_within(0.3)
         node = await node_view(client, "laggard")
-        assert node["types"]["route"]["rejected_versions"] == []
-        assert node["types"]["route"]["served_version"] == second.version_info
+        assert node["types"]["runtime"]["rejected_versions"] == []
+        assert node["types"]["runtime"]["served_version"] == second.version_info
         await envoy.ack(second)
         await envoy.nothing_within(0.1)
         node = await node_view(client, "laggard")
-        assert node["types"]["route"]["acked_version"] == second.version_info
+        assert node["types"]["runtime"]["acked_version"] == second.version_info
 
 
 async def test_an_envoy_reconnecting_to_a_restarted_control_plane_with_the_same_state_gets_nothing(
@@ -180,6 +186,8 @@ async def test_an_envoy_reconnecting_to_a_restarted_control_plane_with_the_same_
     await client.close()
     restarted = await start_client(make_settings(database_url, AEGIS_XDS_VALIDATE="false"))
     async with AdsClient(ads_target(restarted), "steady") as envoy:
+        runtime = got["runtime"]
+        await envoy.request(RTDS, runtime.version_info, [RUNTIME_LAYER_NAME], nonce=runtime.nonce)
         await envoy.request(CDS, got["clusters"].version_info, nonce=got["clusters"].nonce)
         await envoy.request(LDS, got["listeners"].version_info, nonce=got["listeners"].nonce)
         await envoy.request(RDS, got["routes"].version_info, [ROUTE_CONFIG_NAME], nonce=got["routes"].nonce)
@@ -187,11 +195,10 @@ async def test_an_envoy_reconnecting_to_a_restarted_control_plane_with_the_same_
         node = await node_view(restarted, "steady")
         assert node["live"] is True
         assert node["types"]["route"]["acked_version"] == got["routes"].version_info
+        assert node["types"]["runtime"]["acked_version"] == runtime.version_info
         # Still connected: the next change is pushed.
         await set_weights(restarted, {"1": 20, "2": 80})
-        assert route_weights(decode(RDS, (await envoy.receive()).resources[0].value), "m/v1-verb") == {
-            V1: 20, V2: 80
-        }
+        assert layer_weights(decode(RTDS, (await envoy.receive()).resources[0].value)) == {V1: 20, V2: 80}
 
 
 def delta_names(response: Any) -> dict[str, str]:
@@ -199,9 +206,10 @@ def delta_names(response: Any) -> dict[str, str]:
 
 
 async def sync_delta(envoy: AdsClient) -> dict[str, Any]:
-    """CDS and LDS as wildcard subscriptions, then the routes by name; all acked."""
+    """The runtime layer by name, CDS and LDS as wildcard subscriptions, then the routes by name;
+    all acked."""
     got = {}
-    for type_url, names in ((CDS, []), (LDS, []), (RDS, [ROUTE_CONFIG_NAME])):
+    for type_url, names in ((RTDS, [RUNTIME_LAYER_NAME]), (CDS, []), (LDS, []), (RDS, [ROUTE_CONFIG_NAME])):
         await envoy.delta_request(type_url, subscribe=names)
         response = await envoy.receive()
         assert response.type_url == type_url
@@ -228,12 +236,11 @@ async def test_delta_subscriptions_get_each_resource_with_its_version_then_only_
 
         await set_weights(client, {"1": 80, "2": 20})
         pushed = await envoy.receive()
-        assert pushed.type_url == RDS and list(delta_names(pushed)) == [ROUTE_CONFIG_NAME]
-        assert delta_names(pushed)[ROUTE_CONFIG_NAME] != delta_names(got[RDS])[ROUTE_CONFIG_NAME]
-        config = decode(RDS, pushed.resources[0].resource.value)
-        assert route_weights(config, "m/v1-verb") == {V1: 80, V2: 20}
-        await envoy.delta_request(RDS, nonce=pushed.nonce)
-        assert await envoy.nothing_within(0.3), "no cluster changed: nothing else is sent"
+        assert pushed.type_url == RTDS and list(delta_names(pushed)) == [RUNTIME_LAYER_NAME]
+        assert delta_names(pushed)[RUNTIME_LAYER_NAME] != delta_names(got[RTDS])[RUNTIME_LAYER_NAME]
+        assert layer_weights(decode(RTDS, pushed.resources[0].resource.value)) == {V1: 80, V2: 20}
+        await envoy.delta_request(RTDS, nonce=pushed.nonce)
+        assert await envoy.nothing_within(0.3), "no cluster or route changed: nothing else is sent"
 
 
 async def test_delta_removes_the_canary_cluster_only_after_the_routes_stopped_using_it(
@@ -248,12 +255,15 @@ async def test_delta_removes_the_canary_cluster_only_after_the_routes_stopped_us
         routes = await envoy.receive()
         assert routes.type_url == RDS, "routes leave the canary first"
         assert route_weights(decode(RDS, routes.resources[0].resource.value), "m/v1-verb") == {V1: 100}
-        assert await envoy.nothing_within(0.3), "the cluster stays while the node may route to it"
+        assert await envoy.nothing_within(0.3), "the cluster and its weights stay while the node may use them"
         await envoy.delta_request(RDS, nonce=routes.nonce)
         clusters = await envoy.receive()
         assert clusters.type_url == CDS
         assert (list(clusters.removed_resources), list(clusters.resources)) == ([V2], [])
+        weights = await envoy.receive()
+        assert layer_weights(decode(RTDS, weights.resources[0].resource.value)) == {}, "no route reads any"
         await envoy.delta_request(CDS, nonce=clusters.nonce)
+        await envoy.delta_request(RTDS, nonce=weights.nonce)
         assert await envoy.nothing_within(0.2)
 
 
@@ -283,16 +293,16 @@ async def test_a_delta_nack_is_recorded_and_not_answered_with_the_same_version(
         await sync_delta(envoy)
         await set_weights(client, {"1": 50, "2": 50})
         offered = await envoy.receive()
-        await envoy.delta_request(RDS, nonce=offered.nonce, error="route: unknown weighted cluster")
+        await envoy.delta_request(RTDS, nonce=offered.nonce, error="runtime: bad entry")
         assert await envoy.nothing_within(0.4)
-        routes = (await node_view(client, "picky-d"))["types"]["route"]
-        assert routes["rejected_versions"] == [offered.system_version_info]
-        assert routes["rejection_message"] == "route: unknown weighted cluster"
-        # Unsubscribing and subscribing again asks anew: the routes it never had are sent.
-        await envoy.delta_request(RDS, unsubscribe=[ROUTE_CONFIG_NAME])
-        await envoy.delta_request(RDS, subscribe=[ROUTE_CONFIG_NAME])
+        runtime = (await node_view(client, "picky-d"))["types"]["runtime"]
+        assert runtime["rejected_versions"] == [offered.system_version_info]
+        assert runtime["rejection_message"] == "runtime: bad entry"
+        # Unsubscribing and subscribing again asks anew: the layer it no longer has is sent.
+        await envoy.delta_request(RTDS, unsubscribe=[RUNTIME_LAYER_NAME])
+        await envoy.delta_request(RTDS, subscribe=[RUNTIME_LAYER_NAME])
         resent = await envoy.receive()
-        assert list(delta_names(resent)) == [ROUTE_CONFIG_NAME]
+        assert list(delta_names(resent)) == [RUNTIME_LAYER_NAME]
 
 
 STEPWISE_POLICY = """
@@ -345,12 +355,18 @@ async def test_a_rollout_holds_at_its_step_while_a_node_rejects_its_routes(
         clusters = await envoy.receive()
         assert clusters.type_url == CDS
         await envoy.ack(clusters)
+        # The weights the new routes will read come first, then the routes.
+        weights = await envoy.receive()
+        assert layer_weights(decode(RTDS, weights.resources[0].value)) == {V1: 90, V2: 10}
+        await envoy.ack(weights)
         routes = await envoy.receive()
         assert routes.type_url == RDS
-        assert route_weights(decode(RDS, routes.resources[0].value), "m/v1-verb") == {V1: 90, V2: 10}
+        assert route_weights(decode(RDS, routes.resources[0].value), "m/v1-verb") == {V1: 1, V2: 0}
         await envoy.request(RDS, good.version_info, [ROUTE_CONFIG_NAME], nonce=routes.nonce,
                             error="Sum of weights in the weighted_cluster must be greater than 0.")
         assert await envoy.nothing_within(2.5)  # the 1 s pause and many ticks
+        # It serves what its routes say: the canary gets nothing there.
+        assert (await rollout(client))["served_canary_weights"] == [{"canary_weight": 0, "nodes": 1}]
         held = await rollout(client)
         assert (held["phase"], held["step"], held["canary_weight"], held["acknowledged"]) == (
             "progressing", 1, 10, False

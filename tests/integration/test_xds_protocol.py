@@ -9,7 +9,7 @@ import pytest
 from aiohttp.test_utils import TestClient
 
 from controlplane.xds.resources import cluster_name
-from controlplane.xds.snapshot import ResourceType
+from controlplane.xds.snapshot import ResourceType, traffic_targets
 from tests.conftest import auth
 from tests.integration.conftest import Register, StartClient
 
@@ -61,31 +61,45 @@ async def serve_model(client: TestClient[Any, Any], register: Register, *version
         )
 
 
-def weights_in(routes: dict[str, Any]) -> dict[str, int]:
-    route = next(r for r in routes["resources"][0]["virtual_hosts"][0]["routes"] if r["name"] == "m/v1-verb")
-    action = route["route"]
-    if "cluster" in action:
-        return {action["cluster"]: 100}
-    return {c["name"]: c["weight"] for c in action["weighted_clusters"]["clusters"]}
+def weights_in(runtime: dict[str, Any]) -> dict[str, int]:
+    """Cluster -> weight in a runtime (RTDS) response: each key ends with its cluster's name."""
+    layer: dict[str, int] = runtime["resources"][0]["layer"]
+    return {key.rsplit(".", 1)[1]: weight for key, weight in layer.items()}
+
+
+async def served_weights(client: TestClient[Any, Any], model: str = "m") -> dict[str, int]:
+    """Percent per cluster that a new Envoy would send the model's requests: the model's route,
+    weighted by the runtime layer (both as polled now)."""
+    _, routes = await poll(client, "routes", node="fresh")
+    _, runtime = await poll(client, "runtime", node="fresh")
+    route = next(
+        r for r in routes["resources"][0]["virtual_hosts"][0]["routes"] if r["name"] == f"{model}/v1-verb"
+    )
+    targets = traffic_targets(route, runtime["resources"][0]["layer"])
+    total = sum(weight for _, weight in targets)
+    return {cluster: round(100 * weight / total) for cluster, weight in targets}
 
 
 async def test_an_up_to_date_poll_gets_304_and_a_held_poll_returns_the_change(
     client: TestClient[Any, Any], register: Register
 ) -> None:
     await serve_model(client, register, "1", "2")
-    status, first = await poll(client, "routes", names=["aegis_routes"])
+    _, routes = await poll(client, "routes", names=["aegis_routes"])
+    status, first = await poll(client, "runtime", names=["aegis_weights"])
     assert status == 200
-    assert first["type_url"] == ResourceType.ROUTE
-    assert weights_in(first) == {cluster_name("m", "1"): 100}
-    assert (await poll(client, "routes", first["version_info"]))[0] == 304
+    assert first["type_url"] == ResourceType.RUNTIME
+    assert weights_in(first) == {cluster_name("m", "1"): 100, cluster_name("m", "2"): 0}
+    assert (await poll(client, "runtime", first["version_info"]))[0] == 304
 
-    held = asyncio.create_task(poll(client, "routes", first["version_info"]))
+    held = asyncio.create_task(poll(client, "runtime", first["version_info"]))
     await asyncio.sleep(HOLD / 5)
     change = await client.put("/v1/traffic/m", json={"weights": {"1": 90, "2": 10}}, headers=auth("operator"))
     assert change.status == 200
     status, changed = await asyncio.wait_for(held, timeout=10)
     assert status == 200
     assert weights_in(changed) == {cluster_name("m", "1"): 90, cluster_name("m", "2"): 10}
+    # The routes read the weights: they did not change.
+    assert (await poll(client, "routes", routes["version_info"], names=["aegis_routes"]))[0] == 304
     assert (await client.get("/v1/traffic/m", headers=auth("viewer"))).status == 200
 
 
@@ -106,24 +120,55 @@ async def test_a_rejected_version_is_recorded_counted_and_not_sent_again(
     client: TestClient[Any, Any], register: Register
 ) -> None:
     await serve_model(client, register, "1", "2")
-    _, accepted = await poll(client, "routes", node="picky")
-    await poll(client, "routes", accepted["version_info"], node="picky")
-    await client.put("/v1/traffic/m", json={"weights": {"1": 50, "2": 50}}, headers=auth("operator"))
-    status, offered = await poll(client, "routes", accepted["version_info"], node="picky")
-    assert status == 200 and offered["version_info"] != accepted["version_info"]
-    # The node polls again still on the old version: it rejected the offer.
-    assert (await poll(client, "routes", accepted["version_info"], node="picky"))[0] == 304
-    nodes = await (await client.get("/v1/xds/nodes", headers=auth("viewer"))).json()
-    picky = next(n for n in nodes["nodes"] if n["node_id"] == "picky")
-    assert picky["types"]["route"]["rejected_versions"] == [offered["version_info"]]
-    assert picky["types"]["route"]["acked_version"] == accepted["version_info"]
-    metrics = await (await client.get("/metrics")).text()
-    assert 'aegis_xds_rejected_total{type="routes"} 1.0' in metrics
-    assert 'aegis_xds_requests_total{result="not_modified",type="routes"}' in metrics
-    # Another node still gets the new version.
-    assert (await poll(client, "routes", accepted["version_info"], node="other"))[1]["version_info"] == (
-        offered["version_info"]
-    )
+    changes = {"routes": {"mirror": {"percent": 10}}, "runtime": {"weights": {"1": 30, "2": 70}}}
+    for kind, change in changes.items():
+        _, accepted = await poll(client, kind, node="picky")
+        await poll(client, kind, accepted["version_info"], node="picky")
+        body = {"weights": {"1": 50, "2": 50}, **change}
+        await client.put("/v1/traffic/m", json=body, headers=auth("operator"))
+        status, offered = await poll(client, kind, accepted["version_info"], node="picky")
+        assert status == 200 and offered["version_info"] != accepted["version_info"]
+        # The node polls again still on the old version: it rejected the offer.
+        assert (await poll(client, kind, accepted["version_info"], node="picky"))[0] == 304
+        nodes = await (await client.get("/v1/xds/nodes", headers=auth("viewer"))).json()
+        picky = next(n for n in nodes["nodes"] if n["node_id"] == "picky")
+        type_name = kind.removesuffix("s")
+        assert picky["types"][type_name]["rejected_versions"] == [offered["version_info"]]
+        assert picky["types"][type_name]["acked_version"] == accepted["version_info"]
+        metrics = await (await client.get("/metrics")).text()
+        assert f'aegis_xds_rejected_total{{type="{kind}"}} 1.0' in metrics
+        assert f'aegis_xds_requests_total{{result="not_modified",type="{kind}"}}' in metrics
+        # Another node still gets the new version.
+        _, other = await poll(client, kind, accepted["version_info"], node="other")
+        assert other["version_info"] == offered["version_info"]
+
+
+async def test_a_node_without_the_runtime_layer_does_not_count_as_running_the_weights(
+    client: TestClient[Any, Any], register: Register
+) -> None:
+    """An Envoy whose bootstrap has no Aegis runtime layer serves every split's fallback (all to
+    stable): a rollout must not take its weights as applied."""
+    await serve_model(client, register, "1", "2")
+    versions = {"clusters": "", "routes": ""}
+
+    async def sync(kinds: dict[str, str]) -> None:
+        for _ in range(2):
+            for kind in kinds:
+                status, document = await poll(client, kind, kinds[kind], node="old-bootstrap")
+                if status == 200:
+                    kinds[kind] = document["version_info"]
+
+    await sync(versions)
+    change = await client.put("/v1/traffic/m", json={"weights": {"1": 90, "2": 10}}, headers=auth("operator"))
+    assert change.status == 200
+    await sync(versions)
+    document = await (await client.get("/v1/traffic/m", headers=auth("viewer"))).json()
+    assert (document["acked"], document["nodes_acked"], document["nodes_total"]) == (False, 0, 1)
+    versions["runtime"] = ""
+    await sync(versions)
+    document = await (await client.get("/v1/traffic/m", headers=auth("viewer"))).json()
+    assert (document["acked"], document["nodes_acked"], document["nodes_total"]) == (True, 1, 1)
+    assert document["xds_version"] == versions["runtime"]
 
 
 @pytest.mark.parametrize(

@@ -53,26 +53,29 @@ async def test_an_intruder_polling_made_up_versions_does_not_hold_the_acknowledg
     client: TestClient[Any, Any], register: Register
 ) -> None:
     await serve_model(client, register, "1", "2")
-    _, routes = await poll(client, "routes", node="envoy")
-    await poll(client, "routes", routes["version_info"], node="envoy")
+    acked = {}
+    for kind in ("routes", "runtime"):
+        _, first = await poll(client, kind, node="envoy")
+        await poll(client, kind, first["version_info"], node="envoy")
+        acked[kind] = first["version_info"]
     for _ in range(3):
-        await poll(client, "routes", "bogus", node="intruder")
+        await poll(client, "runtime", "bogus", node="intruder")
 
     change = await client.put("/v1/traffic/m", json={"weights": {"1": 90, "2": 10}}, headers=auth("operator"))
     assert change.status == 200
-    _, changed = await poll(client, "routes", routes["version_info"], node="envoy")
-    await poll(client, "routes", "bogus", node="intruder")
-    await poll(client, "routes", changed["version_info"], node="envoy")
-    await poll(client, "routes", "bogus", node="intruder")
+    _, changed = await poll(client, "runtime", acked["runtime"], node="envoy")
+    await poll(client, "runtime", "bogus", node="intruder")
+    await poll(client, "runtime", changed["version_info"], node="envoy")
+    await poll(client, "runtime", "bogus", node="intruder")
 
     document = await traffic(client)
     assert (document["acked"], document["nodes_acked"], document["nodes_total"]) == (True, 1, 1)
     listed = await nodes(client)
     assert listed["intruder"]["live"] is False
-    assert listed["intruder"]["types"]["route"]["acked_version"] == ""
+    assert listed["intruder"]["types"]["runtime"]["acked_version"] == ""
     assert listed["envoy"]["authenticated"] is False
     metrics = await (await client.get("/metrics")).text()
-    assert 'aegis_xds_unknown_versions_total{type="routes"} 5.0' in metrics
+    assert 'aegis_xds_unknown_versions_total{type="runtime"} 5.0' in metrics
 
 
 @pytest.mark.parametrize("client", [{"AEGIS_XDS_NODE_TOKENS": NODE_TOKENS}], indirect=True)

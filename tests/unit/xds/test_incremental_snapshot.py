@@ -40,26 +40,44 @@ def same_as_full_build(incremental: Snapshot, desired: DesiredState) -> None:
     assert incremental.ads_versions == full.ads_versions
     assert incremental.view() == full.view()
     assert incremental.route_config.encoded == full.route_config.encoded
+    assert incremental.runtime.layer == full.runtime.layer
+    assert incremental.runtime.encoded == full.runtime.encoded
     for kind in ResourceType:
         assert [(e.name, e.version) for e in incremental.entries(kind)] == [
             (e.name, e.version) for e in full.entries(kind)
         ]
 
 
-def test_a_weight_change_rebuilds_only_that_models_routes() -> None:
+def test_a_weight_change_changes_only_that_models_weights() -> None:
     models = [model(f"m{i:03d}", 10 if i % 10 == 0 else None) for i in range(100)]
     before = build_snapshot(state(*models))
     models[50] = model("m050", 20)
     after = build_snapshot(state(*models), previous=before)
 
-    assert after.changed_models == {"m050"}
+    assert after.changed_models == frozenset()
+    assert after.changed_weights == {"m050"}
     changed = {kind for kind in ResourceType if before.versions[kind] != after.versions[kind]}
-    assert changed == {ResourceType.ROUTE}
+    assert changed == {ResourceType.RUNTIME}
+    assert after.route_config is before.route_config
     assert all(
-        after.model_routes[name] is before.model_routes[name] for name in after.model_routes if name != "m050"
+        after.model_weights[name] is before.model_weights[name]
+        for name in after.model_weights if name != "m050"
     ), "unchanged models keep their parts (and so their encoded bytes)"
     assert after.cluster_list is before.cluster_list
     same_as_full_build(after, state(*models))
+
+
+def test_a_new_set_of_arms_changes_the_routes_and_the_weights() -> None:
+    models = [model(f"m{i}") for i in range(5)]
+    before = build_snapshot(state(*models))
+    models[2] = model("m2", 30)
+    after = build_snapshot(state(*models), previous=before)
+    assert after.changed_models == after.changed_weights == {"m2"}
+    same_as_full_build(after, state(*models))
+    models[2] = model("m2")
+    back = build_snapshot(state(*models), previous=after)
+    assert back.changed_weights == {"m2"} and "m2" not in back.model_weights
+    assert back.versions == before.versions
 
 
 def test_registering_and_removing_models_matches_a_full_build() -> None:

@@ -61,3 +61,19 @@ def test_varint_and_length_delimited_follow_the_wire_format() -> None:
     assert proto.varint(0) == b"\x00"
     assert proto.varint(300) == b"\xac\x02"
     assert proto.length_delimited(1, b"ab") == b"\x0a\x02ab"
+
+
+def test_the_runtime_layer_joined_from_model_parts_is_the_layer_parsed_whole() -> None:
+    # "a" sorts before "a-b" as a model but after it as a runtime key ('.' > '-'): the
+    # joined map entries come in another order than protobuf's own, the message is the same.
+    def split(name: str) -> ModelRoute:
+        up = (Endpoint("10.0.0.1", 9000),)
+        return ModelRoute(name, Arm("1", 70, up), Arm("2", 30, up))
+
+    snapshot = build_snapshot(DesiredState(ListenerAddress("127.0.0.1", 10000), (split("a"), split("a-b"))))
+    runtime = snapshot.runtime
+    assert len(runtime.layer) == 4
+    message = proto.MESSAGES[str(ResourceType.RUNTIME)]()
+    message.ParseFromString(runtime.encoded)
+    assert message == json_format.ParseDict(runtime.body, proto.MESSAGES[str(ResourceType.RUNTIME)]())
+    assert {key: value.number_value for key, value in message.layer.fields.items()} == runtime.layer

@@ -21,7 +21,10 @@ from controlplane.xds.resources import (
     clusters,
     listener,
     model_routes,
+    model_weights,
     route_configuration,
+    runtime_layer,
+    runtime_prefix,
     serving_weights,
 )
 
@@ -48,6 +51,16 @@ def split_route(model: ModelRoute, **kwargs: Any) -> dict[str, Any]:
     return next(route for route in routes if route["name"] == f"{model.model_name}/v1-verb")
 
 
+PREFIX = runtime_prefix(model_routes(foo(90, 10))) or ""
+# Both arms serve: the route names both, falls back to the stable one, and reads the weights.
+BY_RUNTIME = {
+    "weighted_clusters": {
+        "clusters": [{"name": V1, "weight": 1}, {"name": V2, "weight": 0}],
+        "runtime_key_prefix": PREFIX,
+    }
+}
+
+
 def test_cluster_name_is_pinned_because_dashboards_and_templates_use_it() -> None:
     assert cluster_name("foo", "v2") == "foo-v2-0ba41434"
 
@@ -63,24 +76,47 @@ def test_cluster_names_are_dot_free_unique_and_deterministic() -> None:
 
 
 @pytest.mark.parametrize(
-    ("model", "expected_action"),
+    ("model", "expected_action", "expected_weights"),
     [
+        pytest.param(foo(90, 10), BY_RUNTIME, {f"{PREFIX}.{V1}": 90, f"{PREFIX}.{V2}": 10}, id="90/10 split"),
+        pytest.param(foo(90, 10, canary_up=False), {"cluster": V1}, {}, id="canary without endpoints"),
+        pytest.param(foo(90, 10, stable_up=False), {"cluster": V2}, {}, id="stable without endpoints"),
+        pytest.param(foo(100, 0), BY_RUNTIME, {f"{PREFIX}.{V1}": 100, f"{PREFIX}.{V2}": 0}, id="canary at 0"),
         pytest.param(
-            foo(90, 10),
-            {"weighted_clusters": {"clusters": [{"name": V1, "weight": 90}, {"name": V2, "weight": 10}]}},
-            id="90/10 split",
+            foo(0, 100), BY_RUNTIME, {f"{PREFIX}.{V1}": 0, f"{PREFIX}.{V2}": 100}, id="canary at 100"
         ),
-        pytest.param(foo(90, 10, canary_up=False), {"cluster": V1}, id="canary without endpoints"),
-        pytest.param(foo(90, 10, stable_up=False), {"cluster": V2}, id="stable without endpoints"),
-        pytest.param(foo(100, 0), {"cluster": V1}, id="canary at 0 is left out"),
-        pytest.param(foo(0, 100), {"cluster": V2}, id="promoted to 100"),
-        pytest.param(ModelRoute("foo", stable=Arm("v1", 100, UP_1)), {"cluster": V1}, id="no canary"),
+        pytest.param(ModelRoute("foo", stable=Arm("v1", 100, UP_1)), {"cluster": V1}, {}, id="no canary"),
     ],
 )
-def test_split_route_sends_traffic_only_where_endpoints_are(
-    model: ModelRoute, expected_action: dict[str, Any]
+def test_split_route_names_the_serving_arms_and_the_runtime_layer_weighs_them(
+    model: ModelRoute, expected_action: dict[str, Any], expected_weights: dict[str, int]
 ) -> None:
     assert split_route(model)["route"] == expected_action
+    assert dict(model_weights(model)) == expected_weights
+    assert runtime_layer(DesiredState(ListenerAddress("127.0.0.1", 1), (model,))) == {
+        "name": "aegis_weights", "layer": expected_weights,
+    }
+
+
+def test_a_weight_change_leaves_the_routes_as_they_were() -> None:
+    assert model_routes(foo(90, 10)) == model_routes(foo(0, 100)) == model_routes(foo(100, 0))
+    assert model_weights(foo(90, 10)) != model_weights(foo(50, 50))
+
+
+@pytest.mark.parametrize(
+    "other",
+    [
+        pytest.param(ModelRoute("foo", Arm("v1", 0, UP_1), Arm("v3", 100, UP_2)), id="new canary"),
+        pytest.param(foo(90, 10, mirror_percent=5), id="mirroring"),
+        pytest.param(foo(90, 10, canary_matches=(HeaderMatch.of({"x-canary": "1"}),)), id="header match"),
+    ],
+)
+def test_other_routes_read_other_runtime_keys(other: ModelRoute) -> None:
+    """Routes never read weights published for other routes: a node that still runs (or kept,
+    rejecting the new ones) older routes reads the weights they came with."""
+    assert PREFIX.startswith("aegis_weights.foo.")
+    assert runtime_prefix(model_routes(other)) not in (None, PREFIX)
+    assert not {key for key, _ in model_weights(foo(90, 10))} & {key for key, _ in model_weights(other)}
 
 
 @pytest.mark.parametrize(
@@ -102,6 +138,7 @@ def test_weight_of_an_arm_without_endpoints_goes_to_the_other(
 def test_canary_not_yet_acknowledged_gets_no_traffic() -> None:
     assert serving_weights(foo(90, 10), routable=frozenset({V1})) == (WeightedTarget(V1, 100),)
     assert split_route(foo(90, 10, mirror_percent=50), routable=frozenset({V1}))["route"] == {"cluster": V1}
+    assert model_weights(foo(90, 10), routable=frozenset({V1})) == ()
 
 
 def test_model_without_endpoints_answers_503_with_a_json_reason() -> None:

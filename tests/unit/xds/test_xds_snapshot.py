@@ -62,11 +62,14 @@ def test_endpoint_order_is_not_a_change() -> None:
 @pytest.mark.parametrize(
     ("after", "changed"),
     [
-        pytest.param(desired(50, 50), {ResourceType.ROUTE}, id="weight change"),
-        pytest.param(desired(mirror_percent=10), {ResourceType.ROUTE}, id="mirror change"),
+        pytest.param(desired(50, 50), {ResourceType.RUNTIME}, id="weight change"),
+        pytest.param(desired(100, 0), {ResourceType.RUNTIME}, id="canary weight to 0"),
+        pytest.param(
+            desired(mirror_percent=10), {ResourceType.ROUTE, ResourceType.RUNTIME}, id="mirror change"
+        ),
         pytest.param(
             desired(canary=None),
-            {ResourceType.ROUTE, ResourceType.CLUSTER, ResourceType.ENDPOINT},
+            {ResourceType.ROUTE, ResourceType.CLUSTER, ResourceType.ENDPOINT, ResourceType.RUNTIME},
             id="canary removed",
         ),
         pytest.param(
@@ -172,9 +175,42 @@ def test_new_canary_is_routed_only_after_envoy_acknowledged_its_cluster() -> Non
     before_ack = build_snapshot(desired(), routable_clusters=frozenset({V1}))
     assert {cluster["name"] for cluster in before_ack.clusters} == {V1, V2}
     assert split_action(before_ack) == {"cluster": V1}
-    after_ack = build_snapshot(desired(), routable_clusters=frozenset({V1, V2}))
-    assert versions_that_differ(before_ack, after_ack) == {ResourceType.ROUTE}
-    assert split_action(after_ack)["weighted_clusters"]["clusters"][1] == {"name": V2, "weight": 10}
+    assert before_ack.runtime.layer == {}
+    after_ack = build_snapshot(desired(), routable_clusters=frozenset({V1, V2}), previous=before_ack)
+    assert versions_that_differ(before_ack, after_ack) == {ResourceType.ROUTE, ResourceType.RUNTIME}
+    prefix = split_action(after_ack)["weighted_clusters"]["runtime_key_prefix"]
+    assert split_action(after_ack)["weighted_clusters"]["clusters"][1] == {"name": V2, "weight": 0}
+    assert after_ack.runtime.layer == {f"{prefix}.{V1}": 90, f"{prefix}.{V2}": 10}
+
+
+def test_a_node_still_on_older_routes_keeps_the_weights_they_were_published_with() -> None:
+    before = build_snapshot(desired())
+    old_prefix = before.model_routes["foo"].runtime_prefix
+    changed = desired(50, 50, mirror_percent=10)
+    after = build_snapshot(changed, running_routes=lambda m: [before.model_routes[m]], previous=before)
+    new_prefix = after.model_routes["foo"].runtime_prefix
+    assert new_prefix != old_prefix
+    assert after.runtime.layer == {
+        f"{new_prefix}.{V1}": 50, f"{new_prefix}.{V2}": 50,
+        f"{old_prefix}.{V1}": 90, f"{old_prefix}.{V2}": 10,
+    }
+    assert check_consistency(after) == []
+    assert "foo" in after.held_back_models, "rebuilt until no node runs the older routes"
+
+    moved_on = build_snapshot(changed, running_routes=lambda m: [after.model_routes[m]], previous=after)
+    assert moved_on.runtime.layer == {f"{new_prefix}.{V1}": 50, f"{new_prefix}.{V2}": 50}
+    assert versions_that_differ(after, moved_on) == {ResourceType.RUNTIME}
+    assert moved_on.held_back_models == frozenset()
+    assert moved_on.versions == build_snapshot(changed).versions
+
+
+def test_a_weight_change_keeps_no_weights_of_the_same_routes() -> None:
+    before = build_snapshot(desired())
+    after = build_snapshot(desired(20, 80), running_routes=lambda model: [before.model_routes[model]],
+                           previous=before)
+    prefix = after.model_routes["foo"].runtime_prefix
+    assert after.runtime.layer == {f"{prefix}.{V1}": 20, f"{prefix}.{V2}": 80}
+    assert after.held_back_models == frozenset()
 
 
 def test_removed_canary_stays_in_cds_until_no_acked_route_uses_it() -> None:
