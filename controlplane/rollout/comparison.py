@@ -17,6 +17,9 @@ A baseline that breaks the check's SLO (`thresholdRange`) in a tick is a shared
 incident: the tick still counts (the test conditions on it, so it is no evidence
 against the canary), the check neither passes nor blames, and the verdict says
 "baseline unhealthy". Only a canary shown worse than that unhealthy baseline fails.
+The baseline stays unhealthy until it has kept its SLO for BASELINE_RECOVERY_TICKS
+ticks in a row: a small tick of a prod at 8 % errors shows 5 % or less now and then by
+chance, and one such tick must not let a step pass in the middle of an incident.
 """
 
 from __future__ import annotations
@@ -146,6 +149,10 @@ def _optional_number(value: object) -> float | None:
     return float(value)
 
 
+# Ticks in a row the baseline must keep its SLO before an incident counts as over.
+BASELINE_RECOVERY_TICKS = 3
+
+
 @dataclass(frozen=True)
 class ComparisonState:
     """What a compared check carries between ticks; stored as JSON with the rollout."""
@@ -155,6 +162,7 @@ class ComparisonState:
     slower_than_ms: float | None  # latency checks: the boundary fixed at calibration
     canary: ArmReading  # the last readings: the next tick is the increase over them
     baseline: ArmReading
+    recovering: int = 0  # healthy baseline ticks still needed after an unhealthy one
 
     def as_document(self) -> dict[str, object]:
         return {
@@ -163,6 +171,7 @@ class ComparisonState:
             "slower_than_ms": self.slower_than_ms,
             "canary": self.canary.as_document(),
             "baseline": self.baseline.as_document(),
+            "recovering": self.recovering,
         }
 
     @classmethod
@@ -179,9 +188,12 @@ class ComparisonState:
         tolerance = _optional_number(ratio)
         if tolerance is None:
             raise ValueError("not a comparison's state: no tolerance_ratio")
+        recovering = document.get("recovering", 0)  # absent in states stored before it existed
+        if not isinstance(recovering, int) or isinstance(recovering, bool) or recovering < 0:
+            raise ValueError("not a comparison's state: recovering must be a count")
         return cls(
             Evidence.from_document(evidence), tolerance, _optional_number(slower),
-            ArmReading.from_document(canary), ArmReading.from_document(baseline),
+            ArmReading.from_document(canary), ArmReading.from_document(baseline), recovering,
         )
 
 
@@ -302,7 +314,12 @@ def compare_tick(
         record = _record(check, comparison, state, VerdictKind.ERROR, None, None, versions, True,
                          f"{check.name}: {error}")
         return state, record
-    healthy, slo = _baseline_health(check, state.slower_than_ms, baseline, state.baseline, tick.baseline)
+    healthy_now, slo = _baseline_health(check, state.slower_than_ms, baseline, state.baseline, tick.baseline)
+    recovering = BASELINE_RECOVERY_TICKS if not healthy_now else max(0, state.recovering - 1)
+    healthy = healthy_now and state.recovering == 0
+    if healthy_now and not healthy:
+        kept = BASELINE_RECOVERY_TICKS - recovering
+        slo = f"{slo}; recovering: kept for {kept} of {BASELINE_RECOVERY_TICKS} ticks in a row"
     kind = _KINDS[result.outcome]
     message = f"{check.name}: {result.message}"
     if not healthy and kind is not VerdictKind.FAIL:
@@ -312,7 +329,9 @@ def compare_tick(
         kind = VerdictKind.NO_DATA
         message = (f"{check.name}: {tick.canary.requests} canary requests in the tick < minRequests "
                    f"{min_requests}; {result.message}")
-    advanced = ComparisonState(evidence, state.tolerance_ratio, state.slower_than_ms, canary, baseline)
+    advanced = ComparisonState(
+        evidence, state.tolerance_ratio, state.slower_than_ms, canary, baseline, recovering
+    )
     return advanced, _record(check, comparison, advanced, kind, tick, result, versions, healthy, message)
 
 
@@ -335,7 +354,9 @@ def rebase(state: ComparisonState, *, canary: ArmReading, baseline: ArmReading) 
     Called when the weight changes: a tick must not span two weights, since each tick
     is judged at its own request share. Leaving counts out is valid; mixing shares is not.
     """
-    return ComparisonState(state.evidence, state.tolerance_ratio, state.slower_than_ms, canary, baseline)
+    return ComparisonState(
+        state.evidence, state.tolerance_ratio, state.slower_than_ms, canary, baseline, state.recovering
+    )
 
 
 _KINDS = {Outcome.FAIL: VerdictKind.FAIL, Outcome.PASS: VerdictKind.PASS, Outcome.CONTINUE: VerdictKind.HOLD}

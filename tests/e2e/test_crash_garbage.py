@@ -97,16 +97,16 @@ class StreamedUpload:
         return status, json.loads(body)
 
 
-def start_server(data_dir: Path, port: int | None = None) -> AegisServer:
-    return AegisServer(
-        {
-            "AEGIS_DATA_DIR": str(data_dir),
-            "AEGIS_API_TOKENS": API_TOKENS,
-            "AEGIS_MODEL_SIGN_KEY": SIGN_KEY,
-            "AEGIS_XDS_VALIDATE": "false",
-        },
-        port=port,
-    ).start()
+def start_server(data_dir: Path, port: int | None = None, *, blob_store: str = "") -> AegisServer:
+    env = {
+        "AEGIS_DATA_DIR": str(data_dir),
+        "AEGIS_API_TOKENS": API_TOKENS,
+        "AEGIS_MODEL_SIGN_KEY": SIGN_KEY,
+        "AEGIS_XDS_VALIDATE": "false",
+    }
+    if blob_store:
+        env["AEGIS_BLOB_STORE"] = blob_store
+    return AegisServer(env, port=port).start()
 
 
 def call(server: AegisServer, path: str) -> Any:
@@ -211,8 +211,9 @@ def test_a_starting_replica_keeps_the_upload_another_process_is_writing(data_dir
     try:
         upload = StreamedUpload(writer.port, "shared", "1", UPLOAD_BYTES).start(pause_at=32 * MiB)
         in_progress = wait_until_written(data_dir, 16 * MiB)  # the reader holds back a chunk or two
-        # A second process on the same blob directory starts and sweeps while the upload stalls.
-        replica = start_server(data_dir)
+        # A second process on the same blob directory (shared as AEGIS_BLOB_STORE=file://; a
+        # second process on one SQLite file refuses to start) starts and sweeps while the upload stalls.
+        replica = start_server(data_dir.parent / "replica", blob_store=(data_dir / "blobs").as_uri())
         try:
             assert in_progress.exists()
             assert metric(replica, "aegis_registry_swept_files_total", "upload") == 0

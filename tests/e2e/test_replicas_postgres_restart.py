@@ -108,13 +108,13 @@ async def test_replicas_serve_xds_through_a_postgresql_restart_and_catch_up(
             a.promote(model, "1", "prod")
         a.promote(MODEL, "2", "canary")
         a.set_traffic(MODEL, {"1": 80, "2": 20})
-        eventually(lambda: caught_up(b, a, {"1": 80, "2": 20}), within=1, what="80/20 on B")
+        eventually(lambda: caught_up(b, a, {"1": 80, "2": 20}), within=3, what="80/20 on B")
         a.promote(ROLLING, "2", "canary")  # the rollout starts: weight 20, then a timed pause
         eventually(lambda: b.traffic(ROLLING)["weights"] == {"1": 80, "2": 20} or None, within=2,
                    what="the rollout's first weight on B")
         first_weight_at = time.monotonic()
         served, _ = eventually(
-            lambda: same_weights(a, b), within=1, what="the same weights on A and B"
+            lambda: same_weights(a, b), within=3, what="the same weights on A and B"
         )
 
         postgres.stop()
@@ -158,7 +158,12 @@ async def test_replicas_serve_xds_through_a_postgresql_restart_and_catch_up(
             within=3, what="the missed change on B",
         )
         # The rollout went on once PostgreSQL was back, each step decided once, nothing lost.
-        eventually(lambda: b.traffic(ROLLING)["prod"] == "2" or None, within=10, what="the rollout ended")
+        # The stage move and the rollout's last state are two notifications: wait for both.
+        eventually(
+            lambda: (b.traffic(ROLLING)["prod"] == "2"
+                     and [r["phase"] for r in rollout_decisions(b, ROLLING)[0]] == ["succeeded"]) or None,
+            within=10, what="the rollout ended",
+        )
         rollouts, decisions = rollout_decisions(b, ROLLING)
         assert [r["phase"] for r in rollouts] == ["succeeded"]
         assert weight_changes(decisions) == [
