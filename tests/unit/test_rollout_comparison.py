@@ -123,6 +123,20 @@ def test_a_shared_incident_holds_as_baseline_unhealthy_and_blames_no_one() -> No
     assert incident[-1].result is not None and incident[-1].result.e_value <= 1.0
 
 
+def test_the_baseline_is_unhealthy_until_it_kept_its_slo_for_three_ticks_in_a_row() -> None:
+    healthy, incident = (500, 5, 4500, 45), (500, 40, 4500, 360)
+    lucky = (500, 10, 4500, 90)  # 2 % in one tick in the middle of the incident
+    ticks = [healthy, incident, lucky, incident, healthy, healthy, healthy, healthy]
+    _, records = run(ERRORS, cumulative(ticks))
+
+    kinds = [r.kind for r in records[1:]]
+    unhealthy = VerdictKind.BASELINE_UNHEALTHY
+    assert kinds[:-1] == [VerdictKind.HOLD] + [unhealthy] * 6
+    assert kinds[-1] in {VerdictKind.HOLD, VerdictKind.PASS}  # the incident is over
+    assert "recovering: kept for 1 of 3 ticks in a row" in records[5].message
+    assert [r.baseline_healthy for r in records[1:]] == [True] + [False] * 6 + [True]
+
+
 def test_a_canary_worse_than_an_unhealthy_baseline_still_fails() -> None:
     _, records = run(ERRORS, cumulative([(500, 120, 4500, 360)] * 3))  # 24 % against 8 %
 
