@@ -316,7 +316,7 @@ def compare_tick(
         return state, record
     healthy_now, slo = _baseline_health(check, state.slower_than_ms, baseline, state.baseline, tick.baseline)
     recovering = BASELINE_RECOVERY_TICKS if not healthy_now else max(0, state.recovering - 1)
-    healthy = healthy_now and state.recovering == 0
+    healthy = healthy_now and recovering == 0
     if healthy_now and not healthy:
         kept = BASELINE_RECOVERY_TICKS - recovering
         slo = f"{slo}; recovering: kept for {kept} of {BASELINE_RECOVERY_TICKS} ticks in a row"

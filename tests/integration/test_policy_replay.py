@@ -20,6 +20,7 @@ from typing import Any
 
 import pytest
 
+from controlplane.rollout.evaluation import SCRAPE_SETTLE_SECONDS
 from controlplane.xds.resources import cluster_name
 from tests.observability_processes import Prometheus, require_binary
 from tests.processes import ROOT
@@ -113,7 +114,9 @@ def history(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Promethe
 def replay(prometheus: Prometheus, policy: Path, model: str, start: int, *extra: str) -> str:
     result = subprocess.run(
         [sys.executable, "-m", "controlplane.cli", "policy", "replay", str(policy), "--model", model,
-         "--stable", "1", "--canary", "2", "--from", str(start + 10), "--to", str(start + 300),
+         # Ticks one settle after the samples: each reads the sample of its own instant.
+         "--stable", "1", "--canary", "2", "--from", str(start + 10 + SCRAPE_SETTLE_SECONDS),
+         "--to", str(start + 300 + SCRAPE_SETTLE_SECONDS),
          "--prometheus", prometheus.url, *extra],
         capture_output=True, text=True, timeout=60, check=False, cwd=ROOT,
         env={**os.environ, "PYTHONPATH": str(ROOT)},
@@ -127,7 +130,9 @@ def verdicts(tick: dict[str, Any]) -> dict[str, str]:
 
 
 def seconds(tick: dict[str, Any], start: int) -> int:
-    return round(datetime.fromisoformat(tick["at"].replace("Z", "+00:00")).timestamp()) - start
+    """The instant the tick read its counters at, in seconds from the history's start."""
+    at = datetime.fromisoformat(tick["at"].replace("Z", "+00:00")).timestamp()
+    return round(at - SCRAPE_SETTLE_SECONDS) - start
 
 
 @pytest.fixture(scope="module")
@@ -176,9 +181,11 @@ def test_a_shared_incident_in_history_holds_as_baseline_unhealthy_then_the_canar
     analysed = {seconds(t, start): verdicts(t)["error-rate"] for t in ticks if t["verdicts"]}
     assert {analysed[at] for at in range(70, 181, 10)} == {"baseline_unhealthy"}, analysed
     assert "fail" not in analysed.values()
-    # Prod recovered at 180 s; both checks had ruled out a 1.5x regression meanwhile (the arms are
-    # alike), so the first healthy tick ends the timed pause early and promotes.
-    assert analysed[190] == "pass" and seconds(ticks[-1], start) == 190, analysed
+    # Prod recovered at 180 s: two healthy ticks still count as the incident (recovering), the
+    # third ends it; both checks had ruled out a 1.5x regression meanwhile (the arms are alike),
+    # so that tick ends the timed pause early and promotes.
+    assert [analysed[at] for at in (190, 200)] == ["baseline_unhealthy"] * 2, analysed
+    assert analysed[210] == "pass" and seconds(ticks[-1], start) == 210, analysed
     assert ticks[-1]["phase"] == "succeeded" and "step 2 ended early" in ticks[-1]["reason"]
     assert "baseline unhealthy, holding" in text
     assert "outcome: succeeded" in text
