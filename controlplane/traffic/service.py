@@ -8,6 +8,7 @@ commit are read back per model (`reload_model`) or all at once (`reload_all`).
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
@@ -126,10 +127,12 @@ class TrafficService:
         """
 
         async def read() -> tuple[list[ModelVersion], TrafficRow | None, list[EndpointRow]]:
-            return (
-                await self.registry_store.list_versions(model_name),
-                await self.store.load_setting(model_name),
-                await self.store.load_endpoints(model_name),
+            # Three reads at once (three pooled connections): a follower's reload sits between
+            # another replica's write and this replica's Envoys, so its round trips add up.
+            return await asyncio.gather(
+                self.registry_store.list_versions(model_name),
+                self.store.load_setting(model_name),
+                self.store.load_endpoints(model_name),
             )
 
         versions, setting, endpoints = await self._read_quietly(read)
