@@ -160,6 +160,7 @@ class RouteConfigEntry:
     total: int  # sum of the parts' digests
     resource_type: ResourceType = ResourceType.ROUTE
     name: str = resources.ROUTE_CONFIG_NAME
+
     @cached_property
     def version(self) -> str:
         return _version_of_sum(self.name, self.total)
