@@ -9,7 +9,9 @@ models it changed says so (`changed_models`) and no pass over every model is mad
 Make before break (REST polls each type on its own clock, and an ADS Envoy
 applies each type as it arrives):
 - a new cluster is routed to only once every node has acknowledged a CDS version
-  that contains it (`routable_clusters`);
+  that contains it (`routable_clusters`); a model left with no arm to route to
+  meanwhile (prod switched to a version Envoy has no cluster for) keeps the routes
+  the nodes run rather than answering 503 (`_stand_in`);
 - each version of a model's routes reads its weights under its own runtime key
   prefix; the keys of routes some node still runs stay in the runtime layer with
   the weights they were published with (`running_routes`), so a node that has
@@ -175,6 +177,9 @@ def _rebuild_model(
     part = ModelRoutes(name, tuple(resources.model_routes(model, routable=routable)),
                        held_back=_is_held_back(model, routable))
     prior = previous.model_routes.get(name) if previous is not None else None
+    stand_in = _stand_in(part, prior, running_routes)
+    if stand_in is not None:
+        part = prior = stand_in
     if prior is not None and prior.version == part.version:
         if prior.held_back == part.held_back:
             part = prior  # same routes: keep its bytes
@@ -185,11 +190,43 @@ def _rebuild_model(
     kept = _kept_weights(build, part, running_routes)
     if kept:
         build.weights_kept.add(name)
-    current = resources.model_weights(model, routable=routable, routes=list(part.routes))
+    if stand_in is not None:
+        current = _weights_read(build, stand_in)
+    else:
+        current = resources.model_weights(model, routable=routable, routes=list(part.routes))
     _put_weights(build, name, current + kept)
     shape = _shape(model, routable)
     if build.shapes.get(name) != shape:
         build.writable("shapes")[name] = shape
+
+
+def _stand_in(
+    part: ModelRoutes, prior: ModelRoutes | None, running_routes: RunningRoutes | None
+) -> ModelRoutes | None:
+    """The routes nodes run, kept while the new ones are held back and would route nowhere.
+
+    A prod switched to a version whose cluster Envoy does not have yet (a rollback to
+    an archived version, a promotion without a canary) has no arm to route to until
+    the cluster is acknowledged: its new routes would answer every request with the
+    direct 503 for the time of a CDS round trip. The routes some node still runs send
+    traffic to the clusters it has (kept with their hosts while routed to), so they
+    stay, marked held back to be rebuilt once the new cluster is routable.
+    """
+    if not part.held_back or part.routed_clusters or prior is None or not prior.routed_clusters:
+        return None
+    if running_routes is None or all(r.version != prior.version for r in running_routes(part.model_name)):
+        return None
+    return prior if prior.held_back else ModelRoutes(prior.model_name, prior.routes, held_back=True)
+
+
+def _weights_read(build: _Build, part: ModelRoutes) -> tuple[tuple[str, int], ...]:
+    """The weights these (kept) routes read, as last published."""
+    published = build.weights.get(part.model_name)
+    if published is None or part.runtime_prefix is None:
+        return ()
+    return tuple(
+        pair for pair in published.weights if resources.weight_key_prefix(pair[0]) == part.runtime_prefix
+    )
 
 
 def _kept_weights(
