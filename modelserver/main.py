@@ -15,6 +15,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from modelserver.app import ADMIN_TOKEN_ENV
+from modelserver.arguments import port_from, positive_int
 from modelserver.errors import ModelServerError
 from modelserver.faults import checked_faults
 from modelserver.server import serve
@@ -25,7 +26,9 @@ from registry.signing import Keyring, keyring_from_env
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", required=True, help="model name in the registry")
     parser.add_argument("--version", required=True, help="the version to download, verify and serve")
-    parser.add_argument("--port", required=True, type=_port, help="port to serve on (0: any free port)")
+    parser.add_argument(
+        "--port", required=True, type=port_from(0), help="port to serve on (0: any free port)"
+    )
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     parser.add_argument("--advertise-address",
                         help="IP announced to Aegis for Envoy to reach (default: --host; required "
@@ -34,7 +37,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--registry-url", help=f"Aegis base URL (default: $AEGIS_URL or {DEFAULT_REGISTRY_URL}); "
         "the operator token comes from $AEGIS_TOKEN",
     )
-    parser.add_argument("--ttl-seconds", type=_positive_int, default=10,
+    parser.add_argument("--ttl-seconds", type=positive_int, default=10,
                         help="endpoint registration TTL; renewed every ttl/3 (default 10)")
     parser.add_argument("--error-rate", type=float, default=0.0,
                         help="fraction 0..1 of requests answered 500")
@@ -89,17 +92,3 @@ async def _serve_until_signalled(settings: ModelServerSettings, *, keyring: Keyr
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
     await serve(settings, keyring=keyring, stop=stop)
-
-
-def _port(text: str) -> int:
-    value = int(text)
-    if not 0 <= value <= 65535:
-        raise argparse.ArgumentTypeError(f"{value} is not a port (0..65535)")
-    return value
-
-
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{value} must be at least 1")
-    return value

