@@ -11,8 +11,17 @@ from typing import Any
 import asyncpg
 import pytest
 
-from controlplane.demo.processes import free_port
+from controlplane.demo.processes import free_port, port_share, use_ports
 from controlplane.settings import Settings, load_settings
+
+# Each pytest-xdist worker (gw0, gw1, ...) chooses ports from a part of the range of its own,
+# and what a worker starts that chooses ports itself (`./run demo`) from another part: a port
+# chosen and not bound yet is never someone else's choice.
+_WORKER = os.environ.get("PYTEST_XDIST_WORKER", "")
+if _WORKER.startswith("gw") and _WORKER[2:].isdigit():
+    _WORKERS = max(int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")), 1)
+    use_ports(*port_share(int(_WORKER[2:]), _WORKERS + 1))
+    os.environ["AEGIS_LOCAL_PORTS"] = "{}-{}".format(*port_share(_WORKERS, _WORKERS + 1))
 
 POSTGRES_DSN = os.environ.get("AEGIS_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/postgres")
 

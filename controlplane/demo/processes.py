@@ -45,10 +45,74 @@ def clean_environment() -> dict[str, str]:
     return {key: value for key, value in os.environ.items() if not key.startswith("AEGIS_")}
 
 
-def free_port() -> int:
+class PortPool:
+    """Ports for the processes started here, handed out in turn from a range of their own.
+
+    The range lies below Linux's ephemeral ports (32768-60999), which the kernel also gives
+    to `bind(("", 0))` and to every outgoing connection: a port chosen that way and bound by
+    a process seconds later could meanwhile be another process's, whose answers would then
+    be taken for ours. Handing out in turn means a port comes back only after the whole
+    range went round, and a port something else listens on is skipped.
+    """
+
+    def __init__(self, first: int, last: int, *, start: int | None = None) -> None:
+        if not 1024 <= first <= last <= 65535:
+            raise ValueError(f"a port range is 1024 <= first <= last <= 65535, not {first}-{last}")
+        self.first, self.last = first, last
+        self._next = first if start is None else first + (start - first) % (last - first + 1)
+
+    def take(self) -> int:
+        for _ in range(self.last - self.first + 1):
+            port = self._next
+            self._next = self.first if port == self.last else port + 1
+            if _bindable(port):
+                return port
+        raise RuntimeError(f"no free port left in {self.first}-{self.last}")
+
+
+def _bindable(port: int) -> bool:
+    # No SO_REUSEADDR: a port still in TIME_WAIT counts as taken, which is the cautious answer.
     with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def _port_range() -> tuple[int, int]:
+    """AEGIS_LOCAL_PORTS (`first-last`), or the whole range below the ephemeral ports."""
+    text = os.environ.get("AEGIS_LOCAL_PORTS", "20000-32767")
+    first, _, last = text.partition("-")
+    try:
+        return int(first), int(last)
+    except ValueError:
+        raise ValueError(f"AEGIS_LOCAL_PORTS={text!r}: expected first-last, e.g. 20000-32767") from None
+
+
+_PORTS_FIRST, _PORTS_LAST = _port_range()
+# Processes side by side in one range (two demos) start at different places in it.
+_ports = PortPool(_PORTS_FIRST, _PORTS_LAST, start=_PORTS_FIRST + os.getpid())
+
+
+def port_share(share: int, shares: int) -> tuple[int, int]:
+    """The `share`-th of `shares` equal parts of the port range (first, last)."""
+    if not 0 <= share < shares:
+        raise ValueError(f"share {share} is not one of {shares}")
+    size = (_PORTS_LAST - _PORTS_FIRST + 1) // shares
+    return _PORTS_FIRST + share * size, _PORTS_FIRST + (share + 1) * size - 1
+
+
+def use_ports(first: int, last: int) -> None:
+    """Hand out ports from first..last only: processes side by side (test workers) that
+    use parts of the range that do not overlap never choose the same port."""
+    global _ports
+    _ports = PortPool(first, last)
+
+
+def free_port() -> int:
+    """A port nothing listens on now, for a process about to be started (see PortPool)."""
+    return _ports.take()
 
 
 def wait_for_http(url: str, *, timeout: float = 30, process: subprocess.Popen[bytes] | None = None) -> None:
@@ -225,8 +289,23 @@ class AegisServer:
 
     def stop(self, *, sig: int = signal.SIGTERM) -> None:
         if self.process is not None:
+            if self.process.poll() is not None:
+                # Whatever failed next to it (a refused connection) is explained here.
+                print(
+                    f"aegis serve (pid {self.process.pid}) had exited with {self.process.returncode}"
+                    f" before it was stopped; its log ends with:\n{self.log_tail()}",
+                    file=sys.stderr,
+                )
             stop(self.process, sig=sig)
             self.log_file.close()
+
+    def log_tail(self, lines: int = 30) -> str:
+        log_path = Path(self.env["AEGIS_DATA_DIR"]) / "aegis.log"
+        try:
+            text = log_path.read_text(errors="replace")
+        except OSError as exc:
+            return f"(no log: {exc})"
+        return "\n".join(text.splitlines()[-lines:])
 
 
 # Debian names the Alertmanager binary after its package; upstream tarballs call it `alertmanager`.
