@@ -35,7 +35,7 @@ policies:
     models: ["*"]
     steps:
       - setWeight: 50
-      - pause: {duration: 12s}
+      - pause: {duration: 36s}
     analysis:
       interval: 2s
       window: 4s
@@ -58,6 +58,10 @@ policies:
           thresholdRange: {max: 1000}
     alerts: {rollback: false}
 """
+# The pause is the time the sequential test has to find the 6x error rate: on a quiet machine
+# it failed the canary 6.5-22 s after the weight was set (seven runs; median ~440 canary
+# requests); a CI machine running another test file beside this one sends about half the
+# load, and with a 12 s pause one such run promoted the canary.
 # (prod faults, canary faults) per model; every server sleeps 20 ms so that latency is the
 # sleep, not this busy machine's scheduling.
 SCENARIOS: dict[str, tuple[dict[str, float], dict[str, float]]] = {
@@ -91,7 +95,7 @@ async def roll_out(observed: Observed, model: str) -> dict[str, Any]:
         await asyncio.sleep(0.5)
         await asyncio.to_thread(stack.promote, model, "2", "canary")
         if model != "incident":
-            await wait_for_phase(stack, model, {"succeeded", "rolled_back", "paused"}, timeout=60)
+            await wait_for_phase(stack, model, {"succeeded", "rolled_back", "paused"}, timeout=120)
             return await asyncio.to_thread(full_rollout, observed, model)
         for _ in range(240):
             rollout = await asyncio.to_thread(full_rollout, observed, model)
