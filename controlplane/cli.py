@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import dataclasses
-import gc
 import json
 import logging
 import os
@@ -13,19 +11,11 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from aiohttp import web
-
+# Only what every command needs to build the parser: a command's own modules are imported
+# by its handler below.
 from controlplane import ops_cli, replay_cli, rollout_cli
-from controlplane.app import create_app
-from controlplane.cluster.identity import SecondReplica
-from controlplane.observability import configure_logging
-from controlplane.rollout.policy_files import load_policy_paths
-from controlplane.settings import Settings, SettingsError, kept_secret, load_settings
-from modelserver import main as model_server_main
-from modelserver import sidecar
-from registry.auth import TokenTable
+from modelserver.arguments import add_announce_arguments, add_model_server_arguments
 from registry.folders import FolderError, VersionFolder, sign_folder, verify_folder
-from registry.importer import ImportOutcome, import_tree
 from registry.signing import SigningConfigError, keyring_from_env
 
 log = logging.getLogger("aegis")
@@ -39,11 +29,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     try:
         return int(args.run(args))
-    except (SettingsError, SigningConfigError, FolderError, SecondReplica) as exc:
-        print(f"aegis: {exc}", file=sys.stderr)
-        return 2
     except KeyboardInterrupt:
         return 130
+    except Exception as exc:
+        if not isinstance(exc, _input_errors()):
+            raise
+        print(f"aegis: {exc}", file=sys.stderr)
+        return 2
+
+
+def _input_errors() -> tuple[type[Exception], ...]:
+    """Errors that say what to fix in the settings, keys or folders: exit 2 with the message.
+    Imported only once one was raised, since settings bring in most of the server."""
+    from controlplane.cluster.identity import SecondReplica
+    from controlplane.settings import SettingsError
+
+    return SettingsError, SigningConfigError, FolderError, SecondReplica
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -73,13 +74,13 @@ def _parser() -> argparse.ArgumentParser:
     model_server = commands.add_parser(
         "model-server", help="download, verify and serve one model version (the reference model server)"
     )
-    model_server_main.add_arguments(model_server)
+    add_model_server_arguments(model_server)
     model_server.set_defaults(run=_model_server)
 
     announce = commands.add_parser(
         "announce", help="keep any HTTP model server's endpoint in Aegis while its health URL answers 2xx"
     )
-    sidecar.add_arguments(announce)
+    add_announce_arguments(announce)
     announce.set_defaults(run=_announce)
 
     rollout_cli.add_commands(commands)
@@ -115,53 +116,11 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    configure_logging(os.environ.get("AEGIS_LOG_LEVEL", "INFO"))
-    settings = load_settings(config_file=args.config)
-    settings = _with_bootstrap_token(settings)
-    app = create_app(settings)
-    app.on_startup.append(_tune_garbage_collection)
-    web.run_app(
-        app, host=settings.server.host, port=settings.server.port,
-        access_log=None, print=lambda message: log.info(message),
-        # Held xDS long-polls end within the hold time; do not wait a minute for them.
-        shutdown_timeout=2.0,
-        # A fleet of Envoys reconnecting at once must not be refused at the listen queue.
-        backlog=4096,
-    )
-    return 0
+    # The whole server is imported by the command that runs it: every other command (and
+    # `--help`) starts in a fraction of the time.
+    from controlplane.serve_command import serve
 
-
-# Objects allocated (net) between young-generation collections; CPython's default is 700.
-# Thousands of ADS streams keep a large live heap, and every fan-out leaves objects
-# that outlive a young collection (each stream's pending read and wait): at 700, a
-# full collection ran about once per weight change at 5,000 streams and held the
-# event loop 0.4-0.7 s of a ~1 s fan-out. At 10,000 it runs every dozen changes or
-# so; a young collection stays a few milliseconds, and garbage in cycles waits a
-# little longer (at most this many objects).
-YOUNG_COLLECTION_THRESHOLD = 100_000
-
-
-async def _tune_garbage_collection(_app: web.Application) -> None:
-    # Everything built at start-up lives as long as the process: moved out of the
-    # collector's reach, full collections stop scanning it on every xDS poll's garbage.
-    gc.collect()
-    gc.freeze()
-    _, middle, old = gc.get_threshold()
-    gc.set_threshold(YOUNG_COLLECTION_THRESHOLD, middle, old)
-
-
-def _with_bootstrap_token(settings: Settings) -> Settings:
-    """With no tokens configured, make an admin token in the data directory, never in the log."""
-    if settings.security.tokens.entries:
-        return settings
-    path = settings.server.data_dir / "admin.token"
-    tokens = TokenTable.parse(f"admin:{kept_secret(path)}")
-    log.warning(
-        "AEGIS_API_TOKENS is not set: an admin token is in %s (use it as AEGIS_TOKEN)", path
-    )
-    return dataclasses.replace(
-        settings, security=dataclasses.replace(settings.security, tokens=tokens)
-    )
+    return serve(config_file=args.config)
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -199,16 +158,24 @@ def _verify(args: argparse.Namespace) -> int:
 
 
 def _model_server(args: argparse.Namespace) -> int:
+    from controlplane.observability import configure_logging
+    from modelserver import main as model_server_main
+
     configure_logging(os.environ.get("AEGIS_LOG_LEVEL", "INFO"))
     return model_server_main.run(args)
 
 
 def _announce(args: argparse.Namespace) -> int:
+    from controlplane.observability import configure_logging
+    from modelserver import sidecar
+
     configure_logging(os.environ.get("AEGIS_LOG_LEVEL", "INFO"))
     return sidecar.run(args)
 
 
 def _import(args: argparse.Namespace) -> int:
+    from registry.importer import ImportOutcome, import_tree
+
     base_url = os.environ.get("AEGIS_URL", "http://127.0.0.1:8080")
     token = os.environ.get("AEGIS_TOKEN", "")
     if not args.root.is_dir():
@@ -229,6 +196,8 @@ def _import(args: argparse.Namespace) -> int:
 
 
 def _policy_validate(args: argparse.Namespace) -> int:
+    from controlplane.rollout.policy_files import load_policy_paths
+
     failed = False
     for path in args.files:
         policy_set = load_policy_paths(path)

@@ -11,7 +11,7 @@ import urllib.request
 from collections.abc import Callable
 from typing import Any
 
-from registry.http import error_message
+from registry.errors import error_message
 
 
 class ApiError(Exception):

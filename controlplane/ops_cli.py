@@ -17,11 +17,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import aiohttp
-
 from controlplane.client import EXIT_REFUSED, EXIT_USAGE, AegisClient, ApiError, report
 from controlplane.rollout_cli import table
-from registry.http import error_message
+from registry.errors import error_message
 
 
 def add_commands(commands: Any) -> None:
@@ -272,6 +270,8 @@ class _ProgressReader(io.BufferedReader):
 async def _upload(
     client: AegisClient, path: Path, size: int, metadata: dict[str, Any], *, show_progress: bool
 ) -> Any:
+    import aiohttp  # streams the upload; the other commands make one urllib request and skip importing it
+
     headers = {"Authorization": f"Bearer {client.token}"} if client.token else {}
     timeout = aiohttp.ClientTimeout(total=None, sock_connect=10)
     with _ProgressReader(io.FileIO(path, "rb"), size, show=show_progress) as artifact:

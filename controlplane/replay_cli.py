@@ -8,11 +8,6 @@ import os
 import sys
 from datetime import datetime
 
-from controlplane.metrics.prometheus import PrometheusSource
-from controlplane.rollout.policy import first_matching
-from controlplane.rollout.policy_files import load_policy_paths
-from controlplane.rollout.replay import render_json, render_text, replay, tick_times
-
 DEFAULT_PROMETHEUS = "http://127.0.0.1:9090"
 
 
@@ -34,6 +29,12 @@ def instant(text: str) -> float:
 
 
 def run(args: argparse.Namespace) -> int:
+    # Here, not at the top: `instant` is in every command's parser, Prometheus's client is not.
+    from controlplane.metrics.prometheus import PrometheusSource
+    from controlplane.rollout.policy import first_matching
+    from controlplane.rollout.policy_files import load_policy_paths
+    from controlplane.rollout.replay import render_json, render_text, replay, tick_times
+
     policy_set = load_policy_paths(args.policy_file)
     for error in policy_set.errors:
         print(error, file=sys.stderr)

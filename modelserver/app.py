@@ -23,12 +23,12 @@ from modelserver.artifact import VerifiedArtifact
 from modelserver.faults import Faults, FaultValueError, injects_error, updated_faults
 from modelserver.metrics import ModelMetrics
 from modelserver.predict import BadPredictionRequest, infer_v2, predict_v1
+from modelserver.settings import ADMIN_TOKEN_ENV
 from registry.errors import Forbidden, InvalidInput, MalformedRequest, NotFound, RegistryError, Unauthorized
 from registry.http import error_response, json_errors, read_json
 
 log = logging.getLogger(__name__)
 
-ADMIN_TOKEN_ENV = "AEGIS_MODEL_SERVER_ADMIN_TOKEN"
 VERSION_HEADER = "x-model-version"
 
 Model = Callable[[str, dict[str, Any]], list[float]]

@@ -21,7 +21,7 @@ from yarl import URL
 
 from modelserver.errors import ArtifactRejected, ArtifactUnavailable
 from modelserver.verify import VersionFacts, verify_artifact
-from registry.http import error_message
+from registry.errors import error_message
 from registry.signing import Keyring
 
 log = logging.getLogger(__name__)

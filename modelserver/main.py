@@ -12,43 +12,16 @@ import os
 import signal
 import sys
 from collections.abc import Mapping
-from pathlib import Path
 
-from modelserver.app import ADMIN_TOKEN_ENV
-from modelserver.arguments import port_from, positive_int
 from modelserver.errors import ModelServerError
 from modelserver.faults import checked_faults
-from modelserver.server import serve
-from modelserver.settings import DEFAULT_REGISTRY_URL, ModelServerSettings, announced_address
+from modelserver.settings import (
+    ADMIN_TOKEN_ENV,
+    DEFAULT_REGISTRY_URL,
+    ModelServerSettings,
+    announced_address,
+)
 from registry.signing import Keyring, keyring_from_env
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", required=True, help="model name in the registry")
-    parser.add_argument("--version", required=True, help="the version to download, verify and serve")
-    parser.add_argument(
-        "--port", required=True, type=port_from(0), help="port to serve on (0: any free port)"
-    )
-    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
-    parser.add_argument("--advertise-address",
-                        help="IP announced to Aegis for Envoy to reach (default: --host; required "
-                        "when --host is 0.0.0.0)")
-    parser.add_argument(
-        "--registry-url", help=f"Aegis base URL (default: $AEGIS_URL or {DEFAULT_REGISTRY_URL}); "
-        "the operator token comes from $AEGIS_TOKEN",
-    )
-    parser.add_argument("--ttl-seconds", type=positive_int, default=10,
-                        help="endpoint registration TTL; renewed every ttl/3 (default 10)")
-    parser.add_argument("--error-rate", type=float, default=0.0,
-                        help="fraction 0..1 of requests answered 500")
-    parser.add_argument("--latency-ms", type=float, default=0.0, help="milliseconds added to every answer")
-    parser.add_argument("--quality", type=float, default=0.95, help="the top_k_recall quality gauge (0..1)")
-    parser.add_argument("--data-dir", type=Path,
-                        help="where to keep the artifact (default: a temporary folder)")
-    parser.add_argument(
-        "--admin-token", help=f"token for /admin/faults (default: ${ADMIN_TOKEN_ENV}; prefer the "
-        "environment: a flag is visible to other users in the process list)",
-    )
 
 
 def settings_from_args(args: argparse.Namespace, env: Mapping[str, str]) -> ModelServerSettings:
@@ -87,6 +60,10 @@ def run(args: argparse.Namespace) -> int:
 
 
 async def _serve_until_signalled(settings: ModelServerSettings, *, keyring: Keyring) -> None:
+    # The server (aiohttp and all) is imported by the command that runs it, not by every
+    # `aegis` command whose parser lists this one's flags.
+    from modelserver.server import serve
+
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):

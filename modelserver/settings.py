@@ -8,6 +8,8 @@ from pathlib import Path
 from modelserver.faults import Faults
 
 DEFAULT_REGISTRY_URL = "http://127.0.0.1:8080"
+# The token that lets /admin/faults change faults at run time (none: they cannot be changed).
+ADMIN_TOKEN_ENV = "AEGIS_MODEL_SERVER_ADMIN_TOKEN"
 
 
 @dataclass(frozen=True)

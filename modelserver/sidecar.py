@@ -25,7 +25,6 @@ from dataclasses import dataclass
 import aiohttp
 
 from modelserver.announce import EndpointAnnouncer, EndpointRegistration
-from modelserver.arguments import port_from, positive_int
 from modelserver.settings import DEFAULT_REGISTRY_URL
 
 log = logging.getLogger(__name__)
@@ -94,25 +93,6 @@ class HealthGatedAnnouncer:
                 return f"{self.health.url} answered {response.status}"
         except (aiohttp.ClientError, TimeoutError) as exc:
             return f"{self.health.url} did not answer: {exc!r}"
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", required=True, help="model name in the registry")
-    parser.add_argument("--version", required=True, help="the registered version the server serves")
-    parser.add_argument("--address", required=True, help="IP address Envoy reaches the server at")
-    parser.add_argument("--port", required=True, type=port_from(1), help="port Envoy reaches the server at")
-    parser.add_argument("--health", required=True,
-                        help="http(s) URL that answers 2xx while the server can serve")
-    parser.add_argument("--ttl-seconds", type=positive_int, default=10,
-                        help="endpoint TTL in Aegis: without a renewal it leaves after this (default 10)")
-    parser.add_argument("--interval-seconds", type=float,
-                        help="seconds between health checks (default and at most: ttl/3)")
-    parser.add_argument("--health-timeout-seconds", type=float,
-                        help="a health answer slower than this is a failure "
-                        "(default 2, at most the interval)")
-    parser.add_argument("--registry-url",
-                        help=f"Aegis base URL (default: $AEGIS_URL or {DEFAULT_REGISTRY_URL}); "
-                        "the operator token comes from $AEGIS_TOKEN")
 
 
 def run(args: argparse.Namespace) -> int:

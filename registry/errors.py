@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 
 class RegistryError(Exception):
     """Base of every error the registry reports to a caller; the message says what to fix."""
@@ -61,3 +63,11 @@ class StorageUnavailable(RegistryError):
 
     status = 503
     code = "storage_unavailable"
+
+
+def error_message(raw: bytes, status: int) -> str:
+    """What an Aegis error body (`{"error": {"message"}}`) says, or the start of any other body."""
+    try:
+        return str(json.loads(raw)["error"]["message"])
+    except (ValueError, KeyError, TypeError, RecursionError):
+        return raw[:300].decode(errors="replace") or f"HTTP {status}"

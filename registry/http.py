@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
@@ -171,10 +170,3 @@ async def read_json(
         return {}
     return parse_json_object(raw, what="the request body")
 
-
-def error_message(raw: bytes, status: int) -> str:
-    """What an Aegis error body (`{"error": {"message"}}`) says, or the start of any other body."""
-    try:
-        return str(json.loads(raw)["error"]["message"])
-    except (ValueError, KeyError, TypeError, RecursionError):
-        return raw[:300].decode(errors="replace") or f"HTTP {status}"

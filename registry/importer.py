@@ -14,8 +14,8 @@ from pathlib import Path
 
 import aiohttp
 
+from registry.errors import error_message
 from registry.folders import METADATA_FILE, FolderError, VersionFolder, find_version_folders
-from registry.http import error_message
 
 
 @dataclass(frozen=True)

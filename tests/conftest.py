@@ -77,3 +77,16 @@ def make_settings(tmp_path: Path) -> Callable[..., Settings]:
         return load_settings(values)
 
     return build
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_warning_recorded(warning_message: Any) -> None:
+    """A warning's text crosses from an xdist worker to the controller as UTF-8: a lone surrogate
+    in it (a fuzzed header quoted by the library that warns) is an INTERNALERROR that ends the
+    whole run. Such characters are escaped before the worker sends the warning."""
+    message = warning_message.message
+    if isinstance(message, Warning):
+        message.args = tuple(
+            arg.encode("utf-8", "backslashreplace").decode() if isinstance(arg, str) else arg
+            for arg in message.args
+        )

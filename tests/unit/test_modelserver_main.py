@@ -7,14 +7,15 @@ from pathlib import Path
 
 import pytest
 
+from modelserver.arguments import add_model_server_arguments
 from modelserver.faults import Faults, FaultValueError
-from modelserver.main import add_arguments, settings_from_args
+from modelserver.main import settings_from_args
 from modelserver.settings import ModelServerSettings, announced_address
 
 
 def parse(*argv: str) -> argparse.Namespace:
     parser = argparse.ArgumentParser()
-    add_arguments(parser)
+    add_model_server_arguments(parser)
     return parser.parse_args(["--model", "fraud", "--version", "2", "--port", "9001", *argv])
 
 
