@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import itertools
+import os
 import socket
+import subprocess
+import sys
 from collections.abc import Iterator
 
 import pytest
@@ -72,3 +75,21 @@ def test_shares_of_the_range_do_not_overlap_and_stay_below_the_ephemeral_ports(s
     assert all(first <= last < 32768 for first, last in parts)
     with pytest.raises(ValueError):
         port_share(shares, shares)
+
+
+def chosen_in_a_new_process(local_ports: str) -> subprocess.CompletedProcess[str]:
+    code = "from controlplane.demo.processes import free_port; print(free_port(), free_port())"
+    return subprocess.run(
+        [sys.executable, "-c", code], env={**os.environ, "AEGIS_LOCAL_PORTS": local_ports},
+        capture_output=True, text=True, timeout=60, check=False,
+    )
+
+
+def test_aegis_local_ports_moves_the_range_of_a_demo_or_a_test_run(three_free_ports: int) -> None:
+    first = three_free_ports
+    chosen = chosen_in_a_new_process(f"{first}-{first + 2}")
+    assert chosen.returncode == 0, chosen.stderr
+    assert {int(port) for port in chosen.stdout.split()} <= {first, first + 1, first + 2}
+    refused = chosen_in_a_new_process("twenty-thousand")
+    assert refused.returncode != 0
+    assert "AEGIS_LOCAL_PORTS='twenty-thousand': expected first-last" in refused.stderr
