@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import logging
 import os
 import sys
 from collections.abc import Sequence
@@ -17,8 +16,6 @@ from controlplane import ops_cli, replay_cli, rollout_cli
 from modelserver.arguments import add_announce_arguments, add_model_server_arguments
 from registry.folders import FolderError, VersionFolder, sign_folder, verify_folder
 from registry.signing import SigningConfigError, keyring_from_env
-
-log = logging.getLogger("aegis")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
