@@ -339,7 +339,10 @@ class RolloutRunner:
         active = ActiveRollout(rollout_id, state, asyncio.Lock())
         self.active[model_name] = active
         self._stores += 1
-        await self.store.save(rollout_id, state, reason=state.message, inputs=self._decided_by())
+        await self.store.save(
+            rollout_id, state, reason=state.message,
+            inputs={**self._decided_by(), "decided_at": state.step_started_at},
+        )
         self.notify(transition_event(None, state, reason=state.message, at=self.clock(), actor=started_by))
         log.info("rollout of %s %s started (policy %s)", model_name, stages.canary, policy.name)
         await self._tick_here(model_name)
@@ -426,7 +429,8 @@ class RolloutRunner:
         if decision.state != active.state or decision.reason:
             await self._store(active, decision, verdicts=verdicts, command=command, actor=actor,
                               checks=evaluation.documents() if evaluation is not None else [],
-                              analysed_at=evaluation.at if evaluation is not None else None)
+                              analysed_at=evaluation.at if evaluation is not None else None,
+                              decided_at=now)
 
     def _acked(self, state: RolloutState) -> bool:
         return self.traffic.runs(state.model_name, _split(state, state.canary_weight))
@@ -498,12 +502,16 @@ class RolloutRunner:
         actor: str = "",
         checks: list[dict[str, object]] | None = None,
         analysed_at: float | None = None,
+        decided_at: float | None = None,
     ) -> None:
         inputs: dict[str, Any] = {
             "verdicts": [v.as_document() for v in verdicts] if verdicts else [],
             # The compared checks explained: per arm the counts and rates, e-values, thresholds.
             "checks": checks or [],
             "analysed_at": analysed_at,
+            # Stored rows are stamped after the actions ran, which can take a while: a replay of a
+            # decision without analysis needs the instant the machine decided at.
+            "decided_at": self.clock() if decided_at is None else decided_at,
             "command": command.value if command else None,
             "actor": actor or None,
             "acked_at": decision.state.weight_acked_at,

@@ -101,6 +101,10 @@ class DecisionDocument(ResponseModel):
     analysed_at: Timestamp | None = Field(
         default=None, description="when the checks read their counters (a replay at it reads the same)"
     )
+    decided_at: Timestamp | None = Field(
+        default=None, description="the rollout clock's instant the decision was taken at; `at` is when it "
+        "was stored, after its actions (a promotion, a weight change) were carried out",
+    )
     command: str | None = None
     actor: str | None = Field(default=None, description="who gave the command")
     acked_at: Timestamp | None = Field(default=None, description="when Envoy ran the weight")

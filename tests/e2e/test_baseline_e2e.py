@@ -115,13 +115,15 @@ def full_rollout(observed: Observed, model: str) -> dict[str, Any]:
 async def replayed(observed: Observed, model: str, rollout: dict[str, Any]) -> list[dict[str, Any]]:
     """The policy over the live run's history at the live run's instants: the tick before Envoy
     acknowledged the weight (the replay sets it), the acknowledgement, then each decision's
-    analysis instant (or its time, for a decision without analysis)."""
+    analysis instant (or the instant it was decided at, for a decision without analysis)."""
     decisions = list(reversed(rollout["decisions"]))
     acked = min(decision_time({"at": d["acked_at"]}) for d in decisions if d.get("acked_at"))
     # A live analysis at `now` read the counters at analysed_at = now - SCRAPE_SETTLE_SECONDS.
+    # Not `at`: a decision is stored after its actions ran, which on a busy machine took long
+    # enough for the next analysis to fall due (the last step's promotion: 0.6 s).
     later = [
         decision_time({"at": d["analysed_at"]}) + SCRAPE_SETTLE_SECONDS if d["analysed_at"]
-        else decision_time(d)
+        else decision_time({"at": d["decided_at"] or d["at"]})
         for d in decisions
     ]
     (policy,), errors = parse_policy_text(POLICY, source="e2e")

@@ -33,7 +33,7 @@ HUGE = b'{"x": ' + b"9" * 5000 + b"}"
 # Every field that carries a time, in any answer.
 TIME_FIELDS = {
     "at", "created_at", "started_at", "acknowledged_at", "acked_at", "first_seen", "last_seen",
-    "expires_at", "last_publish_error_at",
+    "expires_at", "last_publish_error_at", "analysed_at", "decided_at",
 }
 
 
@@ -117,8 +117,11 @@ async def test_decisions_give_every_time_in_one_format(
     decisions = (await paused.json())["decisions"]
 
     assert any(d.get("acked_at") is not None for d in decisions), decisions
-    assert_rfc3339_with_offset(decisions, expect={"at", "acked_at"})
+    assert_rfc3339_with_offset(decisions, expect={"at", "acked_at", "decided_at"})
     assert document["acknowledged_at"] in {d["acked_at"] for d in decisions}
+    # Every decision, the start included, says when it was decided: never after it was stored.
+    for decision in decisions:
+        assert datetime.fromisoformat(decision["decided_at"]) <= datetime.fromisoformat(decision["at"])
 
 
 async def test_xds_nodes_give_when_they_were_seen_as_rfc3339(client: TestClient[Any, Any]) -> None:
