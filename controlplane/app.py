@@ -32,6 +32,7 @@ from controlplane.command_pickup import CommandPickup
 from controlplane.console.app import create_console
 from controlplane.follow.follower import Follower
 from controlplane.follow.listener import ChangeListener, asyncpg_dsn
+from controlplane.follow.metrics import FollowerCollector
 from controlplane.metrics.prometheus import PrometheusSource
 from controlplane.migrations import migrate
 from controlplane.notifications.notifier import NotificationMetrics, Notifier
@@ -329,12 +330,15 @@ async def _follow_database(app: web.Application) -> AsyncIterator[None]:
         reconcile_steps=[traffic.reload_all, runner.follow_all],
         refresh_nodes=sharing.refresh,
         on_commands=app[PICKUP].wake,
+        reconcile_seconds=app[SETTINGS].cluster.follow_reconcile_seconds,
     )
     listener = ChangeListener(
         asyncpg_dsn(database.url), on_change=follower.on_change, on_connected=follower.request_reconcile,
         name=f"aegis-follow {app[REPLICA]}"[:63],  # PostgreSQL keeps 63 bytes
     )
     app[FOLLOWER], app[CHANGE_LISTENER] = follower, listener
+    collector = FollowerCollector(follower, listener)
+    app[METRICS_REGISTRY].register(collector)
     loop = asyncio.get_running_loop()
     tasks = [loop.create_task(job()) for job in (follower.run, listener.run, sharing.run)]
     yield
@@ -343,6 +347,7 @@ async def _follow_database(app: web.Application) -> AsyncIterator[None]:
     for task in tasks:
         with contextlib.suppress(asyncio.CancelledError):
             await task
+    app[METRICS_REGISTRY].unregister(collector)
 
 
 async def _elector(settings: Settings, database: Database, replica: str) -> Elector:

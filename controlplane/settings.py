@@ -139,6 +139,9 @@ class ClusterSettings:
     # Seconds a leader's lease lasts without renewal (renewed every fifth of it; the leader
     # stops acting after two thirds of it without a renewal). client-go uses 15.
     leader_lease_seconds: float = 10.0
+    # Seconds between the follower's full reconciles when nothing asks for one: the backstop
+    # for a notification lost without the listener noticing (every reconnect reconciles anyway).
+    follow_reconcile_seconds: float = 30.0
 
 
 @dataclass(frozen=True)
@@ -196,6 +199,7 @@ def load_settings(env: Mapping[str, str] | None = None, config_file: Path | None
     cluster = ClusterSettings(
         replica_id=_replica_id(merged.get("AEGIS_REPLICA_ID", "")),
         leader_lease_seconds=_positive_float(merged, "AEGIS_LEADER_LEASE_SECONDS", 10.0),
+        follow_reconcile_seconds=_positive_float(merged, "AEGIS_FOLLOW_RECONCILE_SECONDS", 30.0),
     )
     return Settings(server, registry, security, integrations, _xds_settings(merged, server), cluster)
 

@@ -58,8 +58,15 @@ class Follower:
         self._reconcile_due = False
         self._last_reconcile = clock()
         self._wake = asyncio.Event()
-        self.applied = 0  # changes applied (for tests and logs)
-        self.reconciles = 0
+        self.applied = 0  # changes applied (metrics: follow.metrics)
+        self.reconciles = 0  # full reconciles that read everything
+        self.retry_pending = False  # a read failed: a full reconcile follows in RETRY_SECONDS
+        self._reconciling = False
+
+    @property
+    def reconcile_pending(self) -> bool:
+        """A full reconcile is due or running: after a (re)connect, or soon after a read that failed."""
+        return self._reconcile_due or self._reconciling or self.retry_pending
 
     def on_change(self, change: Change) -> None:
         """A notification arrived (called by the listener; never blocks)."""
@@ -88,9 +95,10 @@ class Follower:
             await self._apply_pending()
 
     async def _reconcile(self) -> None:
-        self._reconcile_due = False
+        self._reconcile_due = False  # a connect while this one reads asks for another
         self._last_reconcile = self.clock()
         self._pending.clear()  # what was pending is read anyway
+        self._reconciling = True
         try:
             for step in self.reconcile_steps:
                 await step()
@@ -99,7 +107,10 @@ class Follower:
         except Exception as exc:
             self._retry_soon(f"reconcile failed: {exc}")
             return
+        finally:
+            self._reconciling = False
         self.reconciles += 1
+        self.retry_pending = False
 
     async def _apply_pending(self) -> None:
         while self._pending:
@@ -126,6 +137,7 @@ class Follower:
     def _retry_soon(self, problem: str) -> None:
         """The database went away mid-read: a full reconcile in RETRY_SECONDS reads it all."""
         log.warning("follower: %s; reconciling in %.0f s", problem, RETRY_SECONDS)
+        self.retry_pending = True
         self._pending.clear()
         self._reconcile_due = False
         self._last_reconcile = self.clock() - self.reconcile_seconds + RETRY_SECONDS

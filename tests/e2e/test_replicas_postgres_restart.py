@@ -85,6 +85,26 @@ def caught_up(replica: Replica, source: Replica, weights: dict[str, int]) -> dic
     return document
 
 
+def follower_metrics(replica: Replica) -> dict[str, float]:
+    with urllib.request.urlopen(f"{replica.aegis.url}/metrics", timeout=10) as response:
+        text = response.read().decode()
+    return {
+        name: float(value) for name, _, value in
+        (line.partition(" ") for line in text.splitlines() if line.startswith("aegis_follower_"))
+    }
+
+
+def quiet_follower(replica: Replica, *, connections_before: float) -> float | None:
+    """The replica's reconcile count once its listener connected again (a connection that died
+    with the database may look up until a health check finds it dead) and no reconcile is due."""
+    found = follower_metrics(replica)
+    if (found["aegis_follower_listener_connections_total"] <= connections_before
+            or found["aegis_follower_listener_connected"] != 1
+            or found["aegis_follower_reconcile_pending"] != 0):
+        return None
+    return found["aegis_follower_reconciles_total"]
+
+
 async def test_replicas_serve_xds_through_a_postgresql_restart_and_catch_up(
     postgres: PrivatePostgres, tmp_path: Path
 ) -> None:
@@ -94,6 +114,8 @@ async def test_replicas_serve_xds_through_a_postgresql_restart_and_catch_up(
     env = {
         "AEGIS_ENVOY_LISTENER": f"127.0.0.1:{free_port()}", "AEGIS_POLICIES": str(tmp_path / "policies.yaml"),
         "AEGIS_ROLLOUT_TICK_SECONDS": "0.2",
+        # No backstop reconcile in the middle: the one after a reconnect is what is shown here.
+        "AEGIS_FOLLOW_RECONCILE_SECONDS": "600",
     }
     a = start_replicas(tmp_path, database_url, ["replica-a"], env)[0]
     b = start_replicas(tmp_path, database_url, ["replica-b"], env)[0]
@@ -117,6 +139,7 @@ async def test_replicas_serve_xds_through_a_postgresql_restart_and_catch_up(
             lambda: same_weights(a, b), within=3, what="the same weights on A and B"
         )
 
+        connections_before = follower_metrics(b)["aegis_follower_listener_connections_total"]
         postgres.stop()
         # Envoy is answered from memory: the same weights as before the outage.
         assert discovered_weights(b)["version_info"] == served
@@ -137,7 +160,14 @@ async def test_replicas_serve_xds_through_a_postgresql_restart_and_catch_up(
         assert after["xds_version"] == discovered_weights(b)["version_info"]
 
         # A change B was never told about (as one committed while its listener was away) is read
-        # by the reconcile that follows B's next connect.
+        # by the reconcile that follows B's next connect. First B must be done with the restart:
+        # its listener connected again and no reconcile due (one follows each connect and each
+        # failed read); B can be caught up before that, by the reconcile after a failed read.
+        reconciles, _ = eventually(
+            lambda: quiet_follower(b, connections_before=connections_before), within=15,
+            what="B's listener back after the restart, with no reconcile due",
+        )
+        assert follower_metrics(b)["aegis_follower_changes_applied_total"] >= 1, "A's changes, one by one"
         connection = await asyncpg.connect(url)
         try:
             await connection.execute(
@@ -146,6 +176,7 @@ async def test_replicas_serve_xds_through_a_postgresql_restart_and_catch_up(
             )
             time.sleep(0.5)
             assert b.traffic(MODEL)["weights"] == {"1": 60, "2": 40}, "no notification, no change yet"
+            assert follower_metrics(b)["aegis_follower_reconciles_total"] == reconciles
             ended = await connection.fetchval(
                 "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE application_name = $1",
                 "aegis-follow replica-b",

@@ -80,9 +80,34 @@ async def test_a_change_that_cannot_be_read_leads_to_a_reconcile_soon() -> None:
     subject.on_change(change(ChangeKind.TRAFFIC, "b"))
     await settle()
     assert recorder.calls == ["routing a"], "the rest waits for the reconcile"
+    assert subject.reconcile_pending, "shown as aegis_follower_reconcile_pending"
+    reconciles = subject.reconciles
     await asyncio.sleep(1.1)
     task.cancel()
     assert recorder.calls == ["routing a", "all", "nodes"]
+    assert (subject.reconcile_pending, subject.reconciles) == (False, reconciles + 1)
+
+
+async def test_a_reconcile_is_pending_from_a_connect_until_it_has_read_everything() -> None:
+    reading = asyncio.Event()
+
+    async def slow_read() -> None:
+        await reading.wait()
+
+    subject = Follower(
+        origin=ME, reload_routing=Recorder().reload("routing"), reload_rollout=Recorder().reload("rollout"),
+        reconcile_steps=[slow_read], reconcile_seconds=3600,
+    )
+    assert not subject.reconcile_pending, "start-up loaded everything"
+    await subject.request_reconcile()
+    assert subject.reconcile_pending
+    task = asyncio.get_running_loop().create_task(subject.run())
+    await settle()
+    assert (subject.reconcile_pending, subject.reconciles) == (True, 0), "still reading"
+    reading.set()
+    await settle()
+    task.cancel()
+    assert (subject.reconcile_pending, subject.reconciles) == (False, 1)
 
 
 async def test_a_stored_command_wakes_the_pick_up_at_once_and_reloads_nothing() -> None:

@@ -235,6 +235,8 @@ def test_the_leader_lease_is_10_seconds_and_the_replica_id_optional() -> None:
     assert (defaults.cluster.leader_lease_seconds, defaults.cluster.replica_id) == (10.0, "")
     chosen = load_settings({"AEGIS_LEADER_LEASE_SECONDS": "3", "AEGIS_REPLICA_ID": "aegis-0"})
     assert (chosen.cluster.leader_lease_seconds, chosen.cluster.replica_id) == (3.0, "aegis-0")
+    assert defaults.cluster.follow_reconcile_seconds == 30.0
+    assert load_settings({"AEGIS_FOLLOW_RECONCILE_SECONDS": "5"}).cluster.follow_reconcile_seconds == 5.0
 
 
 @pytest.mark.parametrize(
@@ -242,6 +244,7 @@ def test_the_leader_lease_is_10_seconds_and_the_replica_id_optional() -> None:
     [
         ({"AEGIS_LEADER_LEASE_SECONDS": "0"}, "AEGIS_LEADER_LEASE_SECONDS must be positive"),
         ({"AEGIS_LEADER_LEASE_SECONDS": "ten"}, "AEGIS_LEADER_LEASE_SECONDS='ten' is not a number"),
+        ({"AEGIS_FOLLOW_RECONCILE_SECONDS": "0"}, "AEGIS_FOLLOW_RECONCILE_SECONDS must be positive"),
         ({"AEGIS_REPLICA_ID": " aegis-0"}, "AEGIS_REPLICA_ID must be 1 to 255 printable characters"),
         ({"AEGIS_REPLICA_ID": "a" * 256}, "AEGIS_REPLICA_ID must be 1 to 255 printable characters"),
         ({"AEGIS_REPLICA_ID": "aegis\n0"}, "AEGIS_REPLICA_ID must be 1 to 255 printable characters"),
