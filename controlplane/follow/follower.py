@@ -60,13 +60,13 @@ class Follower:
         self._wake = asyncio.Event()
         self.applied = 0  # changes applied (metrics: follow.metrics)
         self.reconciles = 0  # full reconciles that read everything
-        self.retry_pending = False  # a read failed: a full reconcile follows in RETRY_SECONDS
+        self._retry_pending = False  # a read failed: a full reconcile follows in RETRY_SECONDS
         self._reconciling = False
 
     @property
     def reconcile_pending(self) -> bool:
         """A full reconcile is due or running: after a (re)connect, or soon after a read that failed."""
-        return self._reconcile_due or self._reconciling or self.retry_pending
+        return self._reconcile_due or self._reconciling or self._retry_pending
 
     def on_change(self, change: Change) -> None:
         """A notification arrived (called by the listener; never blocks)."""
@@ -110,7 +110,7 @@ class Follower:
         finally:
             self._reconciling = False
         self.reconciles += 1
-        self.retry_pending = False
+        self._retry_pending = False
 
     async def _apply_pending(self) -> None:
         while self._pending:
@@ -137,7 +137,7 @@ class Follower:
     def _retry_soon(self, problem: str) -> None:
         """The database went away mid-read: a full reconcile in RETRY_SECONDS reads it all."""
         log.warning("follower: %s; reconciling in %.0f s", problem, RETRY_SECONDS)
-        self.retry_pending = True
+        self._retry_pending = True
         self._pending.clear()
         self._reconcile_due = False
         self._last_reconcile = self.clock() - self.reconcile_seconds + RETRY_SECONDS
